@@ -1,0 +1,144 @@
+r"""Text side (METHOD §5): prompt templates, prompt-ensembled text features, cache."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch import Tensor
+
+from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
+
+__all__ = ["DEFAULT_TEMPLATES", "SCENE_TEMPLATES", "TextFeatureCache", "validate_texts"]
+
+#: The five scene templates the CLIP Surgery release adds to CLIP's ImageNet set.
+SCENE_TEMPLATES: Tuple[str, ...] = (
+    "there is a {} in the scene.",
+    "there is the {} in the scene.",
+    "this is a {} in the scene.",
+    "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+
+#: The release's 85 templates: CLIP's 80 ImageNet templates plus :data:`SCENE_TEMPLATES`.
+DEFAULT_TEMPLATES: Tuple[str, ...] = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES) + (
+    SCENE_TEMPLATES
+)
+
+
+def validate_texts(texts: object, name: str = "texts") -> List[str]:
+    r"""Return ``texts`` as a list of strings or raise a clear error."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name}: expected a list of strings, got a single string {texts!r}")
+    try:
+        items = list(texts)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected a list of strings, got {type(texts).__name__}"
+        ) from None
+    if not items:
+        raise ValueError(f"{name}: expected at least one text, got an empty list")
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}: expected strings, item {i} is {type(t).__name__} ({t!r})")
+    return items
+
+
+def validate_templates(templates: object) -> Tuple[str, ...]:
+    r"""Return ``templates`` as a tuple of format strings with one ``{}``."""
+    if templates is None:
+        return DEFAULT_TEMPLATES
+    items = validate_texts(templates, "templates")
+    for t in items:
+        if t.count("{}") != 1:
+            raise ValueError(
+                f"templates: each template needs exactly one '{{}}' placeholder, got {t!r}"
+            )
+    return tuple(items)
+
+
+class TextFeatureCache:
+    r"""Prompt-ensembled text features with a per-(text, templates) cache.
+
+    For each text, every template is filled in, encoded, L2-normalised; the
+    mean is L2-normalised again. All missing prompts of a call are tokenized
+    together, sorted by length and encoded in chunks, each chunk run only up to
+    its last EOT position (exact under the causal mask).
+
+    Args:
+        adapter (CLIPAdapter): the model's adapter.
+        tokenizer (Callable, optional): maps a list of strings to token ids
+            ``[N, L]``; default: the adapter's default tokenizer.
+        truncate (bool): run the text tower only up to the last EOT position.
+        chunk_size (int): prompts encoded per forward.
+    """
+
+    def __init__(
+        self,
+        adapter: CLIPAdapter,
+        tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+        truncate: bool = True,
+        chunk_size: int = 512,
+    ) -> None:
+        if tokenizer is not None and not callable(tokenizer):
+            raise TypeError(
+                f"tokenizer: expected a callable mapping a list of strings to token ids, "
+                f"got {type(tokenizer).__name__}"
+            )
+        self.adapter = adapter
+        self.tokenizer = tokenizer if tokenizer is not None else adapter.text.default_tokenizer()
+        self.truncate = truncate
+        self.chunk_size = chunk_size
+        self._cache: Dict[Tuple[str, Tuple[str, ...]], Tensor] = {}
+
+    def clear(self) -> None:
+        r"""Forget every cached feature."""
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def features(self, texts: Sequence[str], templates: Tuple[str, ...]) -> Tensor:
+        r"""Unit text features ``[T, D]`` (float32, on the model's device).
+
+        Args:
+            texts (list[str]): class names or free-form texts.
+            templates (tuple[str, ...]): format strings with one ``{}``.
+
+        Returns:
+            Tensor: ``[T, D]`` prompt-ensembled, unit-norm features.
+        """
+        missing = list(dict.fromkeys(t for t in texts if (t, templates) not in self._cache))
+        if missing:
+            for text, feature in zip(missing, self._encode(missing, templates)):
+                self._cache[(text, templates)] = feature
+        device = self.adapter.device
+        return torch.stack([self._cache[(t, templates)].to(device) for t in texts])
+
+    @torch.no_grad()
+    def _encode(self, texts: List[str], templates: Tuple[str, ...]) -> Tensor:
+        prompts = [template.format(text) for text in texts for template in templates]
+        ids = self.tokenizer(prompts)
+        if not isinstance(ids, Tensor) or ids.ndim != 2:
+            raise TypeError(
+                "tokenizer: expected token ids as a 2-D tensor [N, L], got "
+                f"{type(ids).__name__}{'' if not isinstance(ids, Tensor) else list(ids.shape)}"
+            )
+        device = self.adapter.device
+        ids = ids.to(device)
+        # sort by the pooled (EOT) position so each chunk truncates as far as it can
+        order = torch.argsort(ids.argmax(dim=-1))
+        chunks = []
+        with inference_mode_of(self.adapter.model):
+            for start in range(0, len(prompts), self.chunk_size):
+                index = order[start : start + self.chunk_size]
+                feats = self.adapter.text.encode(ids[index], truncate=self.truncate)
+                chunks.append((index, F.normalize(feats.float(), dim=-1)))
+        dim = chunks[0][1].shape[-1]
+        out = torch.empty(len(prompts), dim, device=device)
+        for index, feats in chunks:
+            out[index] = feats
+        mean = out.reshape(len(texts), len(templates), dim).mean(dim=1)
+        return F.normalize(mean, dim=-1)

@@ -1,0 +1,138 @@
+r"""Input checks shared by every public entry point; each error names its argument."""
+
+from __future__ import annotations
+
+from typing import Any, List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_clip_surgery.adapters.base import CLIPAdapter, ViTImageView
+
+__all__ = ["min_image_size", "prepare_images", "resolve_target", "unpack_inputs"]
+
+
+def min_image_size(adapter: CLIPAdapter) -> Tuple[int, int]:
+    r"""The smallest input (one patch, or one ResNet output cell)."""
+    image = adapter.image
+    if isinstance(image, ViTImageView):
+        return image.patch_size
+    return (image.stride, image.stride)
+
+
+def unpack_inputs(inputs: Any) -> Tuple[Tensor, bool]:
+    r"""Accept a tensor or a 1-tuple of one tensor (Captum style)."""
+    if isinstance(inputs, tuple):
+        if len(inputs) != 1:
+            raise ValueError(
+                f"inputs: expected a tensor or a 1-tuple holding the image tensor, got a "
+                f"tuple of {len(inputs)} items"
+            )
+        return inputs[0], True
+    return inputs, False
+
+
+def prepare_images(adapter: CLIPAdapter, images: Any, name: str = "inputs") -> Tensor:
+    r"""Validate images and move them to the model's device and dtype.
+
+    Rule: floating-point images on any device are moved to the model's device
+    and cast to its dtype (gradients flow back through the move); integer
+    images, wrong shapes and non-finite values are refused.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(
+            f"{name}: expected a 4-D tensor [B, 3, H, W], got shape {list(images.shape)}"
+        )
+    if images.shape[1] != 3:
+        raise ValueError(
+            f"{name}: expected 3 colour channels [B, 3, H, W], got shape {list(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one image, got batch size 0")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name}: expected a floating-point tensor (preprocessed images), got {images.dtype}"
+        )
+    mh, mw = min_image_size(adapter)
+    if images.shape[-2] < mh or images.shape[-1] < mw:
+        raise ValueError(
+            f"{name}: spatial size {images.shape[-2]}x{images.shape[-1]} is below the model's "
+            f"minimum {mh}x{mw} (one patch)"
+        )
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name}: images contain NaN or infinite values")
+    return images.to(device=adapter.device, dtype=adapter.dtype)
+
+
+def _one_target(item: Any, texts: Sequence[str], where: str) -> int:
+    if isinstance(item, Tensor) and item.ndim == 0 and not item.is_floating_point():
+        item = int(item)
+    if isinstance(item, bool) or not isinstance(item, (int, str)):
+        raise TypeError(
+            f"target: expected an int index or one of the texts{where}, got "
+            f"{type(item).__name__} ({item!r})"
+        )
+    if isinstance(item, str):
+        if item not in texts:
+            shown = ", ".join(repr(t) for t in list(texts)[:10])
+            more = ", ..." if len(texts) > 10 else ""
+            raise ValueError(f"target: unknown text {item!r}{where}; known texts: {shown}{more}")
+        return list(texts).index(item)
+    if not 0 <= item < len(texts):
+        raise ValueError(
+            f"target: index {item}{where} out of range for {len(texts)} texts "
+            f"(expected 0..{len(texts) - 1})"
+        )
+    return item
+
+
+def resolve_target(target: Any, batch: int, texts: Sequence[str]) -> Tensor:
+    r"""Turn a Captum-style target into one text index per example.
+
+    Accepted: ``None`` (only with one text), an int, one of ``texts``, a list or
+    tuple of ints/texts of length ``batch``, a 0-d or 1-d integer tensor.
+
+    Returns:
+        Tensor: ``[batch]`` long indices (CPU).
+    """
+    if target is None:
+        if len(texts) == 1:
+            return torch.zeros(batch, dtype=torch.long)
+        raise ValueError(
+            f"target: required when there are {len(texts)} texts (an index, a text, or one per "
+            "example)"
+        )
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise TypeError(f"target: expected an integer tensor, got {target.dtype}")
+        if target.ndim == 0:
+            return torch.full((batch,), _one_target(int(target), texts, ""), dtype=torch.long)
+        if target.ndim != 1 or target.shape[0] != batch:
+            raise ValueError(
+                f"target: expected a 0-d tensor or one index per example (shape [{batch}]), "
+                f"got shape {list(target.shape)}"
+            )
+        target = target.tolist()
+    if isinstance(target, (list, tuple)):
+        if len(target) != batch:
+            raise ValueError(
+                f"target: expected one target per example ({batch}), got {len(target)}"
+            )
+        indices: List[int] = [
+            _one_target(t, texts, f" (example {i})") for i, t in enumerate(target)
+        ]
+        return torch.tensor(indices, dtype=torch.long)
+    return torch.full((batch,), _one_target(target, texts, ""), dtype=torch.long)
+
+
+def check_feature_surgery(mode: Union[str, Tensor]) -> None:
+    r"""Check the ``feature_surgery`` argument."""
+    if isinstance(mode, Tensor):
+        return
+    if mode not in ("auto", "classes", "empty", "none"):
+        raise ValueError(
+            "feature_surgery: expected 'auto', 'classes', 'empty', 'none' or a tensor of "
+            f"redundant features, got {mode!r}"
+        )

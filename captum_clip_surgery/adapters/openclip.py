@@ -1,0 +1,355 @@
+r"""Adapter for open_clip 3.x models (``open_clip.CLIP`` and ``open_clip.CustomTextCLIP``).
+
+Image towers: ``VisionTransformer`` with either block kind open_clip builds
+(``ResidualAttentionBlock`` on ``nn.MultiheadAttention``, batch first, and
+``CustomResidualAttentionBlock`` on open_clip's own ``Attention``), class-token
+pooling; and ``ModifiedResNet`` with its attention pool. Text towers: open_clip's
+``TextTransformer`` (with the fast truncated encoding), and any other text
+tower through the model's own ``encode_text``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import (
+    Attention,
+    CustomResidualAttentionBlock,
+    ResidualAttentionBlock,
+    TextTransformer,
+    VisionTransformer,
+    text_global_pool,
+)
+from torch import Tensor, nn
+
+from captum_clip_surgery.adapters.base import (
+    AttentionPoolView,
+    BlockView,
+    CLIPAdapter,
+    ResNetImageView,
+    TextTowerView,
+    ViTImageView,
+    register_adapter,
+    resize_positional_embedding,
+)
+
+__all__ = ["OpenCLIPAdapter"]
+
+
+def _split(x: Tensor, heads: int) -> Tensor:
+    b, n, c = x.shape
+    return x.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class _MHABlockView(BlockView):
+    r"""``ResidualAttentionBlock`` (``nn.MultiheadAttention``)."""
+
+    def __init__(self, block: ResidualAttentionBlock) -> None:
+        attn = block.attn
+        if not attn._qkv_same_embed_dim or attn.in_proj_weight is None:
+            raise TypeError("model: attention blocks with separate q/k/v weights are not supported")
+        self.block = block
+        self.attn = attn
+        self.num_heads = attn.num_heads
+        self.head_dim = attn.embed_dim // attn.num_heads
+
+    def norm1(self, x: Tensor) -> Tensor:
+        return self.block.ln_1(x)
+
+    def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
+        return _split(q, self.num_heads), _split(k, self.num_heads), _split(v, self.num_heads)
+
+    def attention_logits(self, q: Tensor, k: Tensor) -> Tensor:
+        return (q * self.scale) @ k.transpose(-2, -1)
+
+    def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def out(self, heads_out: Tensor) -> Tensor:
+        proj = self.attn.out_proj
+        return F.linear(_merge(heads_out), proj.weight, proj.bias)
+
+    def ls1(self, x: Tensor) -> Tensor:
+        return self.block.ls_1(x)
+
+    def norm2(self, x: Tensor) -> Tensor:
+        return self.block.ln_2(x)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.block.mlp(x)
+
+    def ls2(self, x: Tensor) -> Tensor:
+        return self.block.ls_2(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.attn.batch_first:
+            return self.block(x)
+        return self.block(x.transpose(0, 1)).transpose(0, 1)
+
+
+class _CustomBlockView(BlockView):
+    r"""``CustomResidualAttentionBlock`` (open_clip's ``Attention``)."""
+
+    def __init__(self, block: CustomResidualAttentionBlock) -> None:
+        self.block = block
+        self.attn: Attention = block.attn
+        self.num_heads = self.attn.num_heads
+        self.head_dim = self.attn.head_dim
+
+    def norm1(self, x: Tensor) -> Tensor:
+        return self.block.ln_1(x)
+
+    def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
+        return _split(q, self.num_heads), _split(k, self.num_heads), _split(v, self.num_heads)
+
+    def attention_logits(self, q: Tensor, k: Tensor) -> Tensor:
+        attn = self.attn
+        if attn.logit_scale is not None:
+            cos = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+            return cos * torch.clamp(attn.logit_scale, max=attn.logit_scale_max).exp()
+        return (attn.ln_q(q) * self.scale) @ attn.ln_k(k).transpose(-2, -1)
+
+    def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        attn = self.attn
+        if attn.logit_scale is None:
+            return F.scaled_dot_product_attention(attn.ln_q(q), attn.ln_k(k), v)
+        return super().original_attention(q, k, v)
+
+    def out(self, heads_out: Tensor) -> Tensor:
+        attn = self.attn
+        if attn.head_scale is not None:
+            heads_out = heads_out * attn.head_scale
+        x = attn.ln_inner(_merge(heads_out))
+        return self.block.ln_attn(attn.out_proj(x))
+
+    def ls1(self, x: Tensor) -> Tensor:
+        return self.block.ls_1(x)
+
+    def norm2(self, x: Tensor) -> Tensor:
+        return self.block.ln_2(x)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.block.mlp(x)
+
+    def ls2(self, x: Tensor) -> Tensor:
+        return self.block.ls_2(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+
+def _block_view(block: nn.Module) -> BlockView:
+    if isinstance(block, ResidualAttentionBlock):
+        if hasattr(block, "ln_1_kv"):
+            raise TypeError("model: cross-attention blocks are not supported in the image tower")
+        return _MHABlockView(block)
+    if isinstance(block, CustomResidualAttentionBlock):
+        return _CustomBlockView(block)
+    raise TypeError(
+        f"model: unsupported transformer block {type(block).__qualname__}; expected open_clip "
+        "ResidualAttentionBlock or CustomResidualAttentionBlock"
+    )
+
+
+class _OpenCLIPViTView(ViTImageView):
+    def __init__(self, visual: VisionTransformer) -> None:
+        if visual.attn_pool is not None:
+            raise TypeError("model: open_clip ViT towers with an attentional pool are not supported")
+        if visual.pool_type != "tok" or visual.final_ln_after_pool:
+            raise TypeError(
+                f"model: open_clip ViT tower with pool_type={visual.pool_type!r} is not supported; "
+                "expected class-token pooling ('tok')"
+            )
+        if visual.proj is None:
+            raise TypeError("model: the ViT tower has no output projection (pruned head)")
+        self.visual = visual
+        self.patch_size = tuple(visual.patch_size)
+        self.native_grid = tuple(visual.grid_size)
+        self.blocks = [_block_view(b) for b in visual.transformer.resblocks]
+
+    def patch_embed(self, images: Tensor) -> Tensor:
+        return self.visual.conv1(images)
+
+    def class_token(self) -> Tensor:
+        return self.visual.class_embedding
+
+    def positional_embedding(self, grid: Tuple[int, int]) -> Tensor:
+        return resize_positional_embedding(
+            self.visual.positional_embedding, self.native_grid, grid
+        )
+
+    def pre_norm(self, x: Tensor) -> Tensor:
+        return self.visual.ln_pre(x)
+
+    def post_norm(self, x: Tensor) -> Tensor:
+        return self.visual.ln_post(x)
+
+    def projection(self, x: Tensor) -> Tensor:
+        return x @ self.visual.proj.to(x.dtype)
+
+
+class _OpenCLIPAttentionPoolView(AttentionPoolView):
+    def __init__(self, pool: nn.Module) -> None:
+        self.pool = pool
+        self.num_heads = pool.num_heads
+        self.head_dim = pool.q_proj.in_features // pool.num_heads
+        side = int(round((pool.positional_embedding.shape[0] - 1) ** 0.5))
+        self.native_grid = (side, side)
+
+    def q(self, x: Tensor) -> Tensor:
+        return self.pool.q_proj(x)
+
+    def k(self, x: Tensor) -> Tensor:
+        return self.pool.k_proj(x)
+
+    def v(self, x: Tensor) -> Tensor:
+        return self.pool.v_proj(x)
+
+    def c(self, x: Tensor) -> Tensor:
+        return self.pool.c_proj(x)
+
+    def positional_embedding(self, grid: Tuple[int, int]) -> Tensor:
+        return resize_positional_embedding(self.pool.positional_embedding, self.native_grid, grid)
+
+
+class _OpenCLIPResNetView(ResNetImageView):
+    stride = 32
+
+    def __init__(self, visual: ModifiedResNet) -> None:
+        self.visual = visual
+        self.pool = _OpenCLIPAttentionPoolView(visual.attnpool)
+
+    def trunk(self, images: Tensor) -> Tensor:
+        v = self.visual
+        x = v.stem(images.to(v.conv1.weight.dtype))
+        return v.layer4(v.layer3(v.layer2(v.layer1(x))))
+
+    @property
+    def last_stage(self) -> nn.Module:
+        return self.visual.layer4
+
+
+class _OpenCLIPTextView(TextTowerView):
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        tower: Optional[nn.Module]
+        if isinstance(model, open_clip.CLIP):
+            tower = model
+            self._pool_type = model.text_pool_type
+            self._eos_id = getattr(model, "text_eos_id", None)
+            self._cls_emb = None
+            self._pad_mask = False
+        elif isinstance(getattr(model, "text", None), TextTransformer):
+            tower = model.text
+            self._pool_type = tower.pool_type
+            self._eos_id = tower.eos_id
+            self._cls_emb = tower.cls_emb
+            self._pad_mask = tower.use_pad_mask
+        else:
+            tower = None
+        self._tower = tower
+        self.context_length = int(getattr(model, "context_length", 77) or 77)
+
+    def default_tokenizer(self) -> Callable[[List[str]], Tensor]:
+        return open_clip.SimpleTokenizer(context_length=self.context_length)
+
+    def _truncation_length(self, ids: Tensor) -> Optional[int]:
+        tower = self._tower
+        if (
+            tower is None
+            or tower.attn_mask is None
+            or self._cls_emb is not None
+            or self._pad_mask
+        ):
+            return None
+        if self._pool_type == "argmax":
+            last = int(ids.argmax(dim=-1).max())
+        elif self._pool_type == "eos" and self._eos_id is not None:
+            last = int((ids == self._eos_id).int().argmax(dim=-1).max())
+        elif self._pool_type == "first":
+            last = 0
+        else:
+            return None
+        return last + 1
+
+    def encode(self, token_ids: Tensor, truncate: bool = True) -> Tensor:
+        length = self._truncation_length(token_ids) if truncate else None
+        if length is None:
+            return self.model.encode_text(token_ids)
+        tower = self._tower
+        ids = token_ids[:, :length]
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(ids).to(cast_dtype)
+        x = x + tower.positional_embedding[:length].to(cast_dtype)
+        mask = tower.attn_mask[:length, :length]
+        x = tower.transformer(x, attn_mask=mask)
+        x = tower.ln_final(x)
+        x = text_global_pool(x, ids, self._pool_type, eos_token_id=self._eos_id)
+        proj = tower.text_projection
+        if proj is None:
+            return x
+        if isinstance(proj, nn.Linear):
+            return proj(x)
+        return x @ proj
+
+
+@register_adapter
+class OpenCLIPAdapter(CLIPAdapter):
+    r"""Adapter for open_clip 3.x ``CLIP`` / ``CustomTextCLIP`` models.
+
+    Args:
+        model (nn.Module): the open_clip model; it is only read, never changed.
+
+    Examples::
+
+        >>> import open_clip
+        >>> model = open_clip.create_model("RN50")
+        >>> OpenCLIPAdapter(model).image.kind
+        'resnet'
+    """
+
+    family = "open_clip (CLIP, CustomTextCLIP with a ViT or ModifiedResNet image tower)"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        visual = model.visual
+        if isinstance(visual, VisionTransformer):
+            self.image = _OpenCLIPViTView(visual)
+        elif isinstance(visual, ModifiedResNet):
+            self.image = _OpenCLIPResNetView(visual)
+        else:
+            raise TypeError(
+                f"model: unsupported open_clip image tower {type(visual).__qualname__}; expected "
+                "VisionTransformer or ModifiedResNet"
+            )
+        self.text = _OpenCLIPTextView(model)
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return isinstance(model, (open_clip.CLIP, open_clip.CustomTextCLIP))
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self.model.encode_image(images)
+
+    def logit_scale(self) -> Tensor:
+        return self.model.logit_scale.exp().reshape(())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        visual = self.model.visual
+        return visual.conv1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.visual.conv1.weight.device

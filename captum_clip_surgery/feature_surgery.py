@@ -1,0 +1,74 @@
+r"""Feature surgery: removal of the redundant features shared by all texts (METHOD §6)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["feature_surgery"]
+
+
+def feature_surgery(
+    image_features: Tensor,
+    text_features: Tensor,
+    mode: str = "classes",
+    redundant_features: Optional[Tensor] = None,
+    temperature: float = 2.0,
+) -> Tensor:
+    r"""Similarity of every image token with every text after feature surgery.
+
+    Batched closed forms of METHOD §6, computed in float32 with memory
+    O(B·N·T) (the element-wise ``B×N×T×C`` product of the release is never
+    built):
+
+    - ``"classes"``: ``w = p / mean(p)``, ``p = softmax(temperature · f_cls·e_t)``
+      over the texts, per image; ``S[i, t] = w_t s_it − mean_t' (w_t' s_it')``
+      with ``s_it = f_i·e_t``.
+    - ``"redundant"``: ``S[i, t] = f_i·(e_t − r)`` with ``r`` the
+      ``redundant_features`` (e.g. the empty string's embedding).
+    - ``"none"``: ``S[i, t] = f_i·e_t``.
+
+    Args:
+        image_features (Tensor): ``[B, N, C]`` unit features, class token first.
+        text_features (Tensor): ``[T, C]`` unit text features.
+        mode (str): ``"classes"``, ``"redundant"`` or ``"none"``.
+        redundant_features (Tensor, optional): ``[C]`` or ``[T, C]``, needed by
+            ``"redundant"``.
+        temperature (float): softmax temperature of the class-set weights (2 in
+            the release).
+
+    Returns:
+        Tensor: ``[B, N, T]`` float32 scores (class token included).
+
+    Examples::
+
+        >>> f = torch.nn.functional.normalize(torch.randn(2, 50, 64), dim=-1)
+        >>> e = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+        >>> feature_surgery(f, e).shape
+        torch.Size([2, 50, 3])
+    """
+    f = image_features.float()
+    e = text_features.float()
+    if mode == "none":
+        return f @ e.t()
+    if mode == "redundant":
+        if redundant_features is None:
+            raise ValueError("redundant_features: required when mode='redundant'")
+        r = redundant_features.float().to(e.device)
+        if r.ndim == 1:
+            r = r.unsqueeze(0)
+        if r.shape[-1] != e.shape[-1] or r.shape[0] not in (1, e.shape[0]):
+            raise ValueError(
+                f"redundant_features: expected shape [{e.shape[-1]}] or "
+                f"[{e.shape[0]}, {e.shape[-1]}], got {list(redundant_features.shape)}"
+            )
+        return f @ (e - r).t()
+    if mode == "classes":
+        s = f @ e.t()
+        p = torch.softmax(temperature * s[:, 0, :], dim=-1)
+        w = p / p.mean(dim=-1, keepdim=True)
+        weighted = s * w.unsqueeze(1)
+        return weighted - weighted.mean(dim=-1, keepdim=True)
+    raise ValueError(f"mode: expected 'classes', 'redundant' or 'none', got {mode!r}")
