@@ -7,20 +7,29 @@ hook installed.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery.adapters.base import (
+    AttentionPoolView,
     BlockView,
     CLIPAdapter,
     ResNetImageView,
     ViTImageView,
 )
 
-__all__ = ["image_depth", "image_token_features", "self_attention", "validate_surgery_blocks"]
+__all__ = [
+    "Tap",
+    "image_depth",
+    "image_token_features",
+    "pool_attention",
+    "pooled_image_features",
+    "self_attention",
+    "validate_surgery_blocks",
+]
 
 
 def self_attention(x: Tensor, scale: float) -> Tensor:
@@ -102,6 +111,15 @@ def _dual_path_block(
     return x, x_new
 
 
+def pool_attention(pool: AttentionPoolView, queries: Tensor, x: Tensor) -> Tensor:
+    r"""The attention pool's own q-k attention for ``queries`` over tokens ``x``,
+    through the output projection: ``[B, Nq, D]``."""
+    q = pool.split_heads(pool.q(queries))
+    k, v = pool.split_heads(pool.k(x)), pool.split_heads(pool.v(x))
+    out = F.scaled_dot_product_attention(q, k, v, scale=pool.head_dim**-0.5)
+    return pool.c(pool.merge_heads(out))
+
+
 def _resnet_tokens(
     view: ResNetImageView, images: Tensor, surgery: bool
 ) -> Tuple[Tensor, Tuple[int, int]]:
@@ -109,16 +127,10 @@ def _resnet_tokens(
     fmap = view.trunk(images)
     grid = (fmap.shape[-2], fmap.shape[-1])
     x = pool.tokens(fmap)
-    k = pool.split_heads(pool.k(x))
-    v = pool.split_heads(pool.v(x))
-    scale = pool.head_dim**-0.5
     if not surgery:
-        q = pool.split_heads(pool.q(x))
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        return pool.c(pool.merge_heads(out)), grid
-    q = pool.split_heads(pool.q(x[:, :1]))
-    cls = pool.c(pool.merge_heads(F.scaled_dot_product_attention(q, k, v, scale=scale)))
-    new = pool.c(pool.merge_heads(self_attention(v, scale)))
+        return pool_attention(pool, x, x), grid
+    cls = pool_attention(pool, x[:, :1], x)
+    new = pool.c(pool.merge_heads(self_attention(pool.split_heads(pool.v(x)), pool.head_dim**-0.5)))
     return torch.cat([cls, new[:, 1:]], dim=1), grid
 
 
@@ -141,3 +153,41 @@ def image_token_features(
     if isinstance(image, ViTImageView):
         return _vit_tokens(image, images, surgery_blocks)
     return _resnet_tokens(image, images, surgery_blocks > 0)
+
+
+#: ``tap(index, tokens, grid) -> tokens`` called on the tokens entering each ViT block (or
+#: once on a ResNet trunk's feature map); it may route the tokens through a module.
+Tap = Callable[[int, Tensor, Tuple[int, int]], Tensor]
+
+
+def pooled_image_features(adapter: CLIPAdapter, images: Tensor, tap: Optional[Tap] = None) -> Tensor:
+    r"""The unmodified model's image embedding ``[B, D]``, computed through the views.
+
+    Equal to the model's own ``encode_image`` at its native resolution, and defined
+    at any resolution (positional embeddings resized per call). ``tap`` lets a
+    caller see or re-route intermediate tokens (used for GradCAM layers).
+
+    Args:
+        adapter (CLIPAdapter): the model's adapter.
+        images (Tensor): ``[B, 3, H, W]`` on the model's device and dtype.
+        tap (Callable, optional): ``tap(index, x, grid) -> x``; for a ViT ``x`` holds the
+            ``[B, 1 + h*w, C]`` tokens entering block ``index``; for a ResNet it is the
+            trunk's ``[B, C, h, w]`` feature map and ``index`` is 0.
+
+    Returns:
+        Tensor: ``[B, D]`` (not normalised).
+    """
+    image = adapter.image
+    if isinstance(image, ViTImageView):
+        x, grid = image.embed(images)
+        for i, block in enumerate(image.blocks):
+            if tap is not None:
+                x = tap(i, x, grid)
+            x = block.forward(x)
+        return image.features(x[:, :1])[:, 0]
+    pool = image.pool
+    fmap = image.trunk(images)
+    if tap is not None:
+        fmap = tap(0, fmap, (fmap.shape[-2], fmap.shape[-1]))
+    x = pool.tokens(fmap)
+    return pool_attention(pool, x[:, :1], x)[:, 0]

@@ -110,12 +110,15 @@ class TextFeatureCache:
         Returns:
             Tensor: ``[T, D]`` prompt-ensembled, unit-norm features.
         """
-        missing = list(dict.fromkeys(t for t in texts if (t, templates) not in self._cache))
-        if missing:
-            for text, feature in zip(missing, self._encode(missing, templates)):
-                self._cache[(text, templates)] = feature
-        device = self.adapter.device
-        return torch.stack([self._cache[(t, templates)].to(device) for t in texts])
+        # normal tensors even under torch.inference_mode(): cached features must stay usable
+        # by later calls that need autograd
+        with torch.inference_mode(False):
+            missing = list(dict.fromkeys(t for t in texts if (t, templates) not in self._cache))
+            if missing:
+                for text, feature in zip(missing, self._encode(missing, templates)):
+                    self._cache[(text, templates)] = feature
+            device = self.adapter.device
+            return torch.stack([self._cache[(t, templates)].to(device) for t in texts])
 
     @torch.no_grad()
     def _encode(self, texts: List[str], templates: Tuple[str, ...]) -> Tensor:

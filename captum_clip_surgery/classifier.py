@@ -2,17 +2,35 @@ r"""Zero-shot CLIP classifier: the forward function every attribution explains."
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_clip_surgery._architecture import image_depth, pooled_image_features
 from captum_clip_surgery._text import TextFeatureCache, validate_templates, validate_texts
 from captum_clip_surgery._validation import prepare_images
 from captum_clip_surgery.adapters.base import CLIPAdapter, get_adapter, inference_mode_of
 
-__all__ = ["CLIPZeroShotClassifier"]
+__all__ = ["CLIPZeroShotClassifier", "TokenGrid"]
+
+
+class TokenGrid(nn.Module):
+    r"""Identity layer that shows a block's patch tokens as a ``[B, C, h, w]`` grid.
+
+    The classifier routes the patch tokens entering a block through this module
+    (the class token bypasses it), so that Captum's layer methods, e.g.
+    ``LayerGradCam``, see a spatial layer. It is owned by the classifier and never inserted into
+    the user's model.
+    """
+
+    def forward(self, tokens: Tensor, grid: Tuple[int, int]) -> Tensor:
+        r"""``[B, 1 + h*w, C]`` tokens (or a ``[B, C, h, w]`` map) to a ``[B, C, h, w]`` grid."""
+        if tokens.ndim == 4:
+            return tokens
+        b, _, c = tokens.shape
+        return tokens[:, 1:].transpose(1, 2).reshape(b, c, grid[0], grid[1])
 
 
 class CLIPZeroShotClassifier(nn.Module):
@@ -65,6 +83,8 @@ class CLIPZeroShotClassifier(nn.Module):
         self.templates = validate_templates(templates)
         self.text_cache = TextFeatureCache(adapter, tokenizer, truncate=truncate_text)
         self.texts: List[str] = texts
+        self.grid_layers = nn.ModuleList(TokenGrid() for _ in range(image_depth(adapter)))
+        self._routed: Set[int] = set()
 
     adapter: CLIPAdapter
     model: nn.Module
@@ -89,11 +109,61 @@ class CLIPZeroShotClassifier(nn.Module):
         r"""The prompt-ensembled embedding of the empty string ``""``, ``[C]``."""
         return self.text_cache.features([""], self.templates)[0]
 
+    def gradcam_layer(self, block: int = -1) -> nn.Module:
+        r"""A spatial layer for Captum's layer methods (e.g. ``LayerGradCam``).
+
+        From now on the classifier's forward routes the patch tokens *entering*
+        image-tower block ``block`` through the returned :class:`TokenGrid`, which
+        shows them as a ``[B, C, h, w]`` grid; the logits are unchanged. The input
+        of a block is used because a CLIP ViT pools the class token only: the
+        patch tokens leaving the last block do not reach the logits (their
+        gradient is zero), while those entering it are read by its attention.
+        ``block=-1`` is therefore the usual CLIP GradCAM layer. For a ResNet tower
+        the layer is the trunk's output (its last stage); ``block`` must then be 0
+        or -1.
+
+        Args:
+            block (int): block index, negative counts from the end. Default -1.
+
+        Returns:
+            nn.Module: the classifier's own grid layer for that block.
+
+        Examples::
+
+            >>> from captum.attr import LayerGradCam, LayerAttribution
+            >>> cam = LayerGradCam(clf, clf.gradcam_layer(-1))
+            >>> grid = cam.attribute(images, target=0, relu_attributions=True)  # [B, 1, h, w]
+            >>> maps = LayerAttribution.interpolate(grid, images.shape[-2:], "bilinear")
+        """
+        depth = len(self.grid_layers)
+        if isinstance(block, bool) or not isinstance(block, int):
+            raise TypeError(f"block: expected an int, got {type(block).__name__}")
+        if not -depth <= block < depth:
+            raise ValueError(
+                f"block: expected an index in [{-depth}, {depth - 1}] for an image tower with "
+                f"{depth} {'block' if depth == 1 else 'blocks'}, got {block}"
+            )
+        index = block % depth
+        self._routed.add(index)
+        return self.grid_layers[index]
+
+    def _tap(self, index: int, x: Tensor, grid: Tuple[int, int]) -> Tensor:
+        if index not in self._routed:
+            return x
+        out = self.grid_layers[index](x, grid)
+        if x.ndim == 4:
+            return out
+        return torch.cat([x[:, :1], out.flatten(2).transpose(1, 2)], dim=1)
+
     def image_features(self, images: Tensor) -> Tensor:
-        r"""The unmodified model's unit image embeddings ``[B, C]`` (float32)."""
+        r"""The unmodified model's unit image embeddings ``[B, C]`` (float32).
+
+        Computed through the adapter (equal to the model's ``encode_image`` at its
+        native resolution, defined at any resolution).
+        """
         images = prepare_images(self.adapter, images, "images")
         with inference_mode_of(self.model):
-            features = self.adapter.encode_image(images)
+            features = pooled_image_features(self.adapter, images, self._tap)
         return F.normalize(features.float(), dim=-1)
 
     def forward(self, images: Tensor, *additional_forward_args: Any) -> Tensor:

@@ -296,7 +296,7 @@ class CLIPAdapter(abc.ABC):
     """
 
     family: str = ""
-    image: "ViTImageView | ResNetImageView"
+    image: ViTImageView | ResNetImageView
     text: TextTowerView
 
     def __init__(self, model: nn.Module) -> None:
