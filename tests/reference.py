@@ -141,3 +141,71 @@ def maps(scores: Tensor, grid: Tuple[int, int], size: Tuple[int, int]) -> Tensor
     b, _, t = s.shape
     s = s.permute(0, 2, 1).reshape(b, t, grid[0], grid[1])
     return F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+
+
+def maskclip_tokens(model: open_clip.CLIP, images: Tensor) -> Tensor:
+    r"""MaskCLIP: last block's value path (residual kept, no q-k attention, no FFN)."""
+    v = model.visual
+    if model.visual.__class__.__name__ == "ModifiedResNet":
+        orig = resnet_tokens(model, images, surgery=False)
+        fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))
+        b, c, h, w = fmap.shape
+        pool = v.attnpool
+        x = fmap.reshape(b, c, h * w).permute(0, 2, 1)
+        dense = pool.c_proj(pool.v_proj(x + _resize_pos(pool.positional_embedding, (
+            int(round((pool.positional_embedding.shape[0] - 1) ** 0.5)),) * 2, (h, w))[1:]))
+        return torch.cat([orig[:, :1], dense], dim=1)
+    x = F.conv2d(images, v.conv1.weight, stride=v.patch_size)
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h * w).permute(0, 2, 1)
+    x = torch.cat([v.class_embedding.reshape(1, 1, c).expand(b, 1, c), x], dim=1)
+    x = x + _resize_pos(v.positional_embedding, tuple(v.grid_size), (h, w))
+    x = _ln(v.ln_pre, x)
+    blocks = list(v.transformer.resblocks)
+    for blk in blocks[:-1]:
+        o_orig, _ = _attention_parts(blk, _ln(blk.ln_1, x))
+        x = x + _ls(blk.ls_1, o_orig)
+        x = x + _ls(blk.ls_2, _mlp(blk, _ln(blk.ln_2, x)))
+    last = blocks[-1]
+    attn = last.attn
+    y = _ln(last.ln_1, x)
+    val = y @ attn.in_proj_weight[2 * c :].t() + attn.in_proj_bias[2 * c :]
+    dense = x + _ls(last.ls_1, val @ attn.out_proj.weight.t() + attn.out_proj.bias)
+    o_orig, _ = _attention_parts(last, y)
+    cls = x + _ls(last.ls_1, o_orig)
+    cls = cls + _ls(last.ls_2, _mlp(last, _ln(last.ln_2, cls)))
+    t = torch.cat([cls[:, :1], dense[:, 1:]], dim=1)
+    return _ln(v.ln_post, t) @ v.proj
+
+
+def chefer_relevance(model: open_clip.CLIP, image: Tensor, text_feature: Tensor) -> Tensor:
+    r"""Chefer et al. relevance for ONE image ``[1, 3, H, W]`` and one unit text feature
+    ``[D]``, with explicit per-head loops: ``[h, w]``."""
+    v = model.visual
+    x = F.conv2d(image, v.conv1.weight, stride=v.patch_size)
+    _, c, h, w = x.shape
+    x = x.reshape(1, c, h * w).permute(0, 2, 1)
+    x = torch.cat([v.class_embedding.reshape(1, 1, c), x], dim=1)
+    x = _ln(v.ln_pre, x + v.positional_embedding)
+    attentions = []
+    for blk in v.transformer.resblocks:
+        attn = blk.attn
+        heads = attn.num_heads
+        y = _ln(blk.ln_1, x)
+        qkv = y @ attn.in_proj_weight.t() + attn.in_proj_bias
+        q, k, val = (_heads(t, heads) for t in qkv.chunk(3, dim=-1))
+        a = (torch.einsum("bnhd,bmhd->bhnm", q, k) / q.shape[-1] ** 0.5).softmax(-1)
+        attentions.append(a)
+        o = torch.einsum("bhnm,bmhd->bnhd", a, val).reshape(1, x.shape[1], c)
+        x = x + _ls(blk.ls_1, o @ attn.out_proj.weight.t() + attn.out_proj.bias)
+        x = x + _ls(blk.ls_2, _mlp(blk, _ln(blk.ln_2, x)))
+    pooled = F.normalize(_ln(v.ln_post, x[:, 0]) @ v.proj, dim=-1)
+    logit = model.logit_scale.exp() * (pooled[0] * text_feature).sum()
+    grads = torch.autograd.grad(logit, attentions)
+    n = x.shape[1]
+    r = torch.eye(n)
+    for a, g in zip(attentions, grads):
+        heads_cam = [torch.clamp(g[0, i] * a[0, i], min=0) for i in range(a.shape[1])]
+        cam = sum(heads_cam) / len(heads_cam)
+        r = r + cam @ r
+    return r[0, 1:].reshape(h, w)

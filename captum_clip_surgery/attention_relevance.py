@@ -1,0 +1,147 @@
+r"""Chefer et al. (ICCV 2021) gradient-weighted attention relevance for CLIP ViTs."""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor
+
+from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._text import validate_texts
+from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
+from captum_clip_surgery.adapters.base import CLIPAdapter, ViTImageView, inference_mode_of
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+
+__all__ = ["CLIPAttentionRelevance"]
+
+
+class CLIPAttentionRelevance(Attribution):
+    r"""Generic attention-model explainability (Chefer, Gur, Wolf, ICCV 2021) for CLIP.
+
+    The classifier's logit for the target text is back-propagated to every
+    attention map ``A`` of the image tower (``[B, heads, N, N]``, the model's own
+    softmax attention, computed functionally through the adapter — no hooks).
+    Starting from the identity, relevance accumulates block by block:
+    ``R ← R + mean_heads((∇A ⊙ A)⁺) · R``. The class-token row of ``R`` over the
+    patch tokens is the map; it is min-max normalised and bilinearly upsampled.
+
+    Args:
+        forward_func (CLIPZeroShotClassifier): the classifier; its image tower must
+            be a ViT.
+        start_block (int): first block included in the accumulation (default 0).
+
+    Examples::
+
+        >>> relevance = CLIPAttentionRelevance(clf)
+        >>> relevance.attribute(images, target="dog").shape
+        torch.Size([8, 1, 224, 224])
+    """
+
+    def __init__(self, forward_func: CLIPZeroShotClassifier, start_block: int = 0) -> None:
+        if not isinstance(forward_func, CLIPZeroShotClassifier):
+            raise TypeError(
+                "forward_func: expected a CLIPZeroShotClassifier, got "
+                f"{type(forward_func).__name__}"
+            )
+        if not isinstance(forward_func.adapter.image, ViTImageView):
+            raise TypeError(
+                "forward_func: CLIPAttentionRelevance needs a ViT image tower; this model's "
+                f"tower is a {forward_func.adapter.image.kind}"
+            )
+        depth = len(forward_func.adapter.image.blocks)
+        if isinstance(start_block, bool) or not isinstance(start_block, int):
+            raise TypeError(f"start_block: expected an int, got {type(start_block).__name__}")
+        if not 0 <= start_block < depth:
+            raise ValueError(f"start_block: expected an int in [0, {depth - 1}], got {start_block}")
+        super().__init__(forward_func)
+        self.classifier = forward_func
+        self.start_block = start_block
+
+    @property
+    def adapter(self) -> CLIPAdapter:
+        r"""The model adapter."""
+        return self.classifier.adapter
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    def _logits_and_attentions(
+        self, images: Tensor, text_features: Tensor
+    ) -> Tuple[Tensor, List[Tensor], Tuple[int, int]]:
+        image: ViTImageView = self.adapter.image  # type: ignore[assignment]
+        x, grid = image.embed(images)
+        attentions = []
+        for block in image.blocks:
+            q, k, v = block.qkv(block.norm1(x))
+            a = block.attention_logits(q, k).float().softmax(dim=-1)
+            attentions.append(a)
+            x = x + block.ls1(block.out(a.to(v.dtype) @ v))
+            x = x + block.ls2(block.mlp(block.norm2(x)))
+        pooled = F.normalize(image.features(x[:, :1])[:, 0].float(), dim=-1)
+        logits = self.adapter.logit_scale().float() * pooled @ text_features.t()
+        return logits, attentions, grid
+
+    def relevance(
+        self, images: Tensor, target: Any = None, texts: Optional[Sequence[str]] = None
+    ) -> Tensor:
+        r"""Class-token relevance of every patch token, ``[B, 1, h, w]`` (not normalised).
+
+        Args:
+            images (Tensor): ``[B, 3, H, W]``.
+            target: as in :meth:`attribute`.
+            texts (list[str], optional): texts for this call.
+
+        Returns:
+            Tensor: float32 ``[B, 1, h, w]``.
+        """
+        texts_ = list(self.classifier.texts) if texts is None else validate_texts(texts)
+        # gradients are needed even under torch.no_grad() / torch.inference_mode()
+        with torch.inference_mode(False), torch.enable_grad(), inference_mode_of(
+            self.classifier.model
+        ):
+            prepared = prepare_images(self.adapter, images).detach().clone()
+            index = resolve_target(target, prepared.shape[0], texts_)
+            e = self.classifier.encode_texts(texts_)
+            logits, attentions, (h, w) = self._logits_and_attentions(prepared, e)
+            chosen = logits.gather(1, index.to(logits.device)[:, None]).sum()
+            grads = torch.autograd.grad(chosen, attentions)
+        b, n = prepared.shape[0], attentions[0].shape[-1]
+        r = torch.eye(n, device=prepared.device).expand(b, n, n).clone()
+        for a, g in list(zip(attentions, grads))[self.start_block :]:
+            cam = (g * a).clamp(min=0).mean(dim=1).detach()
+            r = r + cam @ r
+        return r[:, 0, 1:].reshape(b, 1, h, w)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Union[Tensor, Tuple[Tensor]],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        texts: Optional[Sequence[str]] = None,
+        upsample_to_input: bool = True,
+    ) -> Union[Tensor, Tuple[Tensor]]:
+        r"""Relevance maps for the target texts.
+
+        Args:
+            inputs (Tensor or tuple[Tensor]): images ``[B, 3, H, W]`` or a 1-tuple.
+            target (int, str, list, Tensor, optional): same forms as
+                :meth:`CLIPSurgeryAttribution.attribute`.
+            additional_forward_args (Any, optional): accepted, unused.
+            texts (list[str], optional): texts for this call.
+            upsample_to_input (bool): upsample to ``H×W`` (default) or return the grid.
+
+        Returns:
+            Tensor or tuple[Tensor]: ``[B, 1, H, W]`` in ``[0, 1]``, inputs' device/dtype.
+        """
+        images, is_tuple = unpack_inputs(inputs)
+        maps = minmax_normalize(self.relevance(images, target, texts))
+        if upsample_to_input:
+            maps = upsample(maps, (images.shape[-2], images.shape[-1]))
+        maps = maps.to(device=images.device, dtype=images.dtype)
+        return (maps,) if is_tuple else maps
