@@ -3,22 +3,39 @@ r"""captum-clip-surgery: CLIP Surgery explanations for CLIP as Captum attributio
 from captum_clip_surgery._maps import minmax_normalize
 from captum_clip_surgery._text import DEFAULT_TEMPLATES, SCENE_TEMPLATES
 from captum_clip_surgery.adapters import CLIPAdapter, get_adapter, register_adapter
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier, TokenGrid
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
+from captum_clip_surgery.comparison import (
+    DEFAULT_METHODS,
+    METHOD_NAMES,
+    channel_reduce,
+    compare,
+    plot_comparison,
+)
 from captum_clip_surgery.feature_surgery import feature_surgery
+from captum_clip_surgery.maskclip import MaskCLIPAttribution
 from captum_clip_surgery.similarity_map import CLIPSimilarityMap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CLIPAdapter",
+    "CLIPAttentionRelevance",
     "CLIPSimilarityMap",
     "CLIPSurgeryAttribution",
     "CLIPZeroShotClassifier",
+    "DEFAULT_METHODS",
     "DEFAULT_TEMPLATES",
+    "METHOD_NAMES",
+    "MaskCLIPAttribution",
     "SCENE_TEMPLATES",
+    "TokenGrid",
+    "channel_reduce",
+    "compare",
     "feature_surgery",
     "get_adapter",
     "minmax_normalize",
+    "plot_comparison",
     "register_adapter",
 ]

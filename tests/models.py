@@ -2,7 +2,7 @@ r"""Tiny, seeded open_clip models built in code for the tests."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import open_clip
 import torch
@@ -11,9 +11,9 @@ TEXT_CFG: Dict[str, Any] = dict(context_length=24, vocab_size=49408, width=32, h
 
 
 def tiny_vit(block_type: str = "default", seed: int = 0, **vision: Any) -> open_clip.CLIP:
-    r"""A 4-block ViT CLIP on 32x32 inputs, patch 8 (a 4x4 grid)."""
+    r"""A 7-block ViT CLIP on 32x32 inputs, patch 8 (a 4x4 grid)."""
     torch.manual_seed(seed)
-    cfg = dict(image_size=32, patch_size=8, width=48, layers=4, head_width=16, mlp_ratio=2.0)
+    cfg = dict(image_size=32, patch_size=8, width=48, layers=7, head_width=16, mlp_ratio=2.0)
     cfg.update(vision)
     if block_type != "default":
         cfg["block_type"] = block_type
@@ -46,3 +46,49 @@ def _randomize(model: torch.nn.Module) -> None:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(1.0 + 0.2 * torch.rand(m.running_var.shape, generator=g))
+
+
+def one_patch_vit(patch_index: int = 2, evidence: Optional[torch.Tensor] = None) -> open_clip.CLIP:
+    r"""A one-block ViT (16x16 input, 2x2 grid) whose image embedding depends only on
+    patch ``patch_index``.
+
+    The class token's query matches only that patch's key (built from the
+    positional embedding), values carry the patch's mean red value, and the MLP
+    is silenced. Every other patch influences the logits only through
+    attention weights of order ``exp(-100)``.
+    """
+    torch.manual_seed(0)
+    width = 16
+    cfg = dict(image_size=16, patch_size=8, width=width, layers=1, head_width=16, mlp_ratio=1.0,
+               no_ln_pre=True)
+    model = open_clip.CLIP(embed_dim=8, vision_cfg=cfg, text_cfg=dict(TEXT_CFG))
+    v = model.visual
+    blk = v.transformer.resblocks[0]
+    with torch.no_grad():
+        v.conv1.weight.zero_()
+        v.conv1.weight[0, 0] = 1.0 / 64  # channel 0: the patch's mean red value
+        v.class_embedding.zero_()
+        v.positional_embedding.zero_()
+        v.positional_embedding[0, 1] = 10.0  # class token marker
+        v.positional_embedding[1 + patch_index, 2] = 10.0  # the chosen patch's marker
+        for j in range(4):  # other patches: negative red channel, ignored by the attention
+            if j != patch_index:
+                v.positional_embedding[1 + j, 0] = -5.0
+        for ln in (blk.ln_1, blk.ln_2, v.ln_post):
+            ln.weight.fill_(1.0)
+            ln.bias.zero_()
+        w = blk.attn.in_proj_weight
+        w.zero_()
+        blk.attn.in_proj_bias.zero_()
+        w[0, 1] = 12.0  # q[0] <- class marker
+        w[width + 0, 2] = 12.0  # k[0] <- patch marker
+        w[2 * width :, :] = torch.eye(width)  # v = identity
+        blk.attn.out_proj.weight.copy_(torch.eye(width))
+        blk.attn.out_proj.bias.zero_()
+        blk.mlp.c_proj.weight.zero_()
+        blk.mlp.c_proj.bias.zero_()
+        v.proj.copy_(torch.randn(width, 8))
+        if evidence is not None:
+            v.proj[0] = 10.0 * evidence
+            v.proj[2] = 10.0 * evidence
+    return model.eval()

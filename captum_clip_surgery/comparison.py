@@ -1,0 +1,302 @@
+r"""All methods on one footing: one call, ``[B, 1, H, W]`` maps, one figure."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from captum.attr import (
+    Attribution,
+    InputXGradient,
+    IntegratedGradients,
+    LayerGradCam,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from captum.attr import visualization as viz
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
+from captum_clip_surgery.adapters.base import ViTImageView
+from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
+from captum_clip_surgery.maskclip import MaskCLIPAttribution
+from captum_clip_surgery.similarity_map import CLIPSimilarityMap
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHOD_NAMES",
+    "build_method",
+    "channel_reduce",
+    "compare",
+    "plot_comparison",
+]
+
+#: Methods :func:`compare` runs when none are named.
+DEFAULT_METHODS = ("surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig")
+
+#: Every method name :func:`compare` understands.
+METHOD_NAMES = DEFAULT_METHODS + ("inputxgradient", "smoothgrad", "occlusion")
+
+#: Display names used as figure titles.
+TITLES = {
+    "surgery": "CLIP Surgery",
+    "raw": "raw CLIP",
+    "maskclip": "MaskCLIP",
+    "gradcam": "GradCAM",
+    "chefer": "Chefer relevance",
+    "saliency": "Saliency",
+    "ig": "Integrated Gradients",
+    "inputxgradient": "Input x Gradient",
+    "smoothgrad": "SmoothGrad",
+    "occlusion": "Occlusion",
+}
+
+
+def channel_reduce(attributions: Tensor, reduction: str = "abs_sum") -> Tensor:
+    r"""Reduce pixel attributions ``[B, 3, H, W]`` to one map ``[B, 1, H, W]``.
+
+    Args:
+        attributions (Tensor): ``[B, K, H, W]`` (``K = 1`` is returned unchanged).
+        reduction (str): ``"abs_sum"`` (default: sum of absolute values over
+            channels, the usual saliency display), ``"sum"`` (signed sum),
+            ``"l2"`` (Euclidean norm over channels) or ``"max_abs"``.
+
+    Returns:
+        Tensor: ``[B, 1, H, W]``.
+
+    Examples::
+
+        >>> channel_reduce(torch.tensor([[[[1.0]], [[-2.0]], [[0.5]]]])).flatten()
+        tensor([3.5000])
+    """
+    if attributions.ndim != 4:
+        raise ValueError(
+            f"attributions: expected [B, K, H, W], got shape {list(attributions.shape)}"
+        )
+    if attributions.shape[1] == 1:
+        return attributions
+    if reduction == "abs_sum":
+        return attributions.abs().sum(dim=1, keepdim=True)
+    if reduction == "sum":
+        return attributions.sum(dim=1, keepdim=True)
+    if reduction == "l2":
+        return attributions.norm(dim=1, keepdim=True)
+    if reduction == "max_abs":
+        return attributions.abs().amax(dim=1, keepdim=True)
+    raise ValueError(
+        f"reduction: expected 'abs_sum', 'sum', 'l2' or 'max_abs', got {reduction!r}"
+    )
+
+
+def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
+    r"""The attribution object behind a method name of :data:`METHOD_NAMES`.
+
+    Args:
+        name (str): method name.
+        classifier (CLIPZeroShotClassifier): the classifier explained.
+
+    Returns:
+        Attribution: a Captum attribution on ``classifier``.
+    """
+    if name == "surgery":
+        return CLIPSurgeryAttribution(classifier)
+    if name == "raw":
+        return CLIPSimilarityMap(classifier)
+    if name == "maskclip":
+        return MaskCLIPAttribution(classifier)
+    if name == "gradcam":
+        return LayerGradCam(classifier, classifier.gradcam_layer(-1))
+    if name == "chefer":
+        return CLIPAttentionRelevance(classifier)
+    if name == "saliency":
+        return Saliency(classifier)
+    if name == "ig":
+        return IntegratedGradients(classifier)
+    if name == "inputxgradient":
+        return InputXGradient(classifier)
+    if name == "smoothgrad":
+        return NoiseTunnel(Saliency(classifier))
+    if name == "occlusion":
+        return Occlusion(classifier)
+    raise ValueError(f"methods: unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
+
+
+def _default_kwargs(name: str, classifier: CLIPZeroShotClassifier, images: Tensor) -> Dict[str, Any]:
+    if name == "gradcam":
+        return {"relu_attributions": True}
+    if name == "ig":
+        return {"n_steps": 50, "internal_batch_size": max(1, images.shape[0]) * 10}
+    if name == "smoothgrad":
+        return {"nt_samples": 10, "nt_type": "smoothgrad", "stdevs": 0.1}
+    if name == "occlusion":
+        image = classifier.adapter.image
+        size = image.patch_size if isinstance(image, ViTImageView) else (image.stride, image.stride)
+        return {"sliding_window_shapes": (3, *size), "strides": (3, *size)}
+    return {}
+
+
+MethodSpec = Union[str, Attribution, Callable[..., Tensor]]
+
+
+def compare(
+    classifier: CLIPZeroShotClassifier,
+    images: Tensor,
+    target: Any,
+    methods: Optional[Union[Sequence[str], Mapping[str, MethodSpec]]] = None,
+    method_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    reduction: str = "abs_sum",
+) -> Dict[str, Tensor]:
+    r"""Run several explanation methods on the same images and targets.
+
+    Every output is brought to one footing: pixel attributions are reduced over
+    channels with :func:`channel_reduce`, layer / token maps are bilinearly
+    upsampled to the input size, and each map is min-max normalised to
+    ``[0, 1]`` (float32).
+
+    Args:
+        classifier (CLIPZeroShotClassifier): the classifier explained.
+        images (Tensor): ``[B, 3, H, W]`` preprocessed images.
+        target (int, str, list, Tensor): same forms as
+            :meth:`CLIPSurgeryAttribution.attribute`; texts are resolved to indices
+            for Captum's own methods.
+        methods (list[str] or dict, optional): names from :data:`METHOD_NAMES`
+            (default :data:`DEFAULT_METHODS`; ``"chefer"`` is skipped for ResNet
+            towers), or a mapping from display names to names, Captum
+            ``Attribution`` objects, or callables ``f(images, target) -> Tensor``.
+        method_kwargs (dict, optional): extra keyword arguments per method name for
+            its ``attribute`` call (e.g. ``{"ig": {"n_steps": 20}}``).
+        reduction (str): channel reduction of pixel attributions.
+
+    Returns:
+        dict[str, Tensor]: ``{name: [B, 1, H, W]}`` in the order given.
+
+    Examples::
+
+        >>> maps = compare(clf, images, target="dog", methods=["surgery", "gradcam", "ig"])
+        >>> {k: tuple(v.shape) for k, v in maps.items()}
+        {'surgery': (8, 1, 224, 224), 'gradcam': (8, 1, 224, 224), 'ig': (8, 1, 224, 224)}
+    """
+    if not isinstance(classifier, CLIPZeroShotClassifier):
+        raise TypeError(
+            f"classifier: expected a CLIPZeroShotClassifier, got {type(classifier).__name__}"
+        )
+    images, _ = unpack_inputs(images)
+    prepared = prepare_images(classifier.adapter, images, "images")
+    index = resolve_target(target, prepared.shape[0], classifier.texts).to(prepared.device)
+    if methods is None:
+        vit = isinstance(classifier.adapter.image, ViTImageView)
+        methods = [m for m in DEFAULT_METHODS if vit or m != "chefer"]
+    if isinstance(methods, str):
+        raise TypeError("methods: expected a list of method names or a dict, got a single string")
+    specs: Dict[str, MethodSpec] = (
+        dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
+    )
+    extra = dict(method_kwargs or {})
+    out: Dict[str, Tensor] = {}
+    size = (prepared.shape[-2], prepared.shape[-1])
+    for name, spec in specs.items():
+        method = build_method(spec, classifier) if isinstance(spec, str) else spec
+        kwargs = _default_kwargs(spec, classifier, prepared) if isinstance(spec, str) else {}
+        kwargs.update(extra.get(name, {}))
+        if isinstance(method, Attribution):
+            raw = method.attribute(prepared, target=index, **kwargs)
+        elif callable(method):
+            raw = method(prepared, index, **kwargs)
+        else:
+            raise TypeError(
+                f"methods: {name!r} must be a method name, a Captum Attribution or a callable, "
+                f"got {type(method).__name__}"
+            )
+        if isinstance(raw, tuple):
+            raw = raw[0]
+        raw = channel_reduce(raw.detach().float(), reduction)
+        out[name] = minmax_normalize(upsample(raw, size))
+    return out
+
+
+def _display_image(image: Any) -> np.ndarray:
+    if isinstance(image, Tensor):
+        arr = image.detach().float().cpu()
+        if arr.ndim == 4:
+            arr = arr[0]
+        if arr.ndim != 3 or arr.shape[0] not in (1, 3):
+            raise ValueError(f"image: expected [3, H, W], got shape {list(image.shape)}")
+        arr = arr.permute(1, 2, 0).numpy()
+    else:
+        arr = np.asarray(image, dtype=np.float32)
+        if arr.ndim != 3:
+            raise ValueError(f"image: expected an H x W x 3 array or PIL image, got shape {arr.shape}")
+    lo, hi = float(arr.min()), float(arr.max())
+    if arr.dtype != np.uint8 and (lo < 0 or hi > 1):
+        arr = (arr - lo) / (hi - lo if hi > lo else 1.0)
+    elif hi > 1:
+        arr = arr / 255.0
+    return arr.astype(np.float32)
+
+
+def plot_comparison(
+    image: Any,
+    maps: Mapping[str, Tensor],
+    texts: Optional[Union[str, Sequence[str]]] = None,
+    index: int = 0,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> Figure:
+    r"""One row: the image, then one blended heat map per method, titled.
+
+    Built on ``captum.attr.visualization.visualize_image_attr``
+    (``method="blended_heat_map"``).
+
+    Args:
+        image (Tensor, np.ndarray or PIL.Image): ``[3, H, W]`` tensor (any
+            normalisation; rescaled for display), ``H×W×3`` array or PIL image.
+        maps (dict[str, Tensor]): e.g. the output of :func:`compare`; each
+            ``[B, 1, H, W]`` (example ``index`` is shown) or ``[1, H, W]``.
+        texts (str or list[str], optional): the explained text (or one per
+            example); shown in the figure title.
+        index (int): which example of batched maps to show.
+        alpha (float): heat-map opacity.
+        cmap (str): matplotlib colour map.
+
+    Returns:
+        matplotlib.figure.Figure: the figure (not shown; save it or display it).
+
+    Examples::
+
+        >>> fig = plot_comparison(images[0], compare(clf, images, "dog"), texts="dog")
+        >>> fig.savefig("comparison.png")
+    """
+    base = _display_image(image)
+    if not maps:
+        raise ValueError("maps: expected at least one map")
+    n = len(maps) + 1
+    fig = Figure(figsize=(2.6 * n, 3.0))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    axes[0].imshow(base)
+    axes[0].set_title("image")
+    axes[0].axis("off")
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        m = m.detach().float().cpu()
+        if m.ndim == 4:
+            m = m[index]
+        if m.ndim != 3 or m.shape[0] != 1:
+            raise ValueError(f"maps[{name!r}]: expected [B, 1, H, W] or [1, H, W], got {list(m.shape)}")
+        attr = m.permute(1, 2, 0).numpy()
+        if attr.shape[:2] != base.shape[:2]:
+            attr = upsample(m[None], base.shape[:2])[0].permute(1, 2, 0).numpy()
+        viz.visualize_image_attr(
+            attr, base, method="blended_heat_map", sign="positive", cmap=cmap,
+            alpha_overlay=alpha, plt_fig_axis=(fig, ax), use_pyplot=False,
+            title=TITLES.get(name, name),
+        )
+    if texts is not None:
+        text = texts if isinstance(texts, str) else list(texts)[index]
+        fig.suptitle(f"target: {text}")
+    fig.tight_layout()
+    return fig
+
