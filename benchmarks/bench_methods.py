@@ -1,0 +1,117 @@
+r"""Time and peak memory of every explanation method ÷ a plain forward, in one run.
+
+open_clip ViT-B-16 (random init), batch 8, 224 px, 20 texts, CPU by default. Each
+method runs in its own subprocess: model built the same way (seeded), text cache
+filled, then the peak resident memory is reset (``/proc/self/clear_refs``,
+Linux) and the method is timed over ``--repeats`` further calls
+(median). Peak memory = growth of the resident high-water mark during the first
+call (reset right before it, after the model is built and the text cache filled),
+so allocator caches from earlier calls cannot hide it; the timed calls follow. Ratios are against ``model.encode_image`` under ``torch.no_grad()``
+measured the same way.
+
+Run: ``python benchmarks/bench_methods.py [--device cpu] [--repeats 3] [--ig-steps 50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+METHODS = ["forward", "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig"]
+
+_CHILD = r"""
+import json, statistics, sys, time
+import torch, open_clip
+from captum.attr import IntegratedGradients, LayerGradCam, Saliency
+from captum_clip_surgery import (CLIPAttentionRelevance, CLIPSimilarityMap, CLIPSurgeryAttribution,
+                                 CLIPZeroShotClassifier, MaskCLIPAttribution)
+
+method, device, repeats, ig_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+CLASSES = ["dog", "cat", "grass", "sky", "car", "tree", "person", "bench", "building", "road",
+           "water", "horse", "bird", "boat", "chair", "table", "bottle", "plant", "sofa", "train"]
+torch.manual_seed(0)
+model = open_clip.create_model("ViT-B-16").to(device).eval()
+images = torch.randn(8, 3, 224, 224, device=device)
+clf = CLIPZeroShotClassifier(model, CLASSES)
+_ = clf.text_features
+target = 3
+if method == "forward":
+    def run():
+        with torch.no_grad():
+            return model.encode_image(images)
+elif method in ("surgery", "raw", "maskclip"):
+    cls = {"surgery": CLIPSurgeryAttribution, "raw": CLIPSimilarityMap, "maskclip": MaskCLIPAttribution}[method]
+    explainer = cls(clf)
+    def run():
+        with torch.no_grad():
+            return explainer.attribute(images, target=target)
+elif method == "gradcam":
+    cam = LayerGradCam(clf, clf.gradcam_layer(-1))
+    run = lambda: cam.attribute(images, target=target, relu_attributions=True)
+elif method == "chefer":
+    rel = CLIPAttentionRelevance(clf)
+    run = lambda: rel.attribute(images, target=target)
+elif method == "saliency":
+    sal = Saliency(clf)
+    run = lambda: sal.attribute(images, target=target)
+elif method == "ig":
+    ig = IntegratedGradients(clf)
+    run = lambda: ig.attribute(images, target=target, n_steps=ig_steps, internal_batch_size=16)
+sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+if device.startswith("cuda"):
+    torch.cuda.reset_peak_memory_stats()
+    base_gpu = torch.cuda.memory_allocated()
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = status("VmRSS")
+sync(); t0 = time.perf_counter(); out = run(); sync(); first = time.perf_counter() - t0
+peak = status("VmHWM") - base
+if device.startswith("cuda"):
+    peak = torch.cuda.max_memory_allocated() - base_gpu
+times = [first] if method == "ig" else []
+for _ in range(0 if method == "ig" else repeats):
+    sync(); t0 = time.perf_counter(); out = run(); sync(); times.append(time.perf_counter() - t0)
+print(json.dumps({"seconds": statistics.median(times), "peak_bytes": peak, "shape": list(out.shape)}))
+"""
+
+
+def run_method(method: str, device: str, repeats: int, ig_steps: int) -> dict:
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, method, device, str(repeats), str(ig_steps)],
+        capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ig-steps", type=int, default=50)
+    parser.add_argument("--methods", default=",".join(METHODS[1:]))
+    args = parser.parse_args()
+    results = {"forward": run_method("forward", args.device, args.repeats, args.ig_steps)}
+    for m in args.methods.split(","):
+        results[m] = run_method(m, args.device, args.repeats, args.ig_steps)
+    base = results["forward"]
+    memory = "GPU memory allocated" if args.device.startswith("cuda") else "resident memory"
+    print(f"ViT-B-16 random init, batch 8, 224 px, 20 texts, device {args.device}; "
+          f"peak = growth of {memory}")
+    print(f"{'method':<10} {'time s':>8} {'time ratio':>10} {'peak MiB':>9} {'mem ratio':>9}  output")
+    for name, r in results.items():
+        print(f"{name:<10} {r['seconds']:8.2f} {r['seconds'] / base['seconds']:10.2f} "
+              f"{r['peak_bytes'] / 2**20:9.0f} {r['peak_bytes'] / max(base['peak_bytes'], 1):9.2f}"
+              f"  {r['shape']}")
+
+
+if __name__ == "__main__":
+    main()
