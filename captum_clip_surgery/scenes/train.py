@@ -1,0 +1,165 @@
+r"""Train the small scenes CLIP: ``python -m captum_clip_surgery.scenes.train``.
+
+Deterministic for a seed: training scene ``step * batch_size + j`` of
+``ScenesWorld(seed)``, texts chosen with a generator seeded by ``(seed, step)``.
+Symmetric InfoNCE with open_clip's learnable temperature (``logit_scale``), AdamW
+with warm-up and cosine decay. Half of the texts are the scene's caption; the
+other half fill one of the package's 85 default prompt templates with one class
+present in the scene, so that zero-shot prompt ensembles work.
+
+Resumable: ``--out DIR`` receives ``checkpoint.safetensors`` (model),
+``optimizer.pt`` (optimizer state, read back with ``weights_only=True``) and
+``state.json`` (step); ``--resume`` continues from them. ``--export`` writes the
+shipped fp16 weights and config into the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from typing import List, Set, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from captum_clip_surgery._text import DEFAULT_TEMPLATES
+from captum_clip_surgery.adapters import get_adapter
+from captum_clip_surgery.scenes.model import (
+    MODEL_CONFIG,
+    WEIGHTS_PATH,
+    build_scenes_clip,
+    export_weights,
+    scenes_tokenizer,
+)
+from captum_clip_surgery.scenes.world import _CAPTIONS, ScenesWorld
+
+__all__ = ["main", "make_batch", "used_token_ids"]
+
+
+def make_batch(
+    world: ScenesWorld, step: int, batch_size: int, seed: int
+) -> Tuple[torch.Tensor, List[str]]:
+    r"""Images ``[B, 3, H, W]`` and texts of training step ``step``."""
+    rng = np.random.default_rng([seed, step, 7])
+    images, texts = [], []
+    for j in range(batch_size):
+        s = world.sample(step * batch_size + j)
+        images.append(np.asarray(s["image"]))
+        if rng.random() < 0.5:
+            texts.append(s["caption"])
+        else:
+            names = s["objects"] + [s["background"]]
+            name = names[int(rng.integers(len(names)))]
+            texts.append(DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))].format(name))
+    # the images are rendered at the model's size: scenes_preprocess reduces to this
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(OPENAI_DATASET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).reshape(1, 3, 1, 1)
+    return (x - mean) / std, texts
+
+
+def used_token_ids(world: ScenesWorld, tokenizer) -> Set[int]:  # noqa: ANN001
+    r"""Every token id the training texts and the default prompt ensembles can produce."""
+    names = world.class_names + [""]
+    texts = [t.format(n) for t in DEFAULT_TEMPLATES for n in names]
+    texts += [c.format(objects="a " + n + " an " + n + ",", background=b)
+              for c in _CAPTIONS for n in world.object_classes for b in world.background_classes]
+    texts += [" and ", "a", "an"]
+    ids = tokenizer(texts)
+    return set(int(t) for t in ids.unique())
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def main(argv: List[str] = None) -> None:  # noqa: RUF013
+    r"""Command-line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="runs/scenes_clip")
+    parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--export", action="store_true",
+                        help=f"write the fp16 weights to {WEIGHTS_PATH} at the end")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    world = ScenesWorld(seed=args.seed)
+    tokenizer = scenes_tokenizer(MODEL_CONFIG["text_cfg"]["context_length"])
+    model = build_scenes_clip(seed=args.seed)
+    text_tower = get_adapter(model).text  # exact truncated text encoding
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    ckpt, opt_path, state_path = (os.path.join(args.out, f) for f in
+                                  ("checkpoint.safetensors", "optimizer.pt", "state.json"))
+    start, elapsed = 0, 0.0
+    if args.resume and os.path.exists(state_path):
+        model.load_state_dict(load_file(ckpt), strict=False)
+        opt.load_state_dict(torch.load(opt_path, weights_only=True))
+        with open(state_path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        start, elapsed = int(saved["step"]), float(saved.get("elapsed_s", 0.0))
+    model.train()
+    t0 = time.perf_counter() - elapsed
+
+    def save(step: int) -> None:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()
+                   if not k.endswith("attn_mask")}, ckpt)
+        torch.save(opt.state_dict(), opt_path)
+        with open(state_path, "w", encoding="utf-8") as fh:
+            json.dump({"step": step, "elapsed_s": time.perf_counter() - t0, "args": vars(args)}, fh)
+
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="scenes CLIP")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, args.steps, args.lr, args.warmup)
+        images, texts = make_batch(world, step, args.batch_size, args.seed)
+        ids = tokenizer(texts)
+        img = F.normalize(model.encode_image(images), dim=-1)
+        txt = F.normalize(text_tower.encode(ids, truncate=True), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.t()
+        labels = torch.arange(len(texts))
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{model.logit_scale.exp().item():.1f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save(step + 1)
+    print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s")
+    if args.export:
+        model.eval()
+        export_weights(model, used_token_ids(world, tokenizer), metadata={
+            "steps": str(args.steps), "seed": str(args.seed), "batch_size": str(args.batch_size),
+            "train_seconds": f"{time.perf_counter() - t0:.0f}",
+        })
+        print(f"exported {WEIGHTS_PATH}")
+
+
+if __name__ == "__main__":
+    main()
