@@ -1,0 +1,369 @@
+r"""The evaluation runner: every method scored by the same metrics on the same data."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.comparison import TITLES, MethodSpec, compare
+from captum_clip_surgery.evaluation.datasets import collate_items
+from captum_clip_surgery.evaluation.faithfulness import deletion_insertion
+from captum_clip_surgery.evaluation.localization import (
+    ThresholdIoU,
+    energy_pointing_game,
+    mean_score_contrast,
+    pointing_game,
+)
+
+__all__ = ["EvaluationResult", "evaluate", "square_preprocess"]
+
+#: Metrics of the summary table, in order, with their column titles.
+COLUMNS = (
+    ("msc", "mSC ↑"),
+    ("miou", "mIoU ↑"),
+    ("threshold", "best thr."),
+    ("pointing", "pointing ↑"),
+    ("energy", "energy PG ↑"),
+    ("deletion_auc", "deletion AUC ↓"),
+    ("insertion_auc", "insertion AUC ↑"),
+    ("seconds_per_image", "s / image"),
+)
+
+
+def square_preprocess(size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[Any], Tensor]:
+    r"""PIL image → ``[3, size, size]``: square bicubic resize (no crop, the whole image
+    is explained, as in the CLIP Surgery release), then normalisation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+@dataclass
+class EvaluationResult:
+    r"""Per-(image, class, method) records and their aggregation.
+
+    Attributes:
+        records (list[dict]): one per method and (image, present class) pair:
+            ``method, index, class, msc, pointing, energy, iou`` (list over
+            ``thresholds``), ``deletion_auc``, ``insertion_auc`` (NaN when not
+            computed) and their curves, ``seconds`` (the method's time for that
+            pair's share of its batch).
+        thresholds (Tensor): the IoU threshold grid (the same for every method).
+        methods (list[str]): method names in order.
+        num_images (int): images evaluated.
+    """
+
+    records: List[Dict[str, Any]]
+    thresholds: Tensor
+    methods: List[str]
+    num_images: int
+
+    @property
+    def curves(self) -> Dict[str, Dict[str, Tensor]]:
+        r"""Mean deletion / insertion curves per method (empty without faithfulness)."""
+        out = {}
+        for method in self.methods:
+            rows = [r for r in self._by_method(method) if r.get("deletion_curve")]
+            if rows:
+                deletion = torch.tensor([r["deletion_curve"] for r in rows]).mean(0)
+                insertion = torch.tensor([r["insertion_curve"] for r in rows]).mean(0)
+                out[method] = {"deletion": deletion, "insertion": insertion,
+                               "fractions": torch.linspace(0, 1, len(deletion))}
+        return out
+
+    def _by_method(self, method: str) -> List[Dict[str, Any]]:
+        return [r for r in self.records if r["method"] == method]
+
+    def iou_curve(self, method: str) -> Tensor:
+        r"""Mean IoU per threshold for one method."""
+        acc = ThresholdIoU(self.thresholds)
+        rows = self._by_method(method)
+        if rows:
+            acc.add_per_example(torch.tensor([r["iou"] for r in rows], dtype=torch.float64))
+        return acc.compute()["curve"]
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        r"""``{method: {metric: value}}`` (nan-means over the records)."""
+        out: Dict[str, Dict[str, float]] = {}
+        for method in self.methods:
+            rows = self._by_method(method)
+            acc = ThresholdIoU(self.thresholds)
+            if rows:
+                acc.add_per_example(torch.tensor([r["iou"] for r in rows], dtype=torch.float64))
+            best = acc.compute()
+
+            def mean(key: str, rows: List[Dict[str, Any]] = rows) -> float:
+                values = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
+                return float(values.nanmean()) if len(values) else float("nan")
+
+            images = len({r["index"] for r in rows}) or 1
+            out[method] = {
+                "msc": mean("msc"),
+                "miou": float(best["miou"]),
+                "threshold": float(best["threshold"]),
+                "pointing": mean("pointing"),
+                "energy": mean("energy"),
+                "deletion_auc": mean("deletion_auc"),
+                "insertion_auc": mean("insertion_auc"),
+                "seconds_per_image": sum(r["seconds"] for r in rows) / images,
+                "pairs": float(len(rows)),
+            }
+        return out
+
+    def to_markdown(self, digits: int = 3) -> str:
+        r"""The summary as a markdown table (one row per method)."""
+        summary = self.summary()
+        head = "| method | " + " | ".join(title for _, title in COLUMNS) + " |"
+        rule = "|---|" + "---:|" * len(COLUMNS)
+        lines = [head, rule]
+        for method, row in summary.items():
+            cells = []
+            for key, _ in COLUMNS:
+                v = row[key]
+                cells.append("–" if math.isnan(v) else (f"{v:.4f}" if key == "seconds_per_image"
+                                                         else f"{v:.{digits}f}"))
+            lines.append(f"| {TITLES.get(method, method)} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: str) -> Dict[str, str]:
+        r"""Write ``results.md``, ``results.csv`` (summary), ``records.csv`` (per pair) and
+        the figures (``metrics.png``, ``iou_threshold.png``, ``deletion_insertion.png``)."""
+        os.makedirs(out_dir, exist_ok=True)
+        paths = {
+            "markdown": os.path.join(out_dir, "results.md"),
+            "csv": os.path.join(out_dir, "results.csv"),
+            "records": os.path.join(out_dir, "records.csv"),
+        }
+        with open(paths["markdown"], "w", encoding="utf-8") as fh:
+            fh.write(self.to_markdown())
+        summary = self.summary()
+        keys = [k for k, _ in COLUMNS] + ["pairs"]
+        with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["method"] + keys)
+            for method, row in summary.items():
+                writer.writerow([method] + [repr(float(row[k])) for k in keys])
+        with open(paths["records"], "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            cols = ["method", "index", "class", "msc", "pointing", "energy", "deletion_auc",
+                    "insertion_auc", "seconds"]
+            writer.writerow(cols + [f"iou@{float(t):.2f}" for t in self.thresholds])
+            for r in self.records:
+                writer.writerow([r[c] for c in cols] + list(r["iou"]))
+        paths.update(self.plot(out_dir))
+        return paths
+
+    def plot(self, out_dir: str) -> Dict[str, str]:
+        r"""Save the figures as PNG files in ``out_dir``; returns their paths."""
+        from matplotlib.figure import Figure
+
+        summary = self.summary()
+        names = [TITLES.get(m, m) for m in summary]
+        paths = {}
+        metrics = [("msc", "mSC"), ("miou", "mIoU"), ("pointing", "pointing game"),
+                   ("energy", "energy PG")]
+        fig = Figure(figsize=(3.2 * len(metrics), 3.4))
+        for ax, (key, title) in zip(fig.subplots(1, len(metrics)), metrics):
+            values = [summary[m][key] for m in summary]
+            ax.bar(range(len(values)), values, color="tab:blue")
+            ax.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=8)
+            ax.set_title(title)
+            ax.axhline(0, color="black", linewidth=0.5)
+        fig.tight_layout()
+        paths["metrics_figure"] = os.path.join(out_dir, "metrics.png")
+        fig.savefig(paths["metrics_figure"], dpi=100)
+
+        fig = Figure(figsize=(5, 3.6))
+        ax = fig.subplots()
+        for method, name in zip(summary, names):
+            ax.plot(self.thresholds.numpy(), self.iou_curve(method).numpy(), label=name)
+        ax.set_xlabel("threshold")
+        ax.set_ylabel("mean IoU")
+        ax.set_title("IoU vs threshold")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths["iou_figure"] = os.path.join(out_dir, "iou_threshold.png")
+        fig.savefig(paths["iou_figure"], dpi=100)
+
+        if self.curves:
+            fig = Figure(figsize=(9, 3.6))
+            axes = fig.subplots(1, 2)
+            for method, name in zip(summary, names):
+                if method in self.curves:
+                    c = self.curves[method]
+                    axes[0].plot(c["fractions"].numpy(), c["deletion"].numpy(), label=name)
+                    axes[1].plot(c["fractions"].numpy(), c["insertion"].numpy(), label=name)
+            for ax, title in zip(axes, ("deletion", "insertion")):
+                ax.set_xlabel("fraction of pixels")
+                ax.set_ylabel("target probability")
+                ax.set_title(title)
+            axes[1].legend(fontsize=7)
+            fig.tight_layout()
+            paths["faithfulness_figure"] = os.path.join(out_dir, "deletion_insertion.png")
+            fig.savefig(paths["faithfulness_figure"], dpi=100)
+        return paths
+
+
+def _default_preprocess(classifier: CLIPZeroShotClassifier) -> Callable[[Any], Tensor]:
+    import open_clip
+
+    visual = classifier.model.visual
+    size = getattr(visual, "image_size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return square_preprocess(int(size), open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+
+
+def evaluate(
+    methods: Union[Sequence[str], Mapping[str, MethodSpec]],
+    dataset: Dataset,
+    classifier: CLIPZeroShotClassifier,
+    preprocess: Optional[Callable[[Any], Tensor]] = None,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    tolerance: float = 15,
+    thresholds: Optional[Tensor] = None,
+    faithfulness: bool = True,
+    deletion_steps: int = 20,
+    baseline: Union[str, Tensor] = "blur",
+    method_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    r"""Score explanation methods on a dataset with the paper's metrics.
+
+    For every image and every class present in it, each method explains the
+    class (its text among the dataset's class names, which must be the
+    classifier's texts); the map — brought to one footing by :func:`compare`
+    (``[0, 1]``, input size) — is resized bilinearly to the image's original size
+    and scored against the class mask: mean score contrast, IoU at every
+    threshold of the grid (the mIoU threshold is chosen per method over the
+    whole dataset), pointing game, energy pointing game, and (optionally)
+    deletion / insertion AUCs computed at the input size.
+
+    Under ``torchrun`` (an initialised default process group) the dataset is split
+    with a ``DistributedSampler`` and the per-pair records of every rank are
+    gathered, so the result equals the single-process one.
+
+    Args:
+        methods (list[str] or dict): method names of :func:`compare`, or a dict of
+            names to method specs.
+        dataset (Dataset): items as in :mod:`captum_clip_surgery.evaluation.datasets`.
+        classifier (CLIPZeroShotClassifier): built on ``dataset.class_names``.
+        preprocess (Callable, optional): PIL → ``[3, h, w]``; default a square
+            resize to the model's input size with the OpenAI normalisation.
+        batch_size (int): images per batch.
+        limit (int, optional): evaluate the first ``limit`` images only.
+        tolerance (float): pointing-game tolerance in pixels of the original image.
+        thresholds (Tensor, optional): IoU threshold grid (default 0..1 step 0.05).
+        faithfulness (bool): compute deletion / insertion AUCs.
+        deletion_steps (int): steps of the deletion / insertion curves.
+        baseline (str or Tensor): deletion / insertion baseline.
+        method_kwargs (dict, optional): per-method ``attribute`` keyword arguments.
+        progress (bool): show a tqdm progress bar (rank 0 only).
+
+    Returns:
+        EvaluationResult: records, summary table, writers and figures.
+
+    Examples::
+
+        >>> from captum_clip_surgery.scenes import load_scenes_clip
+        >>> from captum_clip_surgery.evaluation.datasets import ScenesSegmentation
+        >>> model, preprocess, tokenizer = load_scenes_clip()
+        >>> data = ScenesSegmentation(size=50)
+        >>> clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
+        >>> result = evaluate(["surgery", "raw"], data, clf, preprocess)
+        >>> print(result.to_markdown())
+    """
+    if not isinstance(classifier, CLIPZeroShotClassifier):
+        raise TypeError(
+            f"classifier: expected a CLIPZeroShotClassifier, got {type(classifier).__name__}"
+        )
+    class_names = list(getattr(dataset, "class_names", []))
+    if class_names != list(classifier.texts):
+        raise ValueError(
+            "classifier: its texts must be the dataset's class_names "
+            f"({len(class_names)} names), got {len(classifier.texts)} texts"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    preprocess = preprocess or _default_preprocess(classifier)
+    specs = dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
+    if not specs:
+        raise ValueError("methods: expected at least one method")
+    thresholds = torch.linspace(0, 1, 21) if thresholds is None else torch.as_tensor(thresholds)
+    iou = ThresholdIoU(thresholds)
+    _ = classifier.text_features  # fill the text cache before anything is timed
+    classifier.empty_text_features()
+
+    subset: Dataset = dataset
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit: expected >= 1, got {limit}")
+        subset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))  # type: ignore[arg-type]
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    sampler = DistributedSampler(subset, shuffle=False) if distributed else None
+    loader = DataLoader(subset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                        collate_fn=collate_items)
+    records: List[Dict[str, Any]] = []
+    device = classifier.adapter.device
+    for batch in tqdm(loader, desc="evaluate", disable=not progress or rank != 0):
+        pairs = [(item, int(c)) for item in batch for c in torch.nonzero(item["present"]).flatten()]
+        if not pairs:
+            continue
+        images = torch.stack([preprocess(item["image"]) for item, _ in pairs]).to(device)
+        targets = [c for _, c in pairs]
+        n_images = len(batch)
+        for name, spec in specs.items():
+            start = time.perf_counter()
+            maps = compare(classifier, images, targets, methods={name: spec},
+                           method_kwargs={name: dict((method_kwargs or {}).get(name, {}))})[name]
+            seconds = (time.perf_counter() - start) * n_images / len(pairs)
+            faith = None
+            if faithfulness:
+                faith = deletion_insertion(classifier, images, maps.to(images.dtype), targets,
+                                           steps=deletion_steps, baseline=baseline)
+            for p, (item, c) in enumerate(pairs):
+                mask = item["masks"][c][None, None]
+                m = F.interpolate(maps[p : p + 1].float().cpu(), size=mask.shape[-2:],
+                                  mode="bilinear", align_corners=False).clamp(0, 1)
+                records.append({
+                    "method": name,
+                    "index": int(item["index"]),
+                    "class": class_names[c],
+                    "msc": float(mean_score_contrast(m, mask, "none")[0]),
+                    "pointing": float(pointing_game(m, mask, tolerance, "none")[0]),
+                    "energy": float(energy_pointing_game(m, mask, "none")[0]),
+                    "iou": [float(v) for v in iou.per_example(m, mask)[0]],
+                    "deletion_auc": float(faith["deletion_auc"][p]) if faith else float("nan"),
+                    "insertion_auc": float(faith["insertion_auc"][p]) if faith else float("nan"),
+                    "deletion_curve": faith["deletion_curve"][p].tolist() if faith else [],
+                    "insertion_curve": faith["insertion_curve"][p].tolist() if faith else [],
+                    "seconds": seconds,
+                })
+    if distributed:
+        gathered: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, records)
+        unique: Dict[Any, Dict[str, Any]] = {}
+        for part in gathered:  # the sampler pads with repeated items: keep one of each
+            for r in part:
+                unique.setdefault((r["method"], r["index"], r["class"]), r)
+        records = sorted(unique.values(), key=lambda r: (list(specs).index(r["method"]),
+                                                          r["index"], class_names.index(r["class"])))
+    return EvaluationResult(records=records, thresholds=thresholds, methods=list(specs),
+                            num_images=len(subset))
