@@ -34,17 +34,22 @@ __all__ = [
     "channel_reduce",
     "compare",
     "plot_comparison",
+    "plot_text_grid",
 ]
 
 #: Methods :func:`compare` runs when none are named.
 DEFAULT_METHODS = ("surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig")
 
 #: Every method name :func:`compare` understands.
-METHOD_NAMES = DEFAULT_METHODS + ("inputxgradient", "smoothgrad", "occlusion")
+METHOD_NAMES = DEFAULT_METHODS + (
+    "surgery_empty", "surgery_none", "inputxgradient", "smoothgrad", "occlusion",
+)
 
 #: Display names used as figure titles.
 TITLES = {
     "surgery": "CLIP Surgery",
+    "surgery_empty": "CLIP Surgery (empty-string)",
+    "surgery_none": "CLIP Surgery (architecture only)",
     "raw": "raw CLIP",
     "maskclip": "MaskCLIP",
     "gradcam": "GradCAM",
@@ -103,7 +108,7 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
     Returns:
         Attribution: a Captum attribution on ``classifier``.
     """
-    if name == "surgery":
+    if name in ("surgery", "surgery_empty", "surgery_none"):
         return CLIPSurgeryAttribution(classifier)
     if name == "raw":
         return CLIPSimilarityMap(classifier)
@@ -129,6 +134,10 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
 def _default_kwargs(name: str, classifier: CLIPZeroShotClassifier, images: Tensor) -> Dict[str, Any]:
     if name == "gradcam":
         return {"relu_attributions": True}
+    if name == "surgery_empty":
+        return {"feature_surgery": "empty"}
+    if name == "surgery_none":
+        return {"feature_surgery": "none"}
     if name == "ig":
         return {"n_steps": 50, "internal_batch_size": max(1, images.shape[0]) * 10}
     if name == "smoothgrad":
@@ -239,6 +248,25 @@ def _display_image(image: Any) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def _draw(ax: Any, base: np.ndarray, m: Tensor, title: str, alpha: float, cmap: str, fig: Figure) -> None:
+    attr = m.permute(1, 2, 0).numpy()
+    if attr.shape[:2] != base.shape[:2]:
+        attr = upsample(m[None], base.shape[:2])[0].permute(1, 2, 0).numpy()
+    viz.visualize_image_attr(
+        attr, base, method="blended_heat_map", sign="positive", cmap=cmap,
+        alpha_overlay=alpha, plt_fig_axis=(fig, ax), use_pyplot=False, title=title,
+    )
+
+
+def _pick(name: str, m: Tensor, index: int) -> Tensor:
+    m = m.detach().float().cpu()
+    if m.ndim == 4:
+        m = m[index]
+    if m.ndim != 3 or m.shape[0] != 1:
+        raise ValueError(f"maps[{name!r}]: expected [B, 1, H, W] or [1, H, W], got {list(m.shape)}")
+    return m
+
+
 def plot_comparison(
     image: Any,
     maps: Mapping[str, Tensor],
@@ -281,22 +309,48 @@ def plot_comparison(
     axes[0].set_title("image")
     axes[0].axis("off")
     for ax, (name, m) in zip(axes[1:], maps.items()):
-        m = m.detach().float().cpu()
-        if m.ndim == 4:
-            m = m[index]
-        if m.ndim != 3 or m.shape[0] != 1:
-            raise ValueError(f"maps[{name!r}]: expected [B, 1, H, W] or [1, H, W], got {list(m.shape)}")
-        attr = m.permute(1, 2, 0).numpy()
-        if attr.shape[:2] != base.shape[:2]:
-            attr = upsample(m[None], base.shape[:2])[0].permute(1, 2, 0).numpy()
-        viz.visualize_image_attr(
-            attr, base, method="blended_heat_map", sign="positive", cmap=cmap,
-            alpha_overlay=alpha, plt_fig_axis=(fig, ax), use_pyplot=False,
-            title=TITLES.get(name, name),
-        )
+        _draw(ax, base, _pick(name, m, index), TITLES.get(name, name), alpha, cmap, fig)
     if texts is not None:
         text = texts if isinstance(texts, str) else list(texts)[index]
         fig.suptitle(f"target: {text}")
     fig.tight_layout()
     return fig
 
+
+def plot_text_grid(
+    image: Any,
+    maps: Mapping[str, Tensor],
+    texts: Sequence[str],
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> Figure:
+    r"""One row per text: the image, then each method's map for that text, titled.
+
+    Args:
+        image (Tensor, np.ndarray or PIL.Image): the explained image.
+        maps (dict[str, Tensor]): ``{method: [T, 1, H, W]}``, row ``t`` for ``texts[t]``.
+        texts (list[str]): the explained texts.
+        alpha (float): heat-map opacity.
+        cmap (str): matplotlib colour map.
+
+    Returns:
+        matplotlib.figure.Figure: the figure.
+
+    Examples::
+
+        >>> fig = plot_text_grid(pil_image, {"CLIP Surgery": maps}, ["dog", "grass"])
+    """
+    base = _display_image(image)
+    if not maps or not texts:
+        raise ValueError("maps, texts: expected at least one method and one text")
+    rows, cols = len(texts), len(maps) + 1
+    fig = Figure(figsize=(2.6 * cols, 2.7 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, text in enumerate(texts):
+        axes[r, 0].imshow(base)
+        axes[r, 0].set_title(f"image — {text}")
+        axes[r, 0].axis("off")
+        for c, (name, m) in enumerate(maps.items(), start=1):
+            _draw(axes[r, c], base, _pick(name, m, r), f"{TITLES.get(name, name)}: {text}", alpha, cmap, fig)
+    fig.tight_layout()
+    return fig
