@@ -83,6 +83,7 @@ def export_weights(
     state["token_embedding.rows"] = table[ids].contiguous()
     state["token_embedding.ids"] = ids
     save_file(state, path, metadata=metadata or {})
+    os.chmod(path, 0o644)  # package data: readable by everyone
     with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as fh:
         json.dump(config or MODEL_CONFIG, fh, indent=2)
 

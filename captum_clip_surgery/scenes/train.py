@@ -8,8 +8,9 @@ other half fill one of the package's 85 default prompt templates with one class
 present in the scene, so that zero-shot prompt ensembles work.
 
 Resumable: ``--out DIR`` receives ``checkpoint.safetensors`` (model),
-``optimizer.pt`` (optimizer state, read back with ``weights_only=True``) and
-``state.json`` (step); ``--resume`` continues from them. ``--export`` writes the
+``optimizer.safetensors`` (AdamW moments and step counts) and ``state.json``
+(step, elapsed time, arguments); ``--resume`` continues from them. Nothing is
+pickled. ``--export`` writes the
 shipped fp16 weights and config into the package.
 """
 
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import time
-from typing import List, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def make_batch(
     return (x - mean) / std, texts
 
 
-def used_token_ids(world: ScenesWorld, tokenizer) -> Set[int]:  # noqa: ANN001
+def used_token_ids(world: ScenesWorld, tokenizer: Callable[[List[str]], torch.Tensor]) -> Set[int]:
     r"""Every token id the training texts and the default prompt ensembles can produce."""
     names = world.class_names + [""]
     texts = [t.format(n) for t in DEFAULT_TEMPLATES for n in names]
@@ -83,7 +84,24 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def main(argv: List[str] = None) -> None:  # noqa: RUF013
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> Dict[str, torch.Tensor]:
+    tensors = {}
+    for pid, state in opt.state_dict()["state"].items():
+        for name, value in state.items():
+            value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"{pid}.{name}"] = value.detach().clone().contiguous()
+    return tensors
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor]) -> None:
+    state: Dict[int, Dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     r"""Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -113,11 +131,11 @@ def main(argv: List[str] = None) -> None:  # noqa: RUF013
     )
     os.makedirs(args.out, exist_ok=True)
     ckpt, opt_path, state_path = (os.path.join(args.out, f) for f in
-                                  ("checkpoint.safetensors", "optimizer.pt", "state.json"))
+                                  ("checkpoint.safetensors", "optimizer.safetensors", "state.json"))
     start, elapsed = 0, 0.0
     if args.resume and os.path.exists(state_path):
         model.load_state_dict(load_file(ckpt), strict=False)
-        opt.load_state_dict(torch.load(opt_path, weights_only=True))
+        _load_optimizer(opt, load_file(opt_path))
         with open(state_path, encoding="utf-8") as fh:
             saved = json.load(fh)
         start, elapsed = int(saved["step"]), float(saved.get("elapsed_s", 0.0))
@@ -127,7 +145,7 @@ def main(argv: List[str] = None) -> None:  # noqa: RUF013
     def save(step: int) -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()
                    if not k.endswith("attn_mask")}, ckpt)
-        torch.save(opt.state_dict(), opt_path)
+        save_file(_optimizer_tensors(opt), opt_path)
         with open(state_path, "w", encoding="utf-8") as fh:
             json.dump({"step": step, "elapsed_s": time.perf_counter() - t0, "args": vars(args)}, fh)
 
