@@ -1,0 +1,327 @@
+r"""Command line: ``clip-surgery explain`` (and ``clip-surgery evaluate``).
+
+``clip-surgery explain`` with no arguments renders a default scene of the
+package's scenes world, explains it with the shipped small CLIP for the objects
+and the background it contains, and writes ``explain.png`` (the image, the raw
+CLIP map and the CLIP Surgery map per text). With arguments it explains your
+image with your model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    r"""A mistake in the command's arguments: printed as one line, exit status 2."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clip-surgery",
+        description="Explain where CLIP looks for a text, with CLIP Surgery (a Captum plugin).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ex = sub.add_parser(
+        "explain",
+        help="write a figure with raw CLIP and CLIP Surgery maps per text",
+        description="Without arguments: a default scene explained by the shipped small model.",
+    )
+    ex.add_argument("--image", help="image file to explain (default: a rendered scene)")
+    ex.add_argument(
+        "--text", action="append", default=None, metavar="T",
+        help="a text to explain; repeat for several (default: the scene's classes)",
+    )
+    ex.add_argument(
+        "--model", default=None,
+        help="open_clip model name, e.g. ViT-B-16 (default: the shipped scenes model; its "
+        "architecture is also known as 'scenes_clip')",
+    )
+    ex.add_argument(
+        "--pretrained", default=None, metavar="TAG|PATH",
+        help="open_clip pretrained tag (e.g. openai) or a local checkpoint file",
+    )
+    ex.add_argument("--size", type=int, default=None, metavar="PX",
+                    help="square input size (default: the model's own)")
+    ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ex.add_argument("--surgery-blocks", type=int, default=6, metavar="S",
+                    help="last ViT blocks with the surgery path (default 6)")
+    ex.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="score explanation methods on a dataset: tables and figures",
+        description="Scores every method with the same metrics; works under torchrun.",
+    )
+    ev.add_argument("--dataset", choices=("scenes", "voc", "folder"), default="scenes")
+    ev.add_argument("--root", default=None, help="dataset folder (voc: holds VOCdevkit)")
+    ev.add_argument("--methods", default="surgery,raw,maskclip,gradcam,chefer,ig",
+                    help="comma-separated method names (default: %(default)s)")
+    ev.add_argument("--limit", type=int, default=None, help="first N images only")
+    ev.add_argument("--out", default="evaluation", help="output folder (default evaluation)")
+    ev.add_argument("--model", default=None, help="open_clip model name (default: shipped)")
+    ev.add_argument("--pretrained", default=None, metavar="TAG|PATH")
+    ev.add_argument("--size", type=int, default=None, metavar="PX",
+                    help="square input size (default: the model's own)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--tolerance", type=float, default=15,
+                    help="pointing-game tolerance in pixels (default 15)")
+    ev.add_argument("--deletion-steps", type=int, default=20)
+    ev.add_argument("--no-faithfulness", action="store_true",
+                    help="skip deletion / insertion curves")
+    ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
+    return parser
+
+
+def _load_image(path: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise UserError(f"--image: file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"--image: cannot read {path} as an image ({exc})") from None
+
+
+def _load_model(
+    name: str, pretrained: Optional[str], device: str
+) -> Tuple[Any, Callable[[Any], Any], Callable[[List[str]], Any]]:
+    import open_clip
+
+    from captum_clip_surgery.scenes.model import CONFIG_PATH
+
+    if os.path.exists(CONFIG_PATH) and "scenes_clip" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_PATH)  # the shipped model's architecture, by name
+    if name not in open_clip.list_models():
+        known = ", ".join(sorted(open_clip.list_models())[:8])
+        raise UserError(f"--model: unknown open_clip model {name!r} (known models include {known}, ...)")
+    if pretrained and os.path.sep in pretrained and not os.path.exists(pretrained):
+        raise UserError(f"--pretrained: checkpoint file not found: {pretrained}")
+    # Libraries log every failed download attempt; the one-line error below says
+    # what went wrong, so their log records are held back during the load.
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device
+        )
+    except Exception as exc:  # network, hub and checkpoint errors all land here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"--pretrained: could not load weights {pretrained!r} for {name} "
+            f"(offline, or not a valid checkpoint?): {first}"
+        ) from None
+    finally:
+        logging.disable(previous)
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+def _square_transform(preprocess: Any, size: int) -> Any:
+    r"""The model's own normalisation after a square resize (no crop), like the release."""
+    from torchvision import transforms as T
+
+    normalize = next(
+        (t for t in getattr(preprocess, "transforms", []) if isinstance(t, T.Normalize)), None
+    )
+    steps = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor()]
+    if normalize is not None:
+        steps.append(normalize)
+    return T.Compose(steps)
+
+
+def _explain(args: argparse.Namespace) -> str:
+    import torch
+
+    from captum_clip_surgery import (
+        CLIPSimilarityMap,
+        CLIPSurgeryAttribution,
+        CLIPZeroShotClassifier,
+    )
+    from captum_clip_surgery.comparison import plot_text_grid
+
+    if args.pretrained and not args.model:
+        raise UserError("--pretrained: give --model too (the open_clip model name)")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise UserError(f"--device: cannot use device {args.device!r} ({exc})") from None
+    if args.size is not None and args.size < 8:
+        raise UserError(f"--size: expected a size of at least 8 pixels, got {args.size}")
+
+    if args.model:
+        model, preprocess, tokenizer = _load_model(args.model, args.pretrained, args.device)
+    else:
+        from captum_clip_surgery.scenes import load_scenes_clip
+
+        model, preprocess, tokenizer = load_scenes_clip(device=args.device)
+
+    class_set: Optional[List[str]] = None
+    if args.image:
+        image = _load_image(args.image)
+        texts = args.text
+        if not texts:
+            raise UserError("--text: give at least one text to explain with --image")
+    else:
+        from captum_clip_surgery.scenes import ScenesWorld
+
+        world = ScenesWorld(seed=0)
+        scene = world.sample(0)
+        image = scene["image"]
+        texts = args.text or list(scene["objects"]) + [scene["background"]]
+        class_set = list(world.object_classes) + list(world.background_classes)
+    if any(not t.strip() for t in texts):
+        raise UserError("--text: texts must not be empty")
+
+    visual = model.visual
+    native = getattr(visual, "image_size", None)
+    native = native[0] if isinstance(native, (tuple, list)) else native
+    size = args.size or int(native or 224)
+    transform = _square_transform(preprocess, size)
+    images = transform(image).unsqueeze(0)
+
+    # class-set feature surgery needs a text set: the world's classes for a scene,
+    # otherwise the given texts (>= 2) or the empty string (1 text)
+    all_texts = list(dict.fromkeys((class_set or []) + list(texts)))
+    clf = CLIPZeroShotClassifier(model, all_texts, tokenizer=tokenizer)
+    try:
+        surgery = CLIPSurgeryAttribution(clf, surgery_blocks=args.surgery_blocks)
+    except ValueError as exc:
+        raise UserError(f"--surgery-blocks: {exc}") from None
+    raw = CLIPSimilarityMap(clf)
+    with torch.no_grad():
+        targets = [all_texts.index(t) for t in texts]
+        batch = images.expand(len(texts), -1, -1, -1)
+        maps = {
+            "raw CLIP": raw.attribute(batch, target=targets),
+            "CLIP Surgery": surgery.attribute(batch, target=targets),
+        }
+    fig = plot_text_grid(image, maps, texts)
+    out = os.path.abspath(args.out)
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise UserError(f"--out: folder does not exist: {parent}")
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def _evaluate(args: argparse.Namespace) -> Optional[str]:
+    import torch
+    import torch.distributed as dist
+
+    from captum_clip_surgery import CLIPZeroShotClassifier
+    from captum_clip_surgery.comparison import METHOD_NAMES
+    from captum_clip_surgery.evaluation import (
+        FolderSegmentation,
+        ScenesSegmentation,
+        VOCSegmentationMasks,
+        evaluate,
+    )
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if not methods or unknown:
+        raise UserError(
+            f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+            f"expected some of {', '.join(METHOD_NAMES)}"
+        )
+    if args.pretrained and not args.model:
+        raise UserError("--pretrained: give --model too (the open_clip model name)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit: expected a positive number of images, got {args.limit}")
+    try:
+        if args.dataset == "scenes":
+            dataset = ScenesSegmentation(size=args.limit or 200)
+        elif args.dataset == "voc":
+            if not args.root:
+                raise UserError("--root: required for --dataset voc (the folder holding VOCdevkit)")
+            dataset = VOCSegmentationMasks(args.root)
+        else:
+            if not args.root:
+                raise UserError("--root: required for --dataset folder")
+            dataset = FolderSegmentation(args.root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+    if args.model:
+        model, preprocess, tokenizer = _load_model(args.model, args.pretrained, device)
+    else:
+        from captum_clip_surgery.scenes import load_scenes_clip
+
+        model, preprocess, tokenizer = load_scenes_clip(device=device)
+    visual = model.visual
+    native = getattr(visual, "image_size", None)
+    native = native[0] if isinstance(native, (tuple, list)) else native
+    transform = _square_transform(preprocess, args.size or int(native or 224))
+    clf = CLIPZeroShotClassifier(model, dataset.class_names, tokenizer=tokenizer)
+    result = evaluate(
+        methods, dataset, clf, preprocess=transform, batch_size=args.batch_size,
+        limit=args.limit, tolerance=args.tolerance, faithfulness=not args.no_faithfulness,
+        deletion_steps=args.deletion_steps,
+        method_kwargs={"ig": {"n_steps": args.ig_steps}},
+    )
+    out: Optional[str] = os.path.abspath(args.out)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        result.write(out)
+        print(result.to_markdown(), end="")
+    else:
+        out = None  # only rank 0 writes and reports
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""Entry point of the ``clip-surgery`` console script.
+
+    Args:
+        argv (list[str], optional): arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        int: exit status (0 success, 2 user error).
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    start = time.perf_counter()
+    try:
+        if args.command == "explain":
+            out = _explain(args)
+            print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+            return 0
+        if args.command == "evaluate":
+            written = _evaluate(args)
+            if written is not None:
+                print(f"wrote {written}/results.md, results.csv and figures in "
+                      f"{time.perf_counter() - start:.1f} s")
+            return 0
+    except UserError as exc:
+        print(f"clip-surgery {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
