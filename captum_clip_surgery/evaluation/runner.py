@@ -363,7 +363,9 @@ def evaluate(
         for part in gathered:  # the sampler pads with repeated items: keep one of each
             for r in part:
                 unique.setdefault((r["method"], r["index"], r["class"]), r)
-        records = sorted(unique.values(), key=lambda r: (list(specs).index(r["method"]),
-                                                          r["index"], class_names.index(r["class"])))
+        records = list(unique.values())
+    # One order whatever the batching or the number of ranks: method, image, class.
+    records.sort(key=lambda r: (list(specs).index(r["method"]), r["index"],
+                                class_names.index(r["class"])))
     return EvaluationResult(records=records, thresholds=thresholds, methods=list(specs),
                             num_images=len(subset))

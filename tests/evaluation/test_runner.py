@@ -1,0 +1,187 @@
+r"""The evaluation runner: records equal the metrics computed by hand, batching does not
+change them, the writers agree with the summary, and the CLI — single process and under
+torchrun with two gloo ranks — prints the numbers of the Python API."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captum_clip_surgery import CLIPSurgeryAttribution, CLIPZeroShotClassifier
+from captum_clip_surgery.evaluation import (
+    ScenesSegmentation,
+    ThresholdIoU,
+    evaluate,
+    square_preprocess,
+)
+from captum_clip_surgery.scenes import load_scenes_clip
+
+METRIC_KEYS = ("msc", "pointing", "energy", "deletion_auc", "insertion_auc")
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    model, preprocess, tokenizer = load_scenes_clip()
+    data = ScenesSegmentation(size=7)
+    clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
+    normalize = preprocess.transforms[-1]
+    transform = square_preprocess(64, normalize.mean, normalize.std)
+    return data, clf, transform
+
+
+def _key(r):
+    return (r["method"], r["index"], r["class"])
+
+
+def _assert_same_records(a, b, tol=1e-5):
+    assert [_key(r) for r in a] == [_key(r) for r in b]
+    for ra, rb in zip(a, b):
+        for k in METRIC_KEYS:
+            va, vb = float(ra[k]), float(rb[k])
+            assert (math.isnan(va) and math.isnan(vb)) or abs(va - vb) <= tol, (k, ra, rb)
+        assert torch.allclose(torch.tensor(ra["iou"]), torch.tensor(rb["iou"]), atol=tol)
+
+
+def test_records_equal_the_metrics_computed_by_hand(scenes):
+    data, clf, transform = scenes
+    result = evaluate(["surgery"], data, clf, transform, batch_size=3, limit=4,
+                      tolerance=0, faithfulness=False, progress=False)
+    explainer = CLIPSurgeryAttribution(clf)
+    expected = []
+    for i in range(4):
+        item = data[i]
+        for c in torch.nonzero(item["present"]).flatten().tolist():
+            image = transform(item["image"])[None]
+            m = explainer.attribute(image, target=c)
+            m = (m - m.min()) / (m.max() - m.min())  # compare(): min-max at the input size
+            mask = item["masks"][c]
+            m = F.interpolate(m, size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
+            m = m.clamp(0, 1).double()
+            inside, outside = m[mask], m[~mask]
+            msc = inside.mean() - outside.mean()
+            peak = torch.nonzero(m == m.max())
+            hit = bool(mask[peak[:, 0], peak[:, 1]].any())
+            energy = inside.sum() / m.sum()
+            expected.append((i, data.class_names[c], float(msc), float(hit), float(energy)))
+    got = [(r["index"], r["class"], r["msc"], r["pointing"], r["energy"]) for r in result.records]
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    for g, e in zip(got, expected):
+        assert g[2] == pytest.approx(e[2], abs=1e-5)
+        assert g[3] == e[3]
+        assert g[4] == pytest.approx(e[4], abs=1e-5)
+    assert all(math.isnan(r["deletion_auc"]) for r in result.records)
+    assert result.num_images == 4
+
+
+def test_batch_size_does_not_change_the_records(scenes):
+    data, clf, transform = scenes
+    one = evaluate(["raw", "surgery"], data, clf, transform, batch_size=1, limit=3,
+                   deletion_steps=3, progress=False)
+    four = evaluate(["raw", "surgery"], data, clf, transform, batch_size=3, limit=3,
+                    deletion_steps=3, progress=False)
+    _assert_same_records(one.records, four.records, tol=1e-4)
+
+
+def test_summary_reaggregates_per_image_records(scenes):
+    data, clf, transform = scenes
+    result = evaluate(["surgery", "raw"], data, clf, transform, batch_size=4, limit=5,
+                      faithfulness=False, progress=False)
+    summary = result.summary()
+    for method in ("surgery", "raw"):
+        rows = [r for r in result.records if r["method"] == method]
+        assert summary[method]["pairs"] == len(rows)
+        assert summary[method]["msc"] == pytest.approx(sum(r["msc"] for r in rows) / len(rows))
+        assert summary[method]["pointing"] == pytest.approx(
+            sum(r["pointing"] for r in rows) / len(rows))
+        curve = torch.tensor([r["iou"] for r in rows], dtype=torch.float64).mean(0)
+        best = int(curve.argmax())
+        assert summary[method]["miou"] == pytest.approx(float(curve[best]))
+        assert summary[method]["threshold"] == pytest.approx(float(result.thresholds[best]))
+        acc = ThresholdIoU(result.thresholds)
+        acc.add_per_example(torch.tensor([r["iou"] for r in rows], dtype=torch.float64))
+        assert torch.allclose(acc.compute()["curve"].double(), curve.double())
+
+
+def test_write_files_agree_with_the_summary(scenes, tmp_path):
+    data, clf, transform = scenes
+    result = evaluate(["surgery", "raw"], data, clf, transform, batch_size=4, limit=3,
+                      deletion_steps=4, progress=False)
+    paths = result.write(str(tmp_path))
+    for key in ("markdown", "csv", "records", "metrics_figure", "iou_figure",
+                "faithfulness_figure"):
+        assert os.path.getsize(paths[key]) > 0, key
+    with open(paths["csv"], newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    summary = result.summary()
+    for method in ("surgery", "raw"):
+        for key, value in summary[method].items():
+            assert float(rows[method][key]) == pytest.approx(value, nan_ok=True), key
+    with open(paths["records"], newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(result.records)
+    table = open(paths["markdown"], encoding="utf-8").read()
+    assert "CLIP Surgery" in table and f"{summary['surgery']['msc']:.3f}" in table
+
+
+def test_mismatched_classifier_and_bad_arguments(scenes):
+    data, clf, transform = scenes
+    _, _, tokenizer = load_scenes_clip()
+    other = CLIPZeroShotClassifier(clf.model, ["a", "b"], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="classifier: its texts must be the dataset's"):
+        evaluate(["surgery"], data, other, transform)
+    with pytest.raises(TypeError, match="classifier: expected a CLIPZeroShotClassifier"):
+        evaluate(["surgery"], data, clf.model, transform)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(["surgery"], data, clf, transform, batch_size=0)
+    with pytest.raises(ValueError, match="limit"):
+        evaluate(["surgery"], data, clf, transform, limit=0)
+
+
+def _read_records(path):
+    with open(os.path.join(path, "records.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
+    data, clf, transform = scenes
+    args = ["evaluate", "--dataset", "scenes", "--limit", "5", "--methods", "surgery,raw",
+            "--batch-size", "2", "--tolerance", "0", "--no-faithfulness"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    single = subprocess.run(
+        [sys.executable, "-m", "captum_clip_surgery", *args, "--out", str(tmp_path / "one")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    # 5 images over 2 ranks: the sampler pads rank 1 with a repeated image.
+    torchrun = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517", "-m", "captum_clip_surgery", *args,
+         "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert torchrun.returncode == 0, torchrun.stderr
+
+    one, two = _read_records(tmp_path / "one"), _read_records(tmp_path / "two")
+    assert len(one) == len(two) > 0
+    for a, b in zip(one, two):
+        assert (a["method"], a["index"], a["class"]) == (b["method"], b["index"], b["class"])
+        for k in a:
+            if k not in ("method", "class"):
+                assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-5, nan_ok=True), k
+
+    api = evaluate(["surgery", "raw"], ScenesSegmentation(size=5), clf, transform, batch_size=2,
+                   tolerance=0, faithfulness=False, progress=False).summary()
+    with open(tmp_path / "one" / "results.csv", newline="") as fh:
+        cli = {r["method"]: r for r in csv.DictReader(fh)}
+    for method in ("surgery", "raw"):
+        for key in ("msc", "miou", "threshold", "pointing", "energy", "pairs"):
+            assert float(cli[method][key]) == pytest.approx(api[method][key], abs=1e-6), key
+    table = open(tmp_path / "one" / "results.md", encoding="utf-8").read()
+    assert table in single.stdout  # the CLI prints the table it writes
