@@ -287,6 +287,51 @@ class TextTowerView(abc.ABC):
         position of the batch where that is exact (causal mask, EOT pooling).
         """
 
+    def token_features(self, token_ids: Tensor) -> Tensor:
+        r"""Every position's final hidden state, projected into the joint space.
+
+        The text-side analogue of the image tower's per-patch features: each
+        position's output of the last block goes through the final norm and the
+        text projection, exactly as the pooled (EOT) position does in
+        :meth:`encode`. Adapters that cannot provide it raise ``TypeError``.
+
+        Args:
+            token_ids (Tensor): ``[N, L]`` token ids.
+
+        Returns:
+            Tensor: ``[N, L', D]`` features (not normalised), ``L' <= L``: an
+            adapter may stop after the last pooled position of the batch where
+            that is exact (causal mask). Position ``j`` of row ``n`` is token
+            ``token_ids[n, j]``.
+        """
+        raise TypeError(
+            f"model: the {type(self).__name__} text tower does not provide per-token features"
+        )
+
+    def pooled_positions(self, token_ids: Tensor) -> Tensor:
+        r"""Index of the position the tower pools (the EOT token), ``[N]`` long."""
+        raise TypeError(
+            f"model: the {type(self).__name__} text tower does not report its pooled positions"
+        )
+
+    def token_pieces(
+        self, token_ids: Sequence[int], tokenizer: Optional[object] = None
+    ) -> List[Tuple[bytes, bool]]:
+        r"""The text of each token id: ``(utf-8 bytes, ends_a_word)`` per id.
+
+        Args:
+            token_ids (list[int]): token ids (special tokens included or not).
+            tokenizer (object, optional): the tokenizer that produced the ids,
+                used when it can decode; otherwise the default tokenizer's
+                vocabulary is used.
+
+        Returns:
+            list[tuple[bytes, bool]]: one entry per id.
+        """
+        raise TypeError(
+            f"model: the {type(self).__name__} text tower cannot decode token ids"
+        )
+
 
 class CLIPAdapter(abc.ABC):
     r"""Everything the algorithms need from one CLIP model.

@@ -10,7 +10,7 @@ tower through the model's own ``encode_text``.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import open_clip
 import torch
@@ -260,6 +260,7 @@ class _OpenCLIPTextView(TextTowerView):
             tower = None
         self._tower = tower
         self.context_length = int(getattr(model, "context_length", 77) or 77)
+        self._decoder: Optional[open_clip.SimpleTokenizer] = None
 
     def default_tokenizer(self) -> Callable[[List[str]], Tensor]:
         return open_clip.SimpleTokenizer(context_length=self.context_length)
@@ -302,6 +303,57 @@ class _OpenCLIPTextView(TextTowerView):
         if isinstance(proj, nn.Linear):
             return proj(x)
         return x @ proj
+
+    def token_features(self, token_ids: Tensor) -> Tensor:
+        tower = self._tower
+        if tower is None or self._cls_emb is not None or self._pad_mask:
+            raise TypeError(
+                "model: per-token text features need open_clip's text transformer without a "
+                "class token or padding mask (the standard CLIP text tower)"
+            )
+        length = self._truncation_length(token_ids) or token_ids.shape[1]
+        ids = token_ids[:, :length]
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(ids).to(cast_dtype)
+        x = x + tower.positional_embedding[:length].to(cast_dtype)
+        mask = None if tower.attn_mask is None else tower.attn_mask[:length, :length]
+        x = tower.ln_final(tower.transformer(x, attn_mask=mask))
+        proj = tower.text_projection
+        if proj is None:
+            return x
+        if isinstance(proj, nn.Linear):
+            return proj(x)
+        return x @ proj
+
+    def pooled_positions(self, token_ids: Tensor) -> Tensor:
+        if self._tower is not None and self._cls_emb is None:
+            if self._pool_type == "argmax":
+                return token_ids.argmax(dim=-1)
+            if self._pool_type == "eos" and self._eos_id is not None:
+                return (token_ids == self._eos_id).int().argmax(dim=-1)
+        raise TypeError(
+            f"model: the text tower pools with {getattr(self, '_pool_type', None)!r}; per-token "
+            "explanations need open_clip's text transformer with end-of-text pooling ('argmax' "
+            "or 'eos')"
+        )
+
+    def token_pieces(
+        self, token_ids: Sequence[int], tokenizer: Optional[object] = None
+    ) -> List[Tuple[bytes, bool]]:
+        tok = tokenizer
+        if not (hasattr(tok, "decoder") and hasattr(tok, "byte_decoder")):
+            if self._decoder is None:
+                self._decoder = open_clip.SimpleTokenizer(context_length=self.context_length)
+            tok = self._decoder
+        decoder, byte_decoder = tok.decoder, tok.byte_decoder  # type: ignore[union-attr]
+        pieces = []
+        for i in token_ids:
+            text = decoder[int(i)]
+            ends = text.endswith("</w>")
+            if ends:
+                text = text[: -len("</w>")]
+            pieces.append((bytes(byte_decoder.get(c, ord("?")) for c in text), ends))
+        return pieces
 
 
 @register_adapter
