@@ -15,7 +15,20 @@ from captum_clip_surgery.comparison import (
 )
 from captum_clip_surgery.feature_surgery import feature_surgery
 from captum_clip_surgery.maskclip import MaskCLIPAttribution
+from captum_clip_surgery.multilabel import multilabel_scores, text_presence
+from captum_clip_surgery.points import (
+    PointPrompts,
+    build_sam_predictor,
+    segment_with_sam,
+    text_to_points,
+)
+from captum_clip_surgery.segmentation import segment
 from captum_clip_surgery.similarity_map import CLIPSimilarityMap
+from captum_clip_surgery.text_tokens import (
+    TextTokenExplanation,
+    explain_text_tokens,
+    plot_text_tokens,
+)
 
 __version__ = "0.1.0"
 
@@ -29,13 +42,23 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "METHOD_NAMES",
     "MaskCLIPAttribution",
+    "PointPrompts",
     "SCENE_TEMPLATES",
+    "TextTokenExplanation",
     "TokenGrid",
+    "build_sam_predictor",
     "channel_reduce",
     "compare",
+    "explain_text_tokens",
     "feature_surgery",
     "get_adapter",
     "minmax_normalize",
+    "multilabel_scores",
     "plot_comparison",
+    "plot_text_tokens",
     "register_adapter",
+    "segment",
+    "segment_with_sam",
+    "text_presence",
+    "text_to_points",
 ]
