@@ -173,6 +173,7 @@ class EvaluationResult:
         r"""Save the figures as PNG files in ``out_dir``; returns their paths."""
         from matplotlib.figure import Figure
 
+        os.makedirs(out_dir, exist_ok=True)
         summary = self.summary()
         names = [TITLES.get(m, m) for m in summary]
         paths = {}
@@ -328,12 +329,11 @@ def evaluate(
             continue
         images = torch.stack([preprocess(item["image"]) for item, _ in pairs]).to(device)
         targets = [c for _, c in pairs]
-        n_images = len(batch)
         for name, spec in specs.items():
             start = time.perf_counter()
             maps = compare(classifier, images, targets, methods={name: spec},
                            method_kwargs={name: dict((method_kwargs or {}).get(name, {}))})[name]
-            seconds = (time.perf_counter() - start) * n_images / len(pairs)
+            seconds = (time.perf_counter() - start) / len(pairs)  # the batch's time, shared
             faith = None
             if faithfulness:
                 faith = deletion_insertion(classifier, images, maps.to(images.dtype), targets,

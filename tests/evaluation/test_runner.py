@@ -185,3 +185,17 @@ def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
             assert float(cli[method][key]) == pytest.approx(api[method][key], abs=1e-6), key
     table = open(tmp_path / "one" / "results.md", encoding="utf-8").read()
     assert table in single.stdout  # the CLI prints the table it writes
+
+
+def test_seconds_per_image_is_the_time_per_image(scenes, monkeypatch):
+    # A clock that advances one second per reading: each method's call on a batch takes
+    # exactly 1 s, so 6 images in batches of 3 cost 2 s per method, 1/3 s per image.
+    import captum_clip_surgery.evaluation.runner as runner
+
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: float(next(ticks)))
+    data, clf, transform = scenes
+    result = evaluate(["raw", "surgery"], data, clf, transform, batch_size=3, limit=6,
+                      faithfulness=False, progress=False)
+    for method in ("raw", "surgery"):
+        assert result.summary()[method]["seconds_per_image"] == pytest.approx(2 / 6)
