@@ -77,6 +77,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--deletion-steps", type=int, default=20)
     ev.add_argument("--no-faithfulness", action="store_true",
                     help="skip deletion / insertion curves")
+    ev.add_argument("--baseline", choices=("blur", "mean", "zero"), default="blur",
+                    help="what deleted pixels become in deletion / insertion (default blur; "
+                         "use mean or zero where the model reads colour, as on the scenes)")
     ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
     return parser
 
@@ -275,7 +278,7 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
     result = evaluate(
         methods, dataset, clf, preprocess=transform, batch_size=args.batch_size,
         limit=args.limit, tolerance=args.tolerance, faithfulness=not args.no_faithfulness,
-        deletion_steps=args.deletion_steps,
+        deletion_steps=args.deletion_steps, baseline=args.baseline,
         method_kwargs={"ig": {"n_steps": args.ig_steps}},
     )
     out: Optional[str] = os.path.abspath(args.out)
