@@ -252,6 +252,13 @@ def _draw(ax: Any, base: np.ndarray, m: Tensor, title: str, alpha: float, cmap: 
     attr = m.permute(1, 2, 0).numpy()
     if attr.shape[:2] != base.shape[:2]:
         attr = upsample(m[None], base.shape[:2])[0].permute(1, 2, 0).numpy()
+    if not bool(np.any(attr > 0)):
+        # e.g. a ReLU'd GradCAM whose evidence is all negative: nothing to blend, and
+        # Captum's visualization cannot scale an all-zero map.
+        ax.imshow(base)
+        ax.set_title(f"{title}\n(all-zero map)")
+        ax.axis("off")
+        return
     viz.visualize_image_attr(
         attr, base, method="blended_heat_map", sign="positive", cmap=cmap,
         alpha_overlay=alpha, plt_fig_axis=(fig, ax), use_pyplot=False, title=title,
@@ -313,7 +320,9 @@ def plot_comparison(
     if texts is not None:
         text = texts if isinstance(texts, str) else list(texts)[index]
         fig.suptitle(f"target: {text}")
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.92))  # keep the panel titles clear of it
+    else:
+        fig.tight_layout()
     return fig
 
 

@@ -205,3 +205,23 @@ def test_plot_comparison_figure(tmp_path):
     assert out.stat().st_size > 1000
     with pytest.raises(ValueError, match="maps: expected at least one map"):
         plot_comparison(images[0], {})
+
+
+def test_plot_comparison_all_zero_map_is_drawn_not_raised():
+    # a ReLU'd GradCAM can be all zero; Captum's visualization refuses to scale it
+    model = tiny_vit()
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=1)
+    maps = compare(clf, images, target="cat", methods=["surgery"])
+    maps["zero"] = torch.zeros_like(maps["surgery"])
+    fig = plot_comparison(images[0], maps, texts="cat")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[2] == "zero\n(all-zero map)"
+    # the suptitle sits above every panel title
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    top_of_panels = max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes)
+    assert fig._suptitle.get_window_extent(renderer).y0 >= top_of_panels
