@@ -48,11 +48,17 @@ def check_unit_interval(name: str, value: Any) -> float:
     return float(value)
 
 
+def _needs_grad(images: Tensor) -> bool:
+    r"""Build an autograd graph only for inputs that ask for one (never for the weights)."""
+    return torch.is_grad_enabled() and isinstance(images, Tensor) and images.requires_grad
+
+
 def text_probabilities(clf: CLIPZeroShotClassifier, images: Tensor, texts: List[str]) -> Tensor:
     r"""``softmax(logit_scale · cos(image embedding, e_t))`` over ``texts``: ``[B, T]``."""
-    features = clf.image_features(images)
-    scale = clf.adapter.logit_scale().float()
-    return torch.softmax(scale * features @ clf.encode_texts(texts).t(), dim=-1)
+    with torch.set_grad_enabled(_needs_grad(images)):
+        features = clf.image_features(images)
+        scale = clf.adapter.logit_scale().float()
+        return torch.softmax(scale * features @ clf.encode_texts(texts).t(), dim=-1)
 
 
 def multilabel_scores(
@@ -113,14 +119,15 @@ def multilabel_scores(
             f"texts: class-set feature surgery needs at least 2 texts, got {len(texts_)}; "
             "use feature_surgery='empty' for a single text"
         )
-    f = clf.image_features(images).unsqueeze(1)
-    e = clf.encode_texts(texts_)
-    if feature_surgery == "classes":
-        s = _feature_surgery(f, e, "classes", temperature=float(temperature))
-    elif feature_surgery == "empty":
-        s = _feature_surgery(f, e, "redundant", clf.empty_text_features())
-    else:
-        s = _feature_surgery(f, e, "none")
+    with torch.set_grad_enabled(_needs_grad(images)):
+        f = clf.image_features(images).unsqueeze(1)
+        e = clf.encode_texts(texts_)
+        if feature_surgery == "classes":
+            s = _feature_surgery(f, e, "classes", temperature=float(temperature))
+        elif feature_surgery == "empty":
+            s = _feature_surgery(f, e, "redundant", clf.empty_text_features())
+        else:
+            s = _feature_surgery(f, e, "none")
     return s[:, 0, :]
 
 

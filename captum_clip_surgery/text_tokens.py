@@ -163,16 +163,20 @@ def explain_text_tokens(
             f"caption: class-set feature surgery over tokens needs at least 2 tokens, "
             f"{caption!r} has {n}; use feature_surgery='empty' or 'none'"
         )
-    f = clf.image_features(images)
-    tokens_g = g[1:eot].to(f.device)
-    caption_score = f @ g[eot].to(f.device)
-    if feature_surgery == "classes":
-        scores = _feature_surgery(f.unsqueeze(1), tokens_g, "classes", temperature=float(temperature))
-    elif feature_surgery == "empty":
-        empty = clf.text_cache.features([""], ("{}",))[0]
-        scores = _feature_surgery(f.unsqueeze(1), tokens_g, "redundant", empty)
-    else:
-        scores = _feature_surgery(f.unsqueeze(1), tokens_g, "none")
+    grad = torch.is_grad_enabled() and isinstance(images, Tensor) and images.requires_grad
+    with torch.set_grad_enabled(grad):  # a graph only towards inputs that ask for one
+        f = clf.image_features(images)
+        tokens_g = g[1:eot].to(f.device)
+        caption_score = f @ g[eot].to(f.device)
+        if feature_surgery == "classes":
+            scores = _feature_surgery(
+                f.unsqueeze(1), tokens_g, "classes", temperature=float(temperature)
+            )
+        elif feature_surgery == "empty":
+            empty = clf.text_cache.features([""], ("{}",))[0]
+            scores = _feature_surgery(f.unsqueeze(1), tokens_g, "redundant", empty)
+        else:
+            scores = _feature_surgery(f.unsqueeze(1), tokens_g, "none")
     token_scores = scores[:, 0, :]
 
     pieces = adapter.text.token_pieces(token_ids, tokenizer)

@@ -180,3 +180,24 @@ def test_scenes_present_objects_rank_high_and_the_gate_drops_absent_ones(scenes)
     assert np.mean(hits) >= 0.8, hits
     # the gate judges (almost) every absent class absent
     assert absent_flagged / absent_total <= 0.05
+
+
+def test_graph_only_towards_inputs_that_ask_for_one():
+    from captum_clip_surgery import explain_text_tokens
+
+    model = tiny_vit()
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=2)
+    assert not multilabel_scores(clf, images).requires_grad
+    assert not text_presence(clf, images).requires_grad
+    tokens = explain_text_tokens(clf, images, "a small dog on grass")
+    assert not tokens.token_scores.requires_grad and not tokens.caption_score.requires_grad
+    x = images.clone().requires_grad_(True)
+    scores = multilabel_scores(clf, x)
+    assert scores.requires_grad
+    (grad,) = torch.autograd.grad(scores[:, 0].sum(), x)
+    assert grad.shape == x.shape and bool(grad.abs().sum() > 0)
+    tokens = explain_text_tokens(clf, x, "a small dog on grass")
+    (grad,) = torch.autograd.grad(tokens.caption_score.sum(), x)
+    assert bool(grad.abs().sum() > 0)
+    assert all(p.grad is None for p in model.parameters())
