@@ -256,6 +256,7 @@ def infidelity_score(
     n_perturb_samples: int = 10,
     noise_std: float = 0.003,
     max_examples_per_batch: Optional[int] = None,
+    normalize: bool = False,
 ) -> Tensor:
     r"""Captum's :func:`captum.metrics.infidelity` with small Gaussian perturbations.
 
@@ -284,6 +285,11 @@ def infidelity_score(
         max_examples_per_batch (int, optional): Captum's chunking of the
             perturbed forward passes; ``None``: all at once.
             Default: None
+        normalize (bool, optional): Captum's ``normalize``: rescale the
+            attributions by the least-squares factor first, so that maps of
+            different scales (min-max maps, gradients) are compared on their
+            shape only; without it the score largely tracks the map's energy.
+            Default: False
 
     Returns:
         Tensor: ``[B]`` infidelity per image.
@@ -323,6 +329,7 @@ def infidelity_score(
         target=target,
         n_perturb_samples=n_perturb_samples,
         max_examples_per_batch=max_examples_per_batch,
+        normalize=normalize,
     )
 
 

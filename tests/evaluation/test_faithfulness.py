@@ -211,3 +211,22 @@ def test_captum_wrappers_on_the_explainer():
                              batch_size=20)  # all 2 x 2 x 5 perturbed images in one forward
     assert out["deletion_curve"].shape == (2, 5)
     assert ((out["deletion_curve"] >= 0) & (out["deletion_curve"] <= 1)).all()
+
+
+def test_normalized_infidelity_ignores_the_scale_of_the_map():
+    model = tiny_vit()
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    explainer = CLIPSurgeryAttribution(clf)
+    images = images_for(model, b=2)
+
+    def scaled(factor):
+        return lambda x, target: factor * explainer.attribute(x, target=target)
+
+    results = {}
+    for factor in (1.0, 7.0):
+        for normalize in (False, True):
+            torch.manual_seed(0)
+            results[factor, normalize] = infidelity_score(
+                scaled(factor), clf, images, target=1, n_perturb_samples=4, normalize=normalize)
+    assert torch.allclose(results[1.0, True], results[7.0, True], rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(results[1.0, False], results[7.0, False], rtol=1e-2)
