@@ -62,6 +62,29 @@ def test_explain_named_architecture_with_a_local_checkpoint(tmp_path):
     assert code == 0 and _is_png(out)
 
 
+def test_evaluate_named_architecture_with_a_local_checkpoint(tmp_path, capsys):
+    # --model/--pretrained path of `evaluate` (as for ViT-B-16/openai on a user's
+    # machine): the shipped weights saved as a checkpoint give the shipped model's table
+    model, _, _ = load_scenes_clip()
+    ckpt = tmp_path / "scenes_full.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()
+               if not k.endswith("attn_mask")}, str(ckpt))
+    common = ["evaluate", "--limit", "3", "--methods", "surgery,raw", "--no-faithfulness"]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--model", "scenes_clip", "--pretrained", str(ckpt),
+                          "--out", str(tmp_path / "b")]) == 0
+    shipped = (tmp_path / "a" / "results.csv").read_text().splitlines()
+    named = (tmp_path / "b" / "results.csv").read_text().splitlines()
+    assert len(shipped) == len(named) == 3
+    for row_a, row_b in zip(shipped[1:], named[1:]):
+        a, b = row_a.split(","), row_b.split(",")
+        assert a[0] == b[0]
+        for x, y, key in zip(a[1:6], b[1:6], ("msc", "miou", "threshold", "pointing", "energy")):
+            assert abs(float(x) - float(y)) < 1e-6, (key, x, y)
+    for name in ("results.md", "metrics.png", "iou_threshold.png"):
+        assert (tmp_path / "b" / name).stat().st_size > 0
+
+
 def _error(argv, capsys, monkeypatch=None):
     code = main(argv)
     err = capsys.readouterr().err
