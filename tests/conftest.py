@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 import torch
@@ -63,3 +63,38 @@ class ModelSnapshot:
 @pytest.fixture
 def snapshot() -> Callable[[torch.nn.Module], ModelSnapshot]:
     return ModelSnapshot
+
+
+@pytest.fixture
+def one_thread():
+    r"""Tiny models run fastest on one thread (OpenMP oversubscription on shared CPUs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def scenes_clip() -> Tuple[Any, Callable[[Any], torch.Tensor], Callable[..., torch.Tensor]]:
+    r"""The shipped scenes CLIP, loaded once for the whole session (no test may change it)."""
+    from captum_clip_surgery.scenes import load_scenes_clip
+
+    return load_scenes_clip()
+
+
+def scene_batch(
+    scenes_clip: Tuple[Any, Any, Any], offset: int, n: int, n_objects: Optional[int] = None
+) -> Tuple[Any, List[Dict[str, Any]], torch.Tensor, Any]:
+    r"""``n`` held-out scenes from ``HELD_OUT_START + offset``, their preprocessed images and
+    a classifier on the world's classes with the scene templates."""
+    from captum_clip_surgery import SCENE_TEMPLATES, CLIPZeroShotClassifier
+    from captum_clip_surgery.scenes import ScenesWorld
+    from captum_clip_surgery.scenes.world import HELD_OUT_START
+
+    model, preprocess, tokenizer = scenes_clip
+    world = ScenesWorld(seed=0)
+    samples = [world.sample(HELD_OUT_START + offset + i, n_objects=n_objects) for i in range(n)]
+    images = torch.stack([preprocess(s["image"]) for s in samples])
+    clf = CLIPZeroShotClassifier(model, world.class_names, templates=SCENE_TEMPLATES,
+                                 tokenizer=tokenizer)
+    return world, samples, images, clf

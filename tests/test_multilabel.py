@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from captum_clip_surgery import (
-    SCENE_TEMPLATES,
     CLIPSimilarityMap,
     CLIPSurgeryAttribution,
     CLIPZeroShotClassifier,
@@ -19,17 +18,10 @@ from captum_clip_surgery import (
     text_presence,
 )
 from tests import reference as ref
-from tests.conftest import FEW_TEMPLATES, TEXTS, images_for
+from tests.conftest import FEW_TEMPLATES, TEXTS, images_for, scene_batch
 from tests.models import tiny_vit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    r"""Tiny models run fastest on one thread (OpenMP oversubscription on shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _elementwise(f: torch.Tensor, e: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
@@ -150,17 +142,8 @@ def test_single_text_in_empty_mode():
 
 
 @pytest.fixture(scope="module")
-def scenes() -> Any:
-    from captum_clip_surgery.scenes import ScenesWorld, load_scenes_clip
-    from captum_clip_surgery.scenes.world import HELD_OUT_START
-
-    model, preprocess, tokenizer = load_scenes_clip()
-    world = ScenesWorld(seed=0)
-    samples = [world.sample(HELD_OUT_START + 200 + i) for i in range(12)]
-    images = torch.stack([preprocess(s["image"]) for s in samples])
-    clf = CLIPZeroShotClassifier(model, world.class_names, templates=SCENE_TEMPLATES,
-                                 tokenizer=tokenizer)
-    return world, samples, images, clf
+def scenes(scenes_clip: Any) -> Any:
+    return scene_batch(scenes_clip, 200, 12)
 
 
 def test_scenes_present_objects_rank_high_and_the_gate_drops_absent_ones(scenes):

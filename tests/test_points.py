@@ -3,7 +3,6 @@ r"""Text to point prompts (METHOD §8), the a+b rule, the gate, and the SAM call
 from __future__ import annotations
 
 import sys
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from captum_clip_surgery import (
-    SCENE_TEMPLATES,
     CLIPSimilarityMap,
     CLIPSurgeryAttribution,
     CLIPZeroShotClassifier,
@@ -20,17 +18,10 @@ from captum_clip_surgery import (
     segment_with_sam,
     text_to_points,
 )
-from tests.conftest import FEW_TEMPLATES, TEXTS, images_for
-from tests.models import tiny_vit
+from tests.conftest import FEW_TEMPLATES, TEXTS, images_for, scene_batch
+from tests.models import tiny_sam_predictor, tiny_vit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    r"""Tiny models run fastest on one thread (OpenMP oversubscription on shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FixedMaps(CLIPSimilarityMap):
@@ -251,16 +242,8 @@ def test_wrong_explainer():
 
 
 @pytest.fixture(scope="module")
-def scenes() -> Any:
-    from captum_clip_surgery.scenes import ScenesWorld, load_scenes_clip
-    from captum_clip_surgery.scenes.world import HELD_OUT_START
-
-    model, preprocess, tokenizer = load_scenes_clip()
-    world = ScenesWorld(seed=0)
-    samples = [world.sample(HELD_OUT_START + 300 + i, n_objects=1) for i in range(8)]
-    images = torch.stack([preprocess(s["image"]) for s in samples])
-    clf = CLIPZeroShotClassifier(model, world.class_names, templates=SCENE_TEMPLATES,
-                                 tokenizer=tokenizer)
+def scenes(scenes_clip: Any) -> Any:
+    world, samples, images, clf = scene_batch(scenes_clip, 300, 8, n_objects=1)
     return world, samples, images, CLIPSurgeryAttribution(clf)
 
 
@@ -302,42 +285,13 @@ def test_scenes_gate_drops_absent_texts(scenes):
 # ----------------------------------------------------------------------------- SAM
 
 
-def _tiny_sam_predictor(seed: int = 0) -> Any:
-    from segment_anything import SamPredictor
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    torch.manual_seed(seed)
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0,
-            out_chans=16, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=False, window_size=0, global_attn_indexes=(),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=16,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=16, num_heads=2, mlp_dim=32),
-            num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=16,
-        ),
-    )
-    return SamPredictor(sam.eval())
-
-
 def _rgb(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (48, 80)])
 def test_segment_with_sam_returns_the_best_scored_mask(size):
-    predictor = _tiny_sam_predictor()
+    predictor = tiny_sam_predictor()
     image = _rgb(*size)
     points = np.array([[10.5, 12.0], [40.0, 30.0], [5.0, 40.0]], dtype=np.float32)
     labels = np.array([1, 1, 0])
@@ -357,7 +311,7 @@ def test_segment_with_sam_returns_the_best_scored_mask(size):
 
 def test_text_to_points_to_sam_end_to_end(scenes):
     world, samples, images, explainer = scenes
-    predictor = _tiny_sam_predictor(seed=1)
+    predictor = tiny_sam_predictor(seed=1)
     absent = next(b for b in world.background_classes if b != samples[0]["background"])
     with torch.no_grad():
         prompts = text_to_points(explainer, images[:1], [samples[0]["objects"][0], absent],

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from captum_clip_surgery import (
-    SCENE_TEMPLATES,
     CLIPSurgeryAttribution,
     CLIPZeroShotClassifier,
     TextTokenExplanation,
@@ -20,17 +19,10 @@ from captum_clip_surgery import (
     get_adapter,
     plot_text_tokens,
 )
-from tests.conftest import FEW_TEMPLATES, TEXTS, images_for
+from tests.conftest import FEW_TEMPLATES, TEXTS, images_for, scene_batch
 from tests.models import tiny_vit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    r"""Tiny models run fastest on one thread (OpenMP oversubscription on shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _all_token_features(model: open_clip.CLIP, ids: torch.Tensor) -> torch.Tensor:
@@ -191,16 +183,8 @@ def test_single_token_caption_in_empty_mode():
 
 
 @pytest.fixture(scope="module")
-def scenes() -> Any:
-    from captum_clip_surgery.scenes import ScenesWorld, load_scenes_clip
-    from captum_clip_surgery.scenes.world import HELD_OUT_START
-
-    model, preprocess, tokenizer = load_scenes_clip()
-    world = ScenesWorld(seed=0)
-    samples = [world.sample(HELD_OUT_START + 400 + i) for i in range(10)]
-    images = torch.stack([preprocess(s["image"]) for s in samples])
-    clf = CLIPZeroShotClassifier(model, world.class_names, templates=SCENE_TEMPLATES,
-                                 tokenizer=tokenizer)
+def scenes(scenes_clip: Any) -> Any:
+    _, samples, images, clf = scene_batch(scenes_clip, 400, 10)
     return samples, images, clf
 
 

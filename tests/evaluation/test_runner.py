@@ -21,14 +21,13 @@ from captum_clip_surgery.evaluation import (
     evaluate,
     square_preprocess,
 )
-from captum_clip_surgery.scenes import load_scenes_clip
 
 METRIC_KEYS = ("msc", "pointing", "energy", "deletion_auc", "insertion_auc")
 
 
 @pytest.fixture(scope="module")
-def scenes():
-    model, preprocess, tokenizer = load_scenes_clip()
+def scenes(scenes_clip):
+    model, preprocess, tokenizer = scenes_clip
     data = ScenesSegmentation(size=7)
     clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
     normalize = preprocess.transforms[-1]
@@ -131,8 +130,7 @@ def test_write_files_agree_with_the_summary(scenes, tmp_path):
 
 def test_mismatched_classifier_and_bad_arguments(scenes):
     data, clf, transform = scenes
-    _, _, tokenizer = load_scenes_clip()
-    other = CLIPZeroShotClassifier(clf.model, ["a", "b"], tokenizer=tokenizer)
+    other = CLIPZeroShotClassifier(clf.model, ["a", "b"])
     with pytest.raises(ValueError, match="classifier: its texts must be the dataset's"):
         evaluate(["surgery"], data, other, transform)
     with pytest.raises(TypeError, match="classifier: expected a CLIPZeroShotClassifier"):
