@@ -17,39 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-from functools import partial
+import os
+import sys
 
 import numpy as np
 import torch
 
-
-def _tiny_sam(device: str):
-    from segment_anything import SamPredictor
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    torch.manual_seed(0)
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0,
-            out_chans=16, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=False, window_size=0, global_attn_indexes=(),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=16,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=16, num_heads=2, mlp_dim=32),
-            num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=16,
-        ),
-    )
-    return SamPredictor(sam.eval().to(device))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 
 def _run(device: str, dtype: torch.dtype, scenes, names):
@@ -103,7 +77,9 @@ def applications() -> dict:
             "points_same_counts": same_counts,
             "points_max_coord_diff_px": point_diff,
         }
-    predictor = _tiny_sam("cuda")
+    from tests.models import tiny_sam_predictor  # the tests' tiny SAM, on the GPU
+
+    predictor = tiny_sam_predictor(device="cuda")
     image = np.asarray(scenes[0]["image"])  # uint8 [H, W, 3], as SAM takes it
     mask, score = segment_with_sam(predictor, image, ref[3][0][0])
     report["tiny_sam_cuda"] = {"mask_shape": list(mask.shape), "score": float(score)}

@@ -2,6 +2,7 @@ r"""Tiny, seeded open_clip models built in code for the tests."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, Optional
 
 import open_clip
@@ -92,3 +93,34 @@ def one_patch_vit(patch_index: int = 2, evidence: Optional[torch.Tensor] = None)
             v.proj[0] = 10.0 * evidence
             v.proj[2] = 10.0 * evidence
     return model.eval()
+
+
+def tiny_sam_predictor(seed: int = 0, device: str = "cpu") -> Any:
+    r"""A randomly initialised Segment Anything predictor for 64-px inputs (meaningless
+    masks; exercises the SAM call path)."""
+    from segment_anything import SamPredictor
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(seed)
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0,
+            out_chans=16, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=False, window_size=0, global_attn_indexes=(),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=16,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=16, num_heads=2, mlp_dim=32),
+            num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=16,
+        ),
+    )
+    return SamPredictor(sam.eval().to(device))
