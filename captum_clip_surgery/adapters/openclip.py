@@ -288,16 +288,24 @@ class _OpenCLIPTextView(TextTowerView):
         length = self._truncation_length(token_ids) if truncate else None
         if length is None:
             return self.model.encode_text(token_ids)
-        tower = self._tower
         ids = token_ids[:, :length]
+        x = text_global_pool(self._final_states(ids), ids, self._pool_type,
+                             eos_token_id=self._eos_id)
+        return self._project(x)
+
+    def _final_states(self, ids: Tensor) -> Tensor:
+        r"""Every position's output of the last block after ``ln_final``, ``[N, L, width]``."""
+        tower = self._tower
+        length = ids.shape[1]
         cast_dtype = tower.transformer.get_cast_dtype()
         x = tower.token_embedding(ids).to(cast_dtype)
         x = x + tower.positional_embedding[:length].to(cast_dtype)
-        mask = tower.attn_mask[:length, :length]
-        x = tower.transformer(x, attn_mask=mask)
-        x = tower.ln_final(x)
-        x = text_global_pool(x, ids, self._pool_type, eos_token_id=self._eos_id)
-        proj = tower.text_projection
+        mask = None if tower.attn_mask is None else tower.attn_mask[:length, :length]
+        return tower.ln_final(tower.transformer(x, attn_mask=mask))
+
+    def _project(self, x: Tensor) -> Tensor:
+        r"""The text projection into the joint space (none, a matrix or a Linear)."""
+        proj = self._tower.text_projection
         if proj is None:
             return x
         if isinstance(proj, nn.Linear):
@@ -312,18 +320,7 @@ class _OpenCLIPTextView(TextTowerView):
                 "class token or padding mask (the standard CLIP text tower)"
             )
         length = self._truncation_length(token_ids) or token_ids.shape[1]
-        ids = token_ids[:, :length]
-        cast_dtype = tower.transformer.get_cast_dtype()
-        x = tower.token_embedding(ids).to(cast_dtype)
-        x = x + tower.positional_embedding[:length].to(cast_dtype)
-        mask = None if tower.attn_mask is None else tower.attn_mask[:length, :length]
-        x = tower.ln_final(tower.transformer(x, attn_mask=mask))
-        proj = tower.text_projection
-        if proj is None:
-            return x
-        if isinstance(proj, nn.Linear):
-            return proj(x)
-        return x @ proj
+        return self._project(self._final_states(token_ids[:, :length]))
 
     def pooled_positions(self, token_ids: Tensor) -> Tensor:
         if self._tower is not None and self._cls_emb is None:
