@@ -248,6 +248,19 @@ def _single(out: Any, name: str) -> Tensor:
     return out
 
 
+def _check_metric_args(
+    attribution_fn: Any, images: Tensor, n_perturb_samples: Any, scale_name: str, scale: Any
+) -> None:
+    r"""The arguments the Captum metric wrappers share."""
+    if not callable(attribution_fn):
+        raise TypeError(
+            f"attribution_fn: expected a callable, got {type(attribution_fn).__name__}"
+        )
+    _check_images(images)
+    _check_count("n_perturb_samples", n_perturb_samples)
+    _check_positive(scale_name, scale)
+
+
 def infidelity_score(
     attribution_fn: Callable[..., Tensor],
     forward_func: Callable[[Tensor], Tensor],
@@ -300,13 +313,7 @@ def infidelity_score(
         >>> infidelity_score(explainer.attribute, clf, images, target=0).shape
         torch.Size([8])
     """
-    if not callable(attribution_fn):
-        raise TypeError(
-            f"attribution_fn: expected a callable, got {type(attribution_fn).__name__}"
-        )
-    _check_images(images)
-    _check_count("n_perturb_samples", n_perturb_samples)
-    _check_positive("noise_std", noise_std)
+    _check_metric_args(attribution_fn, images, n_perturb_samples, "noise_std", noise_std)
     attributions = _single(attribution_fn(images, target=target), "attribution_fn")
     b, c, h, w = images.shape
     if attributions.shape == (b, 1, h, w):
@@ -376,13 +383,7 @@ def sensitivity_score(
         >>> sensitivity_score(explainer.attribute, images, target=0).shape
         torch.Size([8])
     """
-    if not callable(attribution_fn):
-        raise TypeError(
-            f"attribution_fn: expected a callable, got {type(attribution_fn).__name__}"
-        )
-    _check_images(images)
-    _check_count("n_perturb_samples", n_perturb_samples)
-    _check_positive("perturb_radius", perturb_radius)
+    _check_metric_args(attribution_fn, images, n_perturb_samples, "perturb_radius", perturb_radius)
 
     def explain(inputs: Union[Tensor, Tuple[Tensor, ...]], **kwargs: Any) -> Tuple[Tensor]:
         # Captum passes the inputs as a 1-tuple and expects a tuple back
