@@ -133,13 +133,12 @@ def _square_transform(preprocess: Any, size: int) -> Any:
     r"""The model's own normalisation after a square resize (no crop), like the release."""
     from torchvision import transforms as T
 
+    from captum_clip_surgery.evaluation.runner import square_preprocess
+
     normalize = next(
         (t for t in getattr(preprocess, "transforms", []) if isinstance(t, T.Normalize)), None
     )
-    steps = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor()]
-    if normalize is not None:
-        steps.append(normalize)
-    return T.Compose(steps)
+    return square_preprocess(size, getattr(normalize, "mean", None), getattr(normalize, "std", None))
 
 
 def _explain(args: argparse.Namespace) -> str:

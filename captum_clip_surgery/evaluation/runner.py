@@ -42,16 +42,19 @@ COLUMNS = (
 )
 
 
-def square_preprocess(size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[Any], Tensor]:
+def square_preprocess(
+    size: int, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]
+) -> Callable[[Any], Tensor]:
     r"""PIL image → ``[3, size, size]``: square bicubic resize (no crop, the whole image
-    is explained, as in the CLIP Surgery release), then normalisation."""
+    is explained, as in the CLIP Surgery release), then normalisation (none when ``mean``
+    and ``std`` are ``None``)."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    steps: List[Any] = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+                        T.ToTensor()]
+    if mean is not None and std is not None:
+        steps.append(T.Normalize(mean, std))
+    return T.Compose(steps)
 
 
 @dataclass
