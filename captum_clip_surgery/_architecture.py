@@ -1,8 +1,9 @@
 r"""Image-side token features: the plain tower and CLIP Surgery's dual path.
 
 Everything here is computed functionally from the model's own weights through
-the adapter views (METHOD §2–4): no module is replaced, no parameter edited, no
-hook installed.
+the adapter views (``docs/method.md``): no module is replaced, no parameter
+edited, no hook installed. Each rule is stated once per pooling-head kind
+(``"token"``, ``"attention"``, ``"average"``); no family is named here.
 """
 
 from __future__ import annotations
@@ -14,22 +15,52 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery.adapters.base import (
-    AttentionPoolView,
+    AttentionPoolHead,
     BlockView,
     CLIPAdapter,
-    ResNetImageView,
-    ViTImageView,
+    ImageTowerView,
 )
 
 __all__ = [
+    "QUERY_TOKEN_RULES",
     "Tap",
+    "attention",
+    "dense_rows",
     "image_depth",
     "image_token_features",
-    "pool_attention",
     "pooled_image_features",
+    "run_blocks",
     "self_attention",
+    "validate_query_token",
     "validate_surgery_blocks",
 ]
+
+#: Rules for the query (mean) token of a CLIP ResNet attention pool under surgery.
+QUERY_TOKEN_RULES = ("release", "model")
+
+#: Blocks with the dual path in the release (every ViT).
+RELEASE_SURGERY_BLOCKS = 6
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    r"""``softmax(q kᵀ · scale) v`` per head, the softmax in float32.
+
+    Float32 models use PyTorch's fused kernel; half-precision models compute the
+    logits in their dtype and the softmax in float32.
+
+    Args:
+        q (Tensor): ``[B, heads, Nq, d]``.
+        k (Tensor): ``[B, heads, N, d]``.
+        v (Tensor): ``[B, heads, N, d]``.
+        scale (float): logit scale.
+
+    Returns:
+        Tensor: ``[B, heads, Nq, d]`` in ``v``'s dtype.
+    """
+    if q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    probs = ((q * scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+    return probs.to(v.dtype) @ v
 
 
 def self_attention(x: Tensor, scale: float) -> Tensor:
@@ -42,31 +73,40 @@ def self_attention(x: Tensor, scale: float) -> Tensor:
     Returns:
         Tensor: ``[B, heads, N, d]``.
     """
-    return F.scaled_dot_product_attention(x, x, x, scale=scale)
+    return attention(x, x, x, scale)
 
 
 def image_depth(adapter: CLIPAdapter) -> int:
-    r"""Number of attention layers a surgery can act on (ViT blocks; 1 for a ResNet pool)."""
-    if isinstance(adapter.image, ViTImageView):
-        return len(adapter.image.blocks)
-    return 1
+    r"""Number of GradCAM grid layers: one per attention block, or one (the
+    stream entering the head) for towers without attention blocks."""
+    return max(len(adapter.image.blocks), 1)
 
 
 def validate_surgery_blocks(adapter: CLIPAdapter, surgery_blocks: object) -> int:
-    r"""Check ``surgery_blocks`` against the image tower's depth.
+    r"""Check ``surgery_blocks`` against the image tower and resolve the default.
 
-    For ResNet towers the attention pool is the only attention layer, so any
-    value from 1 up is accepted and the pool gets the surgery.
+    ``None`` means the release's 6 blocks (all blocks of a shallower tower; 0 for
+    a tower without attention blocks). An explicit value must lie in
+    ``[1, number of blocks]``; towers without attention blocks (CLIP ResNets,
+    conv trunks) accept only ``None``.
     """
+    depth = len(adapter.image.blocks)
+    if surgery_blocks is None:
+        return min(RELEASE_SURGERY_BLOCKS, depth)
     if isinstance(surgery_blocks, bool) or not isinstance(surgery_blocks, int):
         raise TypeError(
-            f"surgery_blocks: expected an int, got {type(surgery_blocks).__name__}"
+            f"surgery_blocks: expected an int or None, got {type(surgery_blocks).__name__}"
         )
-    if isinstance(adapter.image, ResNetImageView):
-        if surgery_blocks < 1:
-            raise ValueError(f"surgery_blocks: expected >= 1, got {surgery_blocks}")
-        return surgery_blocks
-    depth = image_depth(adapter)
+    if depth == 0:
+        kind = adapter.image.kind
+        where = (
+            "the surgery acts on its attention pool" if kind == "attention"
+            else "only feature surgery applies"
+        )
+        raise ValueError(
+            f"surgery_blocks: this image tower has no attention blocks ({where}); leave "
+            f"surgery_blocks unset (None), got {surgery_blocks}"
+        )
     if not 1 <= surgery_blocks <= depth:
         raise ValueError(
             f"surgery_blocks: expected an int in [1, {depth}] (the image tower has {depth} "
@@ -75,119 +115,138 @@ def validate_surgery_blocks(adapter: CLIPAdapter, surgery_blocks: object) -> int
     return surgery_blocks
 
 
-def _vit_tokens(
-    view: ViTImageView, images: Tensor, surgery_blocks: int
-) -> Tuple[Tensor, Tuple[int, int]]:
-    x, grid = view.embed(images)
-    blocks = list(view.blocks)
-    start = len(blocks) - surgery_blocks
-    for block in blocks[:start]:
+def validate_query_token(rule: object) -> str:
+    r"""Check the ``query_token`` rule of an attention pool's mean token."""
+    if rule not in QUERY_TOKEN_RULES:
+        raise ValueError(
+            f"query_token: expected one of {', '.join(repr(r) for r in QUERY_TOKEN_RULES)}, "
+            f"got {rule!r}"
+        )
+    return str(rule)
+
+
+#: ``tap(index, tokens, grid) -> tokens`` called on the stream entering each block (for
+#: towers without blocks: once, index 0, on the stream entering the head).
+Tap = Callable[[int, Tensor, Tuple[int, int]], Tensor]
+
+
+def run_blocks(
+    image: ImageTowerView, x: Tensor, grid: Tuple[int, int], stop: int, tap: Optional[Tap] = None
+) -> Tensor:
+    r"""Run blocks ``[0, stop)`` of the tower exactly as the model does."""
+    for i, block in enumerate(list(image.blocks)[:stop]):
+        if tap is not None:
+            x = tap(i, x, grid)
         x = block.forward(x)
-    if surgery_blocks == 0:
-        return view.features(x), grid
-    x_new: Optional[Tensor] = None
-    for i, block in enumerate(blocks[start:], start=start):
-        last = i == len(blocks) - 1
-        x, x_new = _dual_path_block(block, x, x_new, cls_only=last)
-    assert x_new is not None
-    tokens = torch.cat([x[:, :1], x_new[:, 1:]], dim=1)
-    return view.features(tokens), grid
+    return x
+
+
+def dense_rows(image: ImageTowerView) -> int:
+    r"""Index of the first grid row in the output of the head's ``prepare`` / stream."""
+    head = image.head
+    if isinstance(head, AttentionPoolHead) and head.query_kind == "mean":
+        return 1
+    return image.num_prefix_tokens
 
 
 def _dual_path_block(
-    block: BlockView, x: Tensor, x_new: Optional[Tensor], cls_only: bool
+    block: BlockView, x: Tensor, x_new: Optional[Tensor], stream_needed: bool
 ) -> Tuple[Tensor, Tensor]:
     r"""One surgery block. ``x`` is the original stream, ``x_new`` the v-v stream
-    (``None`` in the first surgery block, where it starts from ``x``). With
-    ``cls_only`` the original stream is computed for the class token alone,
-    which is all the output needs from it after the last block."""
+    (``None`` in the first surgery block, where it starts from ``x``). Without
+    ``stream_needed`` the original stream is computed for its first token alone
+    (all a class-token head reads after the last block)."""
     q, k, v = block.qkv(block.norm1(x))
     o_vv = block.ls1(block.out(self_attention(v, block.scale)))
     x_new = (x if x_new is None else x_new) + o_vv
-    if cls_only:
+    if not stream_needed:
         q, x = q[:, :, :1], x[:, :1]
     x = x + block.ls1(block.out(block.original_attention(q, k, v)))
     x = x + block.ls2(block.mlp(block.norm2(x)))
     return x, x_new
 
 
-def pool_attention(pool: AttentionPoolView, queries: Tensor, x: Tensor) -> Tensor:
-    r"""The attention pool's own q-k attention for ``queries`` over tokens ``x``,
-    through the output projection: ``[B, Nq, D]``."""
-    q = pool.split_heads(pool.q(queries))
-    k, v = pool.split_heads(pool.k(x)), pool.split_heads(pool.v(x))
-    out = F.scaled_dot_product_attention(q, k, v, scale=pool.head_dim**-0.5)
-    return pool.c(pool.merge_heads(out))
-
-
-def _resnet_tokens(
-    view: ResNetImageView, images: Tensor, surgery: bool
-) -> Tuple[Tensor, Tuple[int, int]]:
-    pool = view.pool
-    fmap = view.trunk(images)
-    grid = (fmap.shape[-2], fmap.shape[-1])
-    x = pool.tokens(fmap)
-    if not surgery:
-        return pool_attention(pool, x, x), grid
-    cls = pool_attention(pool, x[:, :1], x)
-    new = pool.c(pool.merge_heads(self_attention(pool.split_heads(pool.v(x)), pool.head_dim**-0.5)))
-    return torch.cat([cls, new[:, 1:]], dim=1), grid
-
-
 def image_token_features(
-    adapter: CLIPAdapter, images: Tensor, surgery_blocks: int
+    adapter: CLIPAdapter,
+    images: Tensor,
+    surgery_blocks: int,
+    surgery: bool = True,
+    query_token: str = "release",
 ) -> Tuple[Tensor, Tuple[int, int]]:
-    r"""Joint-space features of every image token (class / pooled token first).
+    r"""Joint-space features: row 0 the pooled feature, then every grid location.
+
+    Rules per head kind (``docs/method.md``):
+
+    - architecture surgery runs the dual path in the last ``surgery_blocks``
+      attention blocks whatever the head; the original stream gives the pooled
+      feature, the v-v stream the dense features;
+    - ``"token"``: dense = ``projection(post_norm(token))`` per token;
+    - ``"attention"``: with ``surgery`` and a mean-token query (CLIP ResNets) the
+      pool's value-value attention over all its tokens (``query_token="release"``
+      also takes row 0 from it, as the release does; ``"model"`` keeps the model's
+      own pool); with a probe query (MAP) the head's value path per token; without
+      ``surgery`` every token is a query of the head's own attention (raw map);
+    - ``"average"``: the linear head at every location.
 
     Args:
         adapter (CLIPAdapter): the model's adapter.
         images (Tensor): ``[B, 3, H, W]`` on the model's device and dtype.
-        surgery_blocks (int): 0 for the plain tower (raw CLIP tokens); otherwise
-            the number of last ViT blocks with the dual path (any positive value
-            selects the surgery attention pool of a ResNet).
+        surgery_blocks (int): last blocks with the dual path (0: the plain stream).
+        surgery (bool): apply the head's surgery rule (``False``: the raw map).
+        query_token (str): ``"release"`` or ``"model"``, see above.
 
     Returns:
         tuple: ``([B, 1 + h * w, D]`` features, not normalised; ``(h, w)`` grid).
     """
     image = adapter.image
-    if isinstance(image, ViTImageView):
-        return _vit_tokens(image, images, surgery_blocks)
-    return _resnet_tokens(image, images, surgery_blocks > 0)
-
-
-#: ``tap(index, tokens, grid) -> tokens`` called on the tokens entering each ViT block (or
-#: once on a ResNet trunk's feature map); it may route the tokens through a module.
-Tap = Callable[[int, Tensor, Tuple[int, int]], Tensor]
+    head = image.head
+    p = image.num_prefix_tokens
+    x, grid = image.embed(images)
+    depth = len(image.blocks)
+    start = depth - surgery_blocks
+    x = run_blocks(image, x, grid, start)
+    x_new: Optional[Tensor] = None
+    for i in range(start, depth):
+        needed = head.kind != "token" or i < depth - 1
+        x, x_new = _dual_path_block(image.blocks[i], x, x_new, needed)
+    stream = x if x_new is None else x_new
+    pooled = head.pool(x, p, grid)[:, None]
+    if isinstance(head, AttentionPoolHead):
+        keys = head.prepare(stream, p, grid)
+        first = dense_rows(image)
+        if not surgery:
+            dense = head.attend(keys, keys)
+        elif head.query_kind == "mean":
+            vv = self_attention(head.split_heads(head.v(keys)), head.scale)
+            dense = head.finish(head.out(head.merge_heads(vv)))
+            if query_token == "release":
+                pooled = dense[:, :1]
+        else:
+            dense = head.dense(keys)
+        return torch.cat([pooled, dense[:, first:]], dim=1), grid
+    return torch.cat([pooled, head.dense(stream[:, p:])], dim=1), grid
 
 
 def pooled_image_features(adapter: CLIPAdapter, images: Tensor, tap: Optional[Tap] = None) -> Tensor:
     r"""The unmodified model's image embedding ``[B, D]``, computed through the views.
 
-    Equal to the model's own ``encode_image`` at its native resolution, and defined
+    Equal to the model's own image forward at its native resolution, and defined
     at any resolution (positional embeddings resized per call). ``tap`` lets a
     caller see or re-route intermediate tokens (used for GradCAM layers).
 
     Args:
         adapter (CLIPAdapter): the model's adapter.
         images (Tensor): ``[B, 3, H, W]`` on the model's device and dtype.
-        tap (Callable, optional): ``tap(index, x, grid) -> x``; for a ViT ``x`` holds the
-            ``[B, 1 + h*w, C]`` tokens entering block ``index``; for a ResNet it is the
-            trunk's ``[B, C, h, w]`` feature map and ``index`` is 0.
+        tap (Callable, optional): ``tap(index, x, grid) -> x`` with ``x`` the
+            ``[B, P + h*w, C]`` stream entering block ``index`` (towers without
+            blocks: the stream entering the head, index 0).
 
     Returns:
         Tensor: ``[B, D]`` (not normalised).
     """
     image = adapter.image
-    if isinstance(image, ViTImageView):
-        x, grid = image.embed(images)
-        for i, block in enumerate(image.blocks):
-            if tap is not None:
-                x = tap(i, x, grid)
-            x = block.forward(x)
-        return image.features(x[:, :1])[:, 0]
-    pool = image.pool
-    fmap = image.trunk(images)
-    if tap is not None:
-        fmap = tap(0, fmap, (fmap.shape[-2], fmap.shape[-1]))
-    x = pool.tokens(fmap)
-    return pool_attention(pool, x[:, :1], x)[:, 0]
+    x, grid = image.embed(images)
+    x = run_blocks(image, x, grid, len(image.blocks), tap)
+    if not image.blocks and tap is not None:
+        x = tap(0, x, grid)
+    return image.head.pool(x, image.num_prefix_tokens, grid)

@@ -7,17 +7,14 @@ from typing import Any, List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_clip_surgery.adapters.base import CLIPAdapter, ViTImageView
+from captum_clip_surgery.adapters.base import CLIPAdapter
 
 __all__ = ["min_image_size", "prepare_images", "resolve_target", "unpack_inputs"]
 
 
 def min_image_size(adapter: CLIPAdapter) -> Tuple[int, int]:
-    r"""The smallest input (one patch, or one ResNet output cell)."""
-    image = adapter.image
-    if isinstance(image, ViTImageView):
-        return image.patch_size
-    return (image.stride, image.stride)
+    r"""The smallest input: one grid cell (a patch, or the trunk's total stride)."""
+    return tuple(adapter.image.patch_size)  # type: ignore[return-value]
 
 
 def unpack_inputs(inputs: Any) -> Tuple[Tensor, bool]:

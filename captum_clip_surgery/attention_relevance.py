@@ -13,7 +13,7 @@ from torch import Tensor
 from captum_clip_surgery._maps import minmax_normalize, upsample
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
-from captum_clip_surgery.adapters.base import CLIPAdapter, ViTImageView, inference_mode_of
+from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 
 __all__ = ["CLIPAttentionRelevance"]
@@ -47,10 +47,12 @@ class CLIPAttentionRelevance(Attribution):
                 "forward_func: expected a CLIPZeroShotClassifier, got "
                 f"{type(forward_func).__name__}"
             )
-        if not isinstance(forward_func.adapter.image, ViTImageView):
+        image = forward_func.adapter.image
+        if image.kind != "token" or not image.blocks:
             raise TypeError(
-                "forward_func: CLIPAttentionRelevance needs a ViT image tower; this model's "
-                f"tower is a {forward_func.adapter.image.kind}"
+                "forward_func: CLIPAttentionRelevance needs attention blocks and a class-token "
+                f"head; this model's image tower has {len(image.blocks)} attention blocks and "
+                f"a {image.kind!r} head"
             )
         depth = len(forward_func.adapter.image.blocks)
         if isinstance(start_block, bool) or not isinstance(start_block, int):
@@ -73,7 +75,7 @@ class CLIPAttentionRelevance(Attribution):
     def _logits_and_attentions(
         self, images: Tensor, text_features: Tensor
     ) -> Tuple[Tensor, List[Tensor], Tuple[int, int]]:
-        image: ViTImageView = self.adapter.image  # type: ignore[assignment]
+        image = self.adapter.image
         x, grid = image.embed(images)
         attentions = []
         for block in image.blocks:
@@ -82,8 +84,8 @@ class CLIPAttentionRelevance(Attribution):
             attentions.append(a)
             x = x + block.ls1(block.out(a.to(v.dtype) @ v))
             x = x + block.ls2(block.mlp(block.norm2(x)))
-        pooled = F.normalize(image.features(x[:, :1])[:, 0].float(), dim=-1)
-        logits = self.adapter.logit_scale().float() * pooled @ text_features.t()
+        pooled = image.head.pool(x, image.num_prefix_tokens, grid)
+        logits = self.adapter.logits(F.normalize(pooled.float(), dim=-1), text_features)
         return logits, attentions, grid
 
     def relevance(
@@ -115,7 +117,8 @@ class CLIPAttentionRelevance(Attribution):
         for a, g in list(zip(attentions, grads))[self.start_block :]:
             cam = (g * a).clamp(min=0).mean(dim=1).detach()
             r = r + cam @ r
-        return r[:, 0, 1:].reshape(b, 1, h, w)
+        p = self.adapter.image.num_prefix_tokens
+        return r[:, 0, p:].reshape(b, 1, h, w)
 
     @log_usage()
     def attribute(

@@ -17,20 +17,25 @@ __all__ = ["CLIPZeroShotClassifier", "TokenGrid"]
 
 
 class TokenGrid(nn.Module):
-    r"""Identity layer that shows a block's patch tokens as a ``[B, C, h, w]`` grid.
+    r"""Identity layer that shows a block's grid tokens as a ``[B, C, h, w]`` map.
 
-    The classifier routes the patch tokens entering a block through this module
-    (the class token bypasses it), so that Captum's layer methods, e.g.
-    ``LayerGradCam``, see a spatial layer. It is owned by the classifier and never inserted into
-    the user's model.
+    The classifier routes the grid tokens entering a block through this module
+    (prefix tokens such as the class token bypass it), so that Captum's layer
+    methods, e.g. ``LayerGradCam``, see a spatial layer. It is owned by the
+    classifier and never inserted into the user's model.
+
+    Args:
+        prefix (int): number of tokens before the grid in the stream.
     """
 
+    def __init__(self, prefix: int = 1) -> None:
+        super().__init__()
+        self.prefix = prefix
+
     def forward(self, tokens: Tensor, grid: Tuple[int, int]) -> Tensor:
-        r"""``[B, 1 + h*w, C]`` tokens (or a ``[B, C, h, w]`` map) to a ``[B, C, h, w]`` grid."""
-        if tokens.ndim == 4:
-            return tokens
+        r"""``[B, P + h*w, C]`` tokens to a ``[B, C, h, w]`` grid."""
         b, _, c = tokens.shape
-        return tokens[:, 1:].transpose(1, 2).reshape(b, c, grid[0], grid[1])
+        return tokens[:, self.prefix :].transpose(1, 2).reshape(b, c, grid[0], grid[1])
 
 
 class CLIPZeroShotClassifier(nn.Module):
@@ -83,7 +88,8 @@ class CLIPZeroShotClassifier(nn.Module):
         self.templates = validate_templates(templates)
         self.text_cache = TextFeatureCache(adapter, tokenizer, truncate=truncate_text)
         self.texts: List[str] = texts
-        self.grid_layers = nn.ModuleList(TokenGrid() for _ in range(image_depth(adapter)))
+        prefix = adapter.image.num_prefix_tokens
+        self.grid_layers = nn.ModuleList(TokenGrid(prefix) for _ in range(image_depth(adapter)))
         self._routed: Set[int] = set()
 
     adapter: CLIPAdapter
@@ -118,9 +124,9 @@ class CLIPZeroShotClassifier(nn.Module):
         of a block is used because a CLIP ViT pools the class token only: the
         patch tokens leaving the last block do not reach the logits (their
         gradient is zero), while those entering it are read by its attention.
-        ``block=-1`` is therefore the usual CLIP GradCAM layer. For a ResNet tower
-        the layer is the trunk's output (its last stage); ``block`` must then be 0
-        or -1.
+        ``block=-1`` is therefore the usual CLIP GradCAM layer. For a tower without
+        attention blocks (CLIP ResNets, conv trunks) the layer is the trunk's
+        output, the stream entering the pooling head; ``block`` must then be 0 or -1.
 
         Args:
             block (int): block index, negative counts from the end. Default -1.
@@ -150,10 +156,9 @@ class CLIPZeroShotClassifier(nn.Module):
     def _tap(self, index: int, x: Tensor, grid: Tuple[int, int]) -> Tensor:
         if index not in self._routed:
             return x
-        out = self.grid_layers[index](x, grid)
-        if x.ndim == 4:
-            return out
-        return torch.cat([x[:, :1], out.flatten(2).transpose(1, 2)], dim=1)
+        layer = self.grid_layers[index]
+        out = layer(x, grid)
+        return torch.cat([x[:, : layer.prefix], out.flatten(2).transpose(1, 2)], dim=1)
 
     def image_features(self, images: Tensor) -> Tensor:
         r"""The unmodified model's unit image embeddings ``[B, C]`` (float32).
@@ -175,11 +180,11 @@ class CLIPZeroShotClassifier(nn.Module):
             *additional_forward_args: accepted for Captum compatibility, unused.
 
         Returns:
-            Tensor: ``logit_scale.exp() * cos(image, text)``, float32.
+            Tensor: the model's own logits, float32: ``logit_scale.exp() * cos(image,
+            text)``, plus ``logit_bias`` for sigmoid-loss models (SigLIP).
         """
         features = self.image_features(images)
-        scale = self.adapter.logit_scale().float()
-        return scale * features @ self.text_features.t()
+        return self.adapter.logits(features, self.text_features).float()
 
     def extra_repr(self) -> str:
         return f"texts={self.texts!r}, templates={len(self.templates)}"

@@ -6,7 +6,11 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
-from captum_clip_surgery._architecture import image_token_features, validate_surgery_blocks
+from captum_clip_surgery._architecture import (
+    image_token_features,
+    validate_query_token,
+    validate_surgery_blocks,
+)
 from captum_clip_surgery._map_attribution import FeatureSurgery, TokenMapAttribution
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 
@@ -16,12 +20,14 @@ __all__ = ["CLIPSurgeryAttribution"]
 class CLIPSurgeryAttribution(TokenMapAttribution):
     r"""CLIP Surgery maps: architecture surgery plus feature surgery.
 
-    Architecture surgery (METHOD §2–4) adds a value-value attention path over
-    the last ``surgery_blocks`` blocks of a ViT image tower (the attention pool
-    of a ResNet), computed functionally from the model's own weights; the class
-    token keeps the unmodified model's embedding. Feature surgery (METHOD §6)
+    Architecture surgery (``docs/method.md``) adds a value-value attention path
+    over the last ``surgery_blocks`` attention blocks of the image tower,
+    computed functionally from the model's own weights; the pooled feature is
+    the unmodified model's embedding, and dense features are the pooling head
+    applied per token (rules per head kind in ``docs/method.md``; a CLIP ResNet's
+    attention pool gets the release's value-value pool). Feature surgery
     removes the redundant features shared by the texts. Scores are min-max
-    normalised per map and upsampled bilinearly to the input (METHOD §7).
+    normalised per map and upsampled bilinearly to the input.
 
     Differences from the authors' release, all deliberate: batches of any size
     in every mode, any input resolution (the positional embedding is resized per
@@ -31,8 +37,15 @@ class CLIPSurgeryAttribution(TokenMapAttribution):
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): the classifier whose
             predictions are explained, or a CLIP model (then ``texts`` is needed).
-        surgery_blocks (int): number of last ViT blocks with the dual path,
-            1..depth (the release uses 6). Ignored beyond validation for ResNets.
+        surgery_blocks (int, optional): number of last attention blocks with the
+            dual path, 1..depth. Default ``None``: the release's 6 (every block of a
+            shallower tower). Towers without attention blocks (CLIP ResNets, conv
+            trunks) accept only ``None``.
+        query_token (str): the mean (query) token of a CLIP ResNet attention pool:
+            ``"release"`` (default) takes it from the value-value pool like every
+            other token, as the authors' code does, so class-set surgery weights
+            use that feature; ``"model"`` keeps the model's own q-k pool for it (the
+            pooled feature then equals the image embedding). Other towers ignore it.
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
@@ -52,14 +65,18 @@ class CLIPSurgeryAttribution(TokenMapAttribution):
     def __init__(
         self,
         forward_func: Union[CLIPZeroShotClassifier, nn.Module],
-        surgery_blocks: int = 6,
+        surgery_blocks: Optional[int] = None,
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+        query_token: str = "release",
     ) -> None:
         super().__init__(forward_func, texts, templates, tokenizer)
         self.surgery_blocks = validate_surgery_blocks(self.adapter, surgery_blocks)
+        self.query_token = validate_query_token(query_token)
 
     def token_features(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         r"""Dual-path token features ``[B, 1 + h*w, D]`` and the grid ``(h, w)``."""
-        return image_token_features(self.adapter, images, self.surgery_blocks)
+        return image_token_features(
+            self.adapter, images, self.surgery_blocks, surgery=True, query_token=self.query_token
+        )

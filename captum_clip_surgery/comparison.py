@@ -20,7 +20,6 @@ from torch import Tensor
 
 from captum_clip_surgery._maps import minmax_normalize, upsample
 from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
-from captum_clip_surgery.adapters.base import ViTImageView
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
@@ -35,6 +34,7 @@ __all__ = [
     "compare",
     "plot_comparison",
     "plot_text_grid",
+    "supported_methods",
 ]
 
 #: Methods :func:`compare` runs when none are named.
@@ -131,6 +131,31 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
     raise ValueError(f"methods: unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
 
 
+#: Head kinds each method is defined for (methods not listed work on every kind).
+METHOD_HEAD_KINDS: Dict[str, tuple] = {
+    "chefer": ("token",),
+    "maskclip": ("token", "attention"),
+}
+
+
+def supported_methods(classifier: CLIPZeroShotClassifier) -> tuple:
+    r"""The names of :data:`METHOD_NAMES` defined for the classifier's model.
+
+    Args:
+        classifier (CLIPZeroShotClassifier): the classifier explained.
+
+    Returns:
+        tuple[str, ...]: method names, in :data:`METHOD_NAMES` order.
+
+    Examples::
+
+        >>> "chefer" in supported_methods(CLIPZeroShotClassifier(resnet_clip, ["dog"]))
+        False
+    """
+    kind = classifier.adapter.image.kind
+    return tuple(m for m in METHOD_NAMES if kind in METHOD_HEAD_KINDS.get(m, (kind,)))
+
+
 def _default_kwargs(name: str, classifier: CLIPZeroShotClassifier, images: Tensor) -> Dict[str, Any]:
     if name == "gradcam":
         return {"relu_attributions": True}
@@ -143,8 +168,7 @@ def _default_kwargs(name: str, classifier: CLIPZeroShotClassifier, images: Tenso
     if name == "smoothgrad":
         return {"nt_samples": 10, "nt_type": "smoothgrad", "stdevs": 0.1}
     if name == "occlusion":
-        image = classifier.adapter.image
-        size = image.patch_size if isinstance(image, ViTImageView) else (image.stride, image.stride)
+        size = tuple(classifier.adapter.image.patch_size)
         return {"sliding_window_shapes": (3, *size), "strides": (3, *size)}
     return {}
 
@@ -198,8 +222,7 @@ def compare(
     prepared = prepare_images(classifier.adapter, images, "images")
     index = resolve_target(target, prepared.shape[0], classifier.texts).to(prepared.device)
     if methods is None:
-        vit = isinstance(classifier.adapter.image, ViTImageView)
-        methods = [m for m in DEFAULT_METHODS if vit or m != "chefer"]
+        methods = [m for m in DEFAULT_METHODS if m in supported_methods(classifier)]
     if isinstance(methods, str):
         raise TypeError("methods: expected a list of method names or a dict, got a single string")
     specs: Dict[str, MethodSpec] = (

@@ -7,9 +7,9 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from captum_clip_surgery._architecture import pool_attention
+from captum_clip_surgery._architecture import dense_rows, run_blocks
 from captum_clip_surgery._map_attribution import FeatureSurgery, TokenMapAttribution
-from captum_clip_surgery.adapters.base import ViTImageView
+from captum_clip_surgery.adapters.base import AttentionPoolHead
 
 __all__ = ["MaskCLIPAttribution"]
 
@@ -17,13 +17,15 @@ __all__ = ["MaskCLIPAttribution"]
 class MaskCLIPAttribution(TokenMapAttribution):
     r"""MaskCLIP maps: dense features from the value path of the last attention layer.
 
-    ViT: the blocks before the last run unchanged; in the last block each patch
-    token keeps its residual stream and adds the output projection of its own
-    value (``x + ls1(out(v))`` with ``v`` from ``norm1(x)``: no query-key
-    attention, no FFN); every token then goes through the final norm and
-    projection. ResNet: every grid token is mapped by the attention pool's value
-    and output projections (``c_proj(v_proj(x))``). The class token is the
-    unmodified model's embedding in both cases. No feature surgery by default;
+    Per pooling-head kind: with a class-token head the blocks before the last
+    run unchanged; in the last block each patch token keeps its residual stream
+    and adds the output projection of its own value (``x + ls1(out(v))`` with
+    ``v`` from ``norm1(x)``: no query-key attention, no FFN); every token then
+    goes through the final norm and projection. With an attention-pool head
+    (CLIP ResNets, SigLIP MAP heads) the last attention layer is the pool: every
+    grid token takes the pool's value path (``c_proj(v_proj(x))`` for a ResNet).
+    Not defined for average-pooled towers (no attention to bypass): a
+    ``TypeError`` says so. The pooled feature is the unmodified model's embedding. No feature surgery by default;
     every mode of :class:`CLIPSurgeryAttribution` can be asked for per call.
 
     Args:
@@ -40,23 +42,29 @@ class MaskCLIPAttribution(TokenMapAttribution):
 
     default_feature_surgery: FeatureSurgery = "none"
 
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        if self.adapter.image.kind == "average":
+            raise TypeError(
+                "forward_func: MaskCLIP needs an attention layer to bypass; this model's image "
+                "tower is average-pooled without attention (use 'surgery' or 'raw')"
+            )
+
     def token_features(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         r"""MaskCLIP token features ``[B, 1 + h*w, D]`` and the grid ``(h, w)``."""
         image = self.adapter.image
-        if isinstance(image, ViTImageView):
-            x, grid = image.embed(images)
-            blocks = list(image.blocks)
-            for block in blocks[:-1]:
-                x = block.forward(x)
-            last = blocks[-1]
-            q, k, v = last.qkv(last.norm1(x))
-            dense = x + last.ls1(last.out(v))
-            cls = x[:, :1] + last.ls1(last.out(last.original_attention(q[:, :, :1], k, v)))
-            cls = cls + last.ls2(last.mlp(last.norm2(cls)))
-            return image.features(torch.cat([cls, dense[:, 1:]], dim=1)), grid
-        pool = image.pool
-        fmap = image.trunk(images)
-        x = pool.tokens(fmap)
-        cls = pool_attention(pool, x[:, :1], x)
-        dense = pool.c(pool.v(x))
-        return torch.cat([cls, dense[:, 1:]], dim=1), (fmap.shape[-2], fmap.shape[-1])
+        head, p = image.head, image.num_prefix_tokens
+        x, grid = image.embed(images)
+        if isinstance(head, AttentionPoolHead):
+            x = run_blocks(image, x, grid, len(image.blocks))
+            keys = head.prepare(x, p, grid)
+            pooled = head.pool(x, p, grid)[:, None]
+            return torch.cat([pooled, head.dense(keys)[:, dense_rows(image) :]], dim=1), grid
+        x = run_blocks(image, x, grid, len(image.blocks) - 1)
+        last = image.blocks[-1]
+        q, k, v = last.qkv(last.norm1(x))
+        dense = x[:, p:] + last.ls1(last.out(v[:, :, p:]))
+        x = x + last.ls1(last.out(last.original_attention(q, k, v)))
+        x = x + last.ls2(last.mlp(last.norm2(x)))
+        pooled = head.pool(x, p, grid)[:, None]
+        return torch.cat([pooled, head.dense(dense)], dim=1), grid

@@ -39,4 +39,4 @@ class CLIPSimilarityMap(TokenMapAttribution):
 
     def token_features(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         r"""Plain-tower token features ``[B, 1 + h*w, D]`` and the grid ``(h, w)``."""
-        return image_token_features(self.adapter, images, 0)
+        return image_token_features(self.adapter, images, 0, surgery=False)

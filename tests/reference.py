@@ -86,8 +86,14 @@ def vit_tokens(model: open_clip.CLIP, images: Tensor, surgery_blocks: int) -> Te
     return _ln(v.ln_post, t) @ v.proj
 
 
-def resnet_tokens(model: open_clip.CLIP, images: Tensor, surgery: bool) -> Tensor:
-    r"""Attention-pool outputs of every token ``[B, 1+N, D]`` (released behaviour)."""
+def resnet_tokens(
+    model: open_clip.CLIP, images: Tensor, surgery: bool, query_token: str = "release"
+) -> Tensor:
+    r"""Attention-pool outputs of every token ``[B, 1+N, D]``.
+
+    With ``surgery`` the release replaces q and k by v for every token, the
+    mean (query) token included (``query_token="release"``); ``"model"`` keeps the
+    pool's own q-k attention for the mean token."""
     v = model.visual
     fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))
     b, c, h, w = fmap.shape
@@ -104,6 +110,8 @@ def resnet_tokens(model: open_clip.CLIP, images: Tensor, surgery: bool) -> Tenso
     if not surgery:
         return orig
     new = pool.c_proj(_attend(val, val, val))
+    if query_token == "release":
+        return new
     return torch.cat([orig[:, :1], new[:, 1:]], dim=1)
 
 

@@ -42,7 +42,7 @@ def test_relevance_target_forms_and_no_grad():
 
 def test_relevance_needs_a_vit():
     clf = CLIPZeroShotClassifier(tiny_resnet(), TEXTS, templates=FEW_TEMPLATES)
-    with pytest.raises(TypeError, match="needs a ViT image tower"):
+    with pytest.raises(TypeError, match="needs attention blocks and a class-token head"):
         CLIPAttentionRelevance(clf)
     with pytest.raises(TypeError, match="forward_func: expected a CLIPZeroShotClassifier"):
         CLIPAttentionRelevance(tiny_vit())

@@ -17,7 +17,7 @@ from tests.models import tiny_resnet, tiny_vit
 
 def _reference_tokens(model, images, surgery_blocks):
     if model.visual.__class__.__name__ == "ModifiedResNet":
-        return ref.resnet_tokens(model, images, surgery_blocks > 0)
+        return ref.resnet_tokens(model, images, surgery_blocks != 0)
     return ref.vit_tokens(model, images, surgery_blocks)
 
 
@@ -32,7 +32,7 @@ def test_matches_plain_reference(any_model, scale, mode):
     model = any_model
     s = native_size(model)
     images = images_for(model, b=3, h=int(s * scale[0]), w=int(s * scale[1]))
-    blocks = 3 if model.visual.__class__.__name__ != "ModifiedResNet" else 6
+    blocks = 3 if model.visual.__class__.__name__ != "ModifiedResNet" else None
     clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
     explainer = CLIPSurgeryAttribution(clf, surgery_blocks=blocks)
 
@@ -74,10 +74,29 @@ def test_auto_mode_picks_classes_or_empty():
 
 def test_class_token_is_the_unmodified_embedding(any_model):
     images = images_for(any_model, b=2)
-    explainer = CLIPSurgeryAttribution(any_model, texts=TEXTS, templates=FEW_TEMPLATES)
+    # a ResNet's mean token follows the release (v-v) unless query_token="model" is asked for
+    explainer = CLIPSurgeryAttribution(
+        any_model, texts=TEXTS, templates=FEW_TEMPLATES, query_token="model"
+    )
     with torch.no_grad():
         tokens, _ = explainer.token_features(images)
         torch.testing.assert_close(tokens[:, 0], any_model.encode_image(images), atol=1e-5, rtol=1e-5)
+
+
+def test_resnet_query_token_rules_match_the_reference():
+    model = tiny_resnet()
+    images = images_for(model, b=2)
+    for rule in ("release", "model"):
+        explainer = CLIPSurgeryAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES,
+                                           query_token=rule)
+        with torch.no_grad():
+            tokens, _ = explainer.token_features(images)
+            expected = ref.resnet_tokens(model, images, True, query_token=rule)
+        torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="query_token: expected one of 'release', 'model'"):
+        CLIPSurgeryAttribution(model, texts=TEXTS, query_token="mean")
+    with pytest.raises(ValueError, match="surgery_blocks: this image tower has no attention blocks"):
+        CLIPSurgeryAttribution(model, texts=TEXTS, surgery_blocks=99)
 
 
 def test_raw_map_matches_reference(any_model):

@@ -111,8 +111,8 @@ def test_bad_texts_per_call_and_templates():
     [
         (0, ValueError, r"surgery_blocks: expected an int in \[1, 7\] \(the image tower has 7 blocks\), got 0"),
         (8, ValueError, r"surgery_blocks: expected an int in \[1, 7\]"),
-        (2.0, TypeError, "surgery_blocks: expected an int, got float"),
-        (True, TypeError, "surgery_blocks: expected an int, got bool"),
+        (2.0, TypeError, "surgery_blocks: expected an int or None, got float"),
+        (True, TypeError, "surgery_blocks: expected an int or None, got bool"),
     ],
 )
 def test_bad_surgery_blocks(blocks, error, message):

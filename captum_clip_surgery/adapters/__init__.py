@@ -1,12 +1,14 @@
 r"""Model adapters: the only place that knows model-family classes."""
 
 from captum_clip_surgery.adapters.base import (
-    AttentionPoolView,
+    AttentionPoolHead,
+    AveragePoolHead,
     BlockView,
+    ClassTokenHead,
     CLIPAdapter,
-    ResNetImageView,
+    ImageTowerView,
+    PoolingHead,
     TextTowerView,
-    ViTImageView,
     get_adapter,
     inference_mode_of,
     register_adapter,
@@ -16,13 +18,15 @@ from captum_clip_surgery.adapters.base import (
 from captum_clip_surgery.adapters.openclip import OpenCLIPAdapter
 
 __all__ = [
-    "AttentionPoolView",
+    "AttentionPoolHead",
+    "AveragePoolHead",
     "BlockView",
     "CLIPAdapter",
+    "ClassTokenHead",
+    "ImageTowerView",
     "OpenCLIPAdapter",
-    "ResNetImageView",
+    "PoolingHead",
     "TextTowerView",
-    "ViTImageView",
     "get_adapter",
     "inference_mode_of",
     "register_adapter",

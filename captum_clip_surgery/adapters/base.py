@@ -21,12 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "AttentionPoolView",
+    "AttentionPoolHead",
+    "AveragePoolHead",
     "BlockView",
     "CLIPAdapter",
-    "ResNetImageView",
+    "ClassTokenHead",
+    "ImageTowerView",
+    "PoolingHead",
     "TextTowerView",
-    "ViTImageView",
+    "merge_heads",
+    "split_heads",
     "get_adapter",
     "inference_mode_of",
     "register_adapter",
@@ -36,22 +40,26 @@ __all__ = [
 
 
 def resize_positional_embedding(
-    table: Tensor, native_grid: Tuple[int, int], grid: Tuple[int, int]
+    table: Tensor,
+    native_grid: Tuple[int, int],
+    grid: Tuple[int, int],
+    prefix_rows: int = 1,
 ) -> Tensor:
     r"""Return a positional-embedding table for another patch grid.
 
-    The first row (the class / pooled token) is kept; the grid rows are resized
-    with bilinear interpolation (``align_corners=False``) like the CLIP Surgery
-    release. The input table is never modified; when ``grid`` equals
-    ``native_grid`` the table itself is returned.
+    The first ``prefix_rows`` rows (class / register / pooled token) are kept;
+    the grid rows are resized with bilinear interpolation (``align_corners=False``)
+    like the CLIP Surgery release. The input table is never modified; when
+    ``grid`` equals ``native_grid`` the table itself is returned.
 
     Args:
-        table (Tensor): ``[1 + gh * gw, C]`` table, class row first.
+        table (Tensor): ``[prefix_rows + gh * gw, C]`` table, prefix rows first.
         native_grid (tuple[int, int]): ``(gh, gw)`` grid the table was trained for.
         grid (tuple[int, int]): ``(h, w)`` grid wanted.
+        prefix_rows (int): rows before the grid (default 1, the class row).
 
     Returns:
-        Tensor: ``[1 + h * w, C]`` table in the dtype of ``table``.
+        Tensor: ``[prefix_rows + h * w, C]`` table in the dtype of ``table``.
 
     Examples::
 
@@ -64,7 +72,7 @@ def resize_positional_embedding(
     if (h, w) == (gh, gw):
         return table
     channels = table.shape[-1]
-    cls_row, grid_rows = table[:1], table[1:]
+    cls_row, grid_rows = table[:prefix_rows], table[prefix_rows:]
     grid_rows = grid_rows.float().reshape(1, gh, gw, channels).permute(0, 3, 1, 2)
     grid_rows = F.interpolate(grid_rows, size=(h, w), mode="bilinear", align_corners=False)
     grid_rows = grid_rows.permute(0, 2, 3, 1).reshape(h * w, channels).to(table.dtype)
@@ -160,63 +168,84 @@ class BlockView(abc.ABC):
         return probs @ v
 
 
-class ViTImageView(abc.ABC):
-    r"""Uniform view of a ViT image tower with a class token."""
+class PoolingHead(abc.ABC):
+    r"""The part of an image tower after its last block: the pooling and projection.
 
-    kind = "vit"
-    patch_size: Tuple[int, int]
-    native_grid: Tuple[int, int]
-    blocks: Sequence[BlockView]
+    Three kinds cover every CLIP tower (:attr:`kind`):
 
-    @abc.abstractmethod
-    def patch_embed(self, images: Tensor) -> Tensor:
-        r"""Patch embedding ``[B, 3, H, W] -> [B, C, h, w]``."""
+    - ``"token"`` (:class:`ClassTokenHead`): the class token, normed and projected;
+    - ``"attention"`` (:class:`AttentionPoolHead`): one query attends over the
+      tokens (the mean token for CLIP ResNets, a learned probe for SigLIP / PE
+      MAP heads), then the head's own output projection, norm / MLP and projection;
+    - ``"average"`` (:class:`AveragePoolHead`): the mean token, normed and projected
+      by a linear head (ConvNeXt, FastViT, Swin towers).
 
-    @abc.abstractmethod
-    def class_token(self) -> Tensor:
-        r"""The class embedding ``[C]``."""
+    Methods state their rule once per kind; adapters only fill in the pieces.
+    """
 
-    @abc.abstractmethod
-    def positional_embedding(self, grid: Tuple[int, int]) -> Tensor:
-        r"""Positional table ``[1 + h * w, C]`` for a patch grid, resized on the fly."""
+    kind: str = ""
 
     @abc.abstractmethod
-    def pre_norm(self, x: Tensor) -> Tensor:
-        r"""The norm applied before the blocks (identity when absent)."""
+    def pool(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        r"""The model's own image embedding ``[B, D]`` from the final stream tokens
+        ``[B, P + h*w, C]`` (``P = num_prefix_tokens``, ``grid = (h, w)``)."""
+
+    @abc.abstractmethod
+    def dense(self, tokens: Tensor) -> Tensor:
+        r"""The head applied to every token on its own, ``[B, N, C] -> [B, N, D]``:
+        the dense (per-location) features in the joint space."""
+
+
+class ClassTokenHead(PoolingHead):
+    r"""Class-token pooling: ``projection(post_norm(tokens[:, 0]))``."""
+
+    kind = "token"
 
     @abc.abstractmethod
     def post_norm(self, x: Tensor) -> Tensor:
-        r"""The final norm applied to output tokens."""
+        r"""The final norm applied to output tokens (identity when absent)."""
 
     @abc.abstractmethod
     def projection(self, x: Tensor) -> Tensor:
         r"""The projection of normed tokens into the joint image-text space."""
 
-    def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        r"""Tokens entering the first block, ``[B, 1 + h * w, C]``, and the grid ``(h, w)``."""
-        x = self.patch_embed(images)
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)
-        cls = self.class_token().to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + self.positional_embedding(grid).to(x.dtype)
-        return self.pre_norm(x), grid
+    def pool(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        return self.dense(tokens[:, :1])[:, 0]
 
-    def features(self, tokens: Tensor) -> Tensor:
-        r"""``projection(post_norm(tokens))`` for every token."""
+    def dense(self, tokens: Tensor) -> Tensor:
         return self.projection(self.post_norm(tokens))
 
 
-class AttentionPoolView(abc.ABC):
-    r"""Uniform view of CLIP's ResNet attention-pool head."""
+class AttentionPoolHead(PoolingHead):
+    r"""Attention pooling: one query attends over the (prepared) tokens.
 
+    ``pool = finish(out(attention(q(query), k(keys), v(keys))))`` with
+    ``keys = prepare(tokens)``. :attr:`query_kind` is ``"mean"`` when the query
+    is the mean token at row 0 of ``keys`` (CLIP ResNets: ``keys`` is
+    ``[mean; grid] + positional embedding``) and ``"probe"`` for a learned probe
+    (MAP heads). The per-token value path is ``finish(out(v(keys)))``.
+    """
+
+    kind = "attention"
+    query_kind: str = "mean"
     num_heads: int
     head_dim: int
-    native_grid: Tuple[int, int]
+
+    @abc.abstractmethod
+    def prepare(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        r"""Stream tokens ``[B, P + h*w, C]`` to the pool's key/value tokens.
+
+        For ``query_kind == "mean"`` the result is ``[B, 1 + h*w, C]``, the mean token
+        first; for ``"probe"`` it has one row per stream token, ``[B, P + h*w, C]``.
+        """
+
+    @abc.abstractmethod
+    def query(self, keys: Tensor) -> Tensor:
+        r"""The pooling query ``[B, 1, C]`` (un-projected) for prepared ``keys``."""
 
     @abc.abstractmethod
     def q(self, x: Tensor) -> Tensor:
-        r"""Query projection ``[B, N, C] -> [B, N, C]``."""
+        r"""Query projection ``[B, N, C] -> [B, N, C']``."""
 
     @abc.abstractmethod
     def k(self, x: Tensor) -> Tensor:
@@ -227,19 +256,18 @@ class AttentionPoolView(abc.ABC):
         r"""Value projection."""
 
     @abc.abstractmethod
-    def c(self, x: Tensor) -> Tensor:
-        r"""Output projection into the joint space ``[B, N, C] -> [B, N, D]``."""
+    def out(self, x: Tensor) -> Tensor:
+        r"""The attention's output projection ``[B, N, C'] -> [B, N, C'']``."""
 
-    @abc.abstractmethod
-    def positional_embedding(self, grid: Tuple[int, int]) -> Tensor:
-        r"""Positional table ``[1 + h * w, C]`` for a feature grid, resized on the fly."""
+    def finish(self, x: Tensor) -> Tensor:
+        r"""Everything after the output projection (the MAP head's residual
+        norm/MLP and any projection into the joint space); identity by default."""
+        return x
 
-    def tokens(self, fmap: Tensor) -> Tensor:
-        r"""``[mean token; grid tokens] + positional embedding`` from ``[B, C, h, w]``."""
-        grid = (fmap.shape[-2], fmap.shape[-1])
-        x = fmap.flatten(2).transpose(1, 2)
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
-        return x + self.positional_embedding(grid).to(x.dtype)
+    @property
+    def scale(self) -> float:
+        r"""The dot-product scale ``head_dim ** -0.5``."""
+        return self.head_dim**-0.5
 
     def split_heads(self, x: Tensor) -> Tensor:
         r"""``[B, N, C] -> [B, heads, N, head_dim]``."""
@@ -252,22 +280,106 @@ class AttentionPoolView(abc.ABC):
         b, h, n, d = x.shape
         return x.transpose(1, 2).reshape(b, n, h * d)
 
+    def attend(self, queries: Tensor, keys: Tensor) -> Tensor:
+        r"""The head's own q-k attention of ``queries`` over ``keys`` through
+        :meth:`out` and :meth:`finish` (softmax in float32), ``[B, Nq, D]``."""
+        q = self.split_heads(self.q(queries))
+        k, v = self.split_heads(self.k(keys)), self.split_heads(self.v(keys))
+        probs = ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+        return self.finish(self.out(self.merge_heads(probs.to(v.dtype) @ v)))
 
-class ResNetImageView(abc.ABC):
-    r"""Uniform view of a CLIP ResNet image tower: a trunk and an attention pool."""
+    def pool(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        keys = self.prepare(tokens, num_prefix_tokens, grid)
+        return self.attend(self.query(keys), keys)[:, 0]
 
-    kind = "resnet"
-    stride: int
-    pool: AttentionPoolView
+    def dense(self, tokens: Tensor) -> Tensor:
+        r"""The value path per token: ``finish(out(v(tokens)))`` (tokens already prepared)."""
+        return self.finish(self.out(self.v(tokens)))
+
+
+class AveragePoolHead(PoolingHead):
+    r"""Average pooling: ``linear(norm(mean over grid tokens))``.
+
+    :meth:`dense` applies ``linear(norm(.))`` at every location; when the norm is
+    the identity the mean of the dense features is exactly the pooled embedding.
+    """
+
+    kind = "average"
 
     @abc.abstractmethod
-    def trunk(self, images: Tensor) -> Tensor:
-        r"""Convolutional trunk ``[B, 3, H, W] -> [B, C, h, w]``."""
+    def norm(self, x: Tensor) -> Tensor:
+        r"""The norm after the pool (identity when absent), on ``[B, N, C]`` tokens."""
+
+    @abc.abstractmethod
+    def linear(self, x: Tensor) -> Tensor:
+        r"""The (affine) head into the joint space, ``[B, N, C] -> [B, N, D]``."""
+
+    def pool(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        mean = tokens[:, num_prefix_tokens:].mean(dim=1, keepdim=True)
+        return self.linear(self.norm(mean))[:, 0]
+
+    def dense(self, tokens: Tensor) -> Tensor:
+        return self.linear(self.norm(tokens))
+
+
+class ImageTowerView(abc.ABC):
+    r"""Uniform view of any CLIP image tower: a token stream, blocks and a head.
+
+    - token stream: :meth:`embed` turns images into the tokens entering the first
+      block, ``[B, P + h*w, C]``: :attr:`num_prefix_tokens` ``P`` prefix tokens (class
+      and register tokens; 0 for SigLIP and conv trunks) then the grid in row-major
+      order; positional tables are resized per call, never written back;
+    - :attr:`blocks`: the attention blocks (empty for conv trunks, whose whole
+      network is the stream);
+    - :attr:`head`: a :class:`PoolingHead` of one of three kinds.
+
+    Attributes:
+        patch_size (tuple[int, int]): input pixels per grid cell (patch size, or
+            the trunk's total stride).
+        native_grid (tuple[int, int]): the grid at the pretrained input size.
+    """
+
+    patch_size: Tuple[int, int]
+    native_grid: Tuple[int, int]
+    num_prefix_tokens: int = 1
+    blocks: Sequence[BlockView] = ()
+    head: PoolingHead
 
     @property
+    def kind(self) -> str:
+        r"""The head's kind: ``"token"``, ``"attention"`` or ``"average"``."""
+        return self.head.kind
+
     @abc.abstractmethod
-    def last_stage(self) -> nn.Module:
-        r"""The trunk's last stage (the natural GradCAM layer)."""
+    def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        r"""Tokens entering the first block ``[B, P + h*w, C]`` and the grid ``(h, w)``.
+
+        For a tower without attention blocks these are the trunk's output tokens.
+        """
+
+    def input_size(self) -> Tuple[int, int]:
+        r"""The pretrained input size ``(H, W)`` in pixels."""
+        return (
+            self.native_grid[0] * self.patch_size[0],
+            self.native_grid[1] * self.patch_size[1],
+        )
+
+    def gradcam_module(self) -> Optional[nn.Module]:
+        r"""For towers without attention blocks: the model's module whose output is
+        the stream (its last stage), for reference; ``None`` otherwise."""
+        return None
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    r"""``[B, N, C] -> [B, heads, N, C // heads]``."""
+    b, n, c = x.shape
+    return x.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    r"""``[B, heads, N, d] -> [B, N, heads * d]``."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
 
 
 class TextTowerView(abc.ABC):
@@ -341,7 +453,7 @@ class CLIPAdapter(abc.ABC):
     """
 
     family: str = ""
-    image: ViTImageView | ResNetImageView
+    image: ImageTowerView
     text: TextTowerView
 
     def __init__(self, model: nn.Module) -> None:
@@ -359,6 +471,35 @@ class CLIPAdapter(abc.ABC):
     @abc.abstractmethod
     def logit_scale(self) -> Tensor:
         r"""The learnt logit scale (already exponentiated), a scalar tensor."""
+
+    def logit_bias(self) -> Optional[Tensor]:
+        r"""The learnt logit bias of sigmoid-loss models (SigLIP), else ``None``."""
+        return None
+
+    #: ``"softmax"`` for CLIP's contrastive loss, ``"sigmoid"`` for SigLIP's.
+    score_kind: str = "softmax"
+
+    #: Per-channel normalisation of the model's inputs (OpenAI CLIP's by default).
+    image_mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    def input_size(self) -> Tuple[int, int]:
+        r"""The model's pretrained input size ``(H, W)``."""
+        return self.image.input_size()
+
+    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        r"""The model's own logits from unit features: ``scale · cos (+ bias)``.
+
+        Args:
+            image_features (Tensor): ``[B, D]`` unit-norm.
+            text_features (Tensor): ``[T, D]`` unit-norm.
+
+        Returns:
+            Tensor: ``[B, T]`` in the features' dtype.
+        """
+        out = self.logit_scale().to(image_features.dtype) * image_features @ text_features.t()
+        bias = self.logit_bias()
+        return out if bias is None else out + bias.to(out.dtype)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -428,7 +569,3 @@ def get_adapter(model: object) -> CLIPAdapter:
         f"expected a CLIP model of a supported family: {', '.join(supported_families())}"
     )
 
-
-def optional(module: Optional[nn.Module], x: Tensor) -> Tensor:
-    r"""Apply ``module`` when it is not ``None``."""
-    return x if module is None else module(x)

@@ -27,27 +27,19 @@ from open_clip.transformer import (
 from torch import Tensor, nn
 
 from captum_clip_surgery.adapters.base import (
-    AttentionPoolView,
+    AttentionPoolHead,
     BlockView,
+    ClassTokenHead,
     CLIPAdapter,
-    ResNetImageView,
+    ImageTowerView,
     TextTowerView,
-    ViTImageView,
+    merge_heads,
     register_adapter,
     resize_positional_embedding,
+    split_heads,
 )
 
 __all__ = ["OpenCLIPAdapter"]
-
-
-def _split(x: Tensor, heads: int) -> Tensor:
-    b, n, c = x.shape
-    return x.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _merge(x: Tensor) -> Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
 
 
 class _MHABlockView(BlockView):
@@ -67,17 +59,19 @@ class _MHABlockView(BlockView):
 
     def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
-        return _split(q, self.num_heads), _split(k, self.num_heads), _split(v, self.num_heads)
+        return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
     def attention_logits(self, q: Tensor, k: Tensor) -> Tensor:
         return (q * self.scale) @ k.transpose(-2, -1)
 
     def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if q.dtype != torch.float32:  # softmax in float32 for half-precision models
+            return super().original_attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v)
 
     def out(self, heads_out: Tensor) -> Tensor:
         proj = self.attn.out_proj
-        return F.linear(_merge(heads_out), proj.weight, proj.bias)
+        return F.linear(merge_heads(heads_out), proj.weight, proj.bias)
 
     def ls1(self, x: Tensor) -> Tensor:
         return self.block.ls_1(x)
@@ -111,7 +105,7 @@ class _CustomBlockView(BlockView):
 
     def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
-        return _split(q, self.num_heads), _split(k, self.num_heads), _split(v, self.num_heads)
+        return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
     def attention_logits(self, q: Tensor, k: Tensor) -> Tensor:
         attn = self.attn
@@ -122,7 +116,7 @@ class _CustomBlockView(BlockView):
 
     def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         attn = self.attn
-        if attn.logit_scale is None:
+        if attn.logit_scale is None and q.dtype == torch.float32:
             return F.scaled_dot_product_attention(attn.ln_q(q), attn.ln_k(k), v)
         return super().original_attention(q, k, v)
 
@@ -130,7 +124,7 @@ class _CustomBlockView(BlockView):
         attn = self.attn
         if attn.head_scale is not None:
             heads_out = heads_out * attn.head_scale
-        x = attn.ln_inner(_merge(heads_out))
+        x = attn.ln_inner(merge_heads(heads_out))
         return self.block.ln_attn(attn.out_proj(x))
 
     def ls1(self, x: Tensor) -> Tensor:
@@ -162,7 +156,20 @@ def _block_view(block: nn.Module) -> BlockView:
     )
 
 
-class _OpenCLIPViTView(ViTImageView):
+class _OpenCLIPTokenHead(ClassTokenHead):
+    def __init__(self, visual: VisionTransformer) -> None:
+        self.visual = visual
+
+    def post_norm(self, x: Tensor) -> Tensor:
+        return self.visual.ln_post(x)
+
+    def projection(self, x: Tensor) -> Tensor:
+        return x @ self.visual.proj.to(x.dtype)
+
+
+class _OpenCLIPViTView(ImageTowerView):
+    num_prefix_tokens = 1
+
     def __init__(self, visual: VisionTransformer) -> None:
         if visual.attn_pool is not None:
             raise TypeError("model: open_clip ViT towers with an attentional pool are not supported")
@@ -177,66 +184,70 @@ class _OpenCLIPViTView(ViTImageView):
         self.patch_size = tuple(visual.patch_size)
         self.native_grid = tuple(visual.grid_size)
         self.blocks = [_block_view(b) for b in visual.transformer.resblocks]
+        self.head = _OpenCLIPTokenHead(visual)
 
-    def patch_embed(self, images: Tensor) -> Tensor:
-        return self.visual.conv1(images)
-
-    def class_token(self) -> Tensor:
-        return self.visual.class_embedding
-
-    def positional_embedding(self, grid: Tuple[int, int]) -> Tensor:
-        return resize_positional_embedding(
-            self.visual.positional_embedding, self.native_grid, grid
-        )
-
-    def pre_norm(self, x: Tensor) -> Tensor:
-        return self.visual.ln_pre(x)
-
-    def post_norm(self, x: Tensor) -> Tensor:
-        return self.visual.ln_post(x)
-
-    def projection(self, x: Tensor) -> Tensor:
-        return x @ self.visual.proj.to(x.dtype)
+    def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        v = self.visual
+        x = v.conv1(images)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        pos = resize_positional_embedding(v.positional_embedding, self.native_grid, grid)
+        return v.ln_pre(x + pos.to(x.dtype)), grid
 
 
-class _OpenCLIPAttentionPoolView(AttentionPoolView):
+class _OpenCLIPAttentionPoolHead(AttentionPoolHead):
+    query_kind = "mean"
+
     def __init__(self, pool: nn.Module) -> None:
-        self.pool = pool
+        self.pool_module = pool
         self.num_heads = pool.num_heads
         self.head_dim = pool.q_proj.in_features // pool.num_heads
         side = int(round((pool.positional_embedding.shape[0] - 1) ** 0.5))
         self.native_grid = (side, side)
 
+    def prepare(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        x = tokens[:, num_prefix_tokens:]
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        pos = resize_positional_embedding(
+            self.pool_module.positional_embedding, self.native_grid, grid
+        )
+        return x + pos.to(x.dtype)
+
+    def query(self, keys: Tensor) -> Tensor:
+        return keys[:, :1]
+
     def q(self, x: Tensor) -> Tensor:
-        return self.pool.q_proj(x)
+        return self.pool_module.q_proj(x)
 
     def k(self, x: Tensor) -> Tensor:
-        return self.pool.k_proj(x)
+        return self.pool_module.k_proj(x)
 
     def v(self, x: Tensor) -> Tensor:
-        return self.pool.v_proj(x)
+        return self.pool_module.v_proj(x)
 
-    def c(self, x: Tensor) -> Tensor:
-        return self.pool.c_proj(x)
-
-    def positional_embedding(self, grid: Tuple[int, int]) -> Tensor:
-        return resize_positional_embedding(self.pool.positional_embedding, self.native_grid, grid)
+    def out(self, x: Tensor) -> Tensor:
+        return self.pool_module.c_proj(x)
 
 
-class _OpenCLIPResNetView(ResNetImageView):
-    stride = 32
+class _OpenCLIPResNetView(ImageTowerView):
+    num_prefix_tokens = 0
+    blocks = ()
 
     def __init__(self, visual: ModifiedResNet) -> None:
         self.visual = visual
-        self.pool = _OpenCLIPAttentionPoolView(visual.attnpool)
+        self.head = _OpenCLIPAttentionPoolHead(visual.attnpool)
+        self.patch_size = (32, 32)
+        self.native_grid = self.head.native_grid
 
-    def trunk(self, images: Tensor) -> Tensor:
+    def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         v = self.visual
         x = v.stem(images.to(v.conv1.weight.dtype))
-        return v.layer4(v.layer3(v.layer2(v.layer1(x))))
+        x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
+        return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
 
-    @property
-    def last_stage(self) -> nn.Module:
+    def gradcam_module(self) -> nn.Module:
         return self.visual.layer4
 
 
@@ -365,7 +376,7 @@ class OpenCLIPAdapter(CLIPAdapter):
         >>> import open_clip
         >>> model = open_clip.create_model("RN50")
         >>> OpenCLIPAdapter(model).image.kind
-        'resnet'
+        'attention'
     """
 
     family = "open_clip (CLIP, CustomTextCLIP with a ViT or ModifiedResNet image tower)"

@@ -20,7 +20,7 @@ from tests.models import tiny_resnet, tiny_vit
 def test_vit_blocks_reproduce_the_model(block_type):
     model = tiny_vit(block_type)
     adapter = get_adapter(model)
-    assert isinstance(adapter, OpenCLIPAdapter) and adapter.image.kind == "vit"
+    assert isinstance(adapter, OpenCLIPAdapter) and adapter.image.kind == "token"
     images = images_for(model)
     with torch.no_grad():
         x, grid = adapter.image.embed(images)
@@ -35,25 +35,28 @@ def test_vit_blocks_reproduce_the_model(block_type):
             manual = block.attention_logits(q, k).softmax(-1) @ v
             torch.testing.assert_close(manual, block.original_attention(q, k, v), atol=1e-5, rtol=1e-5)
             x = own
-        pooled = adapter.image.features(x)[:, 0]
+        pooled = adapter.image.head.pool(x, 1, grid)
         torch.testing.assert_close(pooled, model.encode_image(images), atol=1e-5, rtol=1e-5)
 
 
 def test_resnet_view_reproduces_the_pool():
     model = tiny_resnet()
     adapter = get_adapter(model)
-    assert adapter.image.kind == "resnet"
+    assert adapter.image.kind == "attention" and adapter.image.head.query_kind == "mean"
+    assert adapter.image.num_prefix_tokens == 0 and not adapter.image.blocks
     images = images_for(model)
     with torch.no_grad():
-        fmap = adapter.image.trunk(images)
-        x = adapter.image.pool.tokens(fmap)
-        pool = adapter.image.pool
+        tokens, grid = adapter.image.embed(images)
+        assert grid == (2, 2) and tokens.shape[1] == 4
+        pool = adapter.image.head
+        x = pool.prepare(tokens, 0, grid)
         q = pool.split_heads(pool.q(x[:, :1]))
         k, v = pool.split_heads(pool.k(x)), pool.split_heads(pool.v(x))
         attn = (q @ k.transpose(-2, -1) * pool.head_dim**-0.5).softmax(-1) @ v
-        out = pool.c(pool.merge_heads(attn))[:, 0]
+        out = pool.out(pool.merge_heads(attn))[:, 0]
         torch.testing.assert_close(out, model.encode_image(images), atol=1e-5, rtol=1e-5)
-    assert adapter.image.last_stage is model.visual.layer4
+        torch.testing.assert_close(pool.pool(tokens, 0, grid), out, atol=1e-6, rtol=1e-6)
+    assert adapter.image.gradcam_module() is model.visual.layer4
 
 
 def test_positional_embedding_resize_is_bilinear_and_pure():
