@@ -10,7 +10,6 @@ image with your model.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -51,8 +50,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--size", type=int, default=None, metavar="PX",
                     help="square input size (default: the model's own)")
     ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    ex.add_argument("--surgery-blocks", type=int, default=6, metavar="S",
-                    help="last ViT blocks with the surgery path (default 6)")
+    ex.add_argument("--surgery-blocks", type=int, default=None, metavar="S",
+                    help="last attention blocks with the surgery path (default: the release's "
+                    "6; towers without attention blocks take none)")
     ex.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
 
     ev = sub.add_parser(
@@ -98,47 +98,23 @@ def _load_image(path: str) -> Any:
 
 def _load_model(
     name: str, pretrained: Optional[str], device: str
-) -> Tuple[Any, Callable[[Any], Any], Callable[[List[str]], Any]]:
-    import open_clip
+) -> Tuple[Any, Callable[[Any], Any], Any]:
+    from captum_clip_surgery.adapters.loading import load_clip
 
-    from captum_clip_surgery.scenes.model import CONFIG_PATH
-
-    if os.path.exists(CONFIG_PATH) and "scenes_clip" not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_PATH)  # the shipped model's architecture, by name
-    if name not in open_clip.list_models():
-        known = ", ".join(sorted(open_clip.list_models())[:8])
-        raise UserError(f"--model: unknown open_clip model {name!r} (known models include {known}, ...)")
-    if pretrained and os.path.sep in pretrained and not os.path.exists(pretrained):
-        raise UserError(f"--pretrained: checkpoint file not found: {pretrained}")
-    # Libraries log every failed download attempt; the one-line error below says
-    # what went wrong, so their log records are held back during the load.
-    previous = logging.root.manager.disable
-    logging.disable(logging.ERROR)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device
-        )
-    except Exception as exc:  # network, hub and checkpoint errors all land here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"--pretrained: could not load weights {pretrained!r} for {name} "
-            f"(offline, or not a valid checkpoint?): {first}"
-        ) from None
-    finally:
-        logging.disable(previous)
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+        return load_clip(name, pretrained, device)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
 
 
-def _square_transform(preprocess: Any, size: int) -> Any:
-    r"""The model's own normalisation after a square resize (no crop), like the release."""
-    from torchvision import transforms as T
+def _square_transform(model: Any, size: Optional[int]) -> Any:
+    r"""Square resize (no crop, like the release) to ``size`` or the model's own input
+    size, with the model's own normalisation (both from the model's adapter)."""
+    from captum_clip_surgery.adapters import get_adapter
+    from captum_clip_surgery.adapters.loading import square_preprocess
 
-    from captum_clip_surgery.evaluation.runner import square_preprocess
-
-    normalize = next(
-        (t for t in getattr(preprocess, "transforms", []) if isinstance(t, T.Normalize)), None
-    )
-    return square_preprocess(size, getattr(normalize, "mean", None), getattr(normalize, "std", None))
+    adapter = get_adapter(model)
+    return square_preprocess(size or adapter.input_size()[0], adapter.image_mean, adapter.image_std)
 
 
 def _explain(args: argparse.Namespace) -> str:
@@ -185,11 +161,7 @@ def _explain(args: argparse.Namespace) -> str:
     if any(not t.strip() for t in texts):
         raise UserError("--text: texts must not be empty")
 
-    visual = model.visual
-    native = getattr(visual, "image_size", None)
-    native = native[0] if isinstance(native, (tuple, list)) else native
-    size = args.size or int(native or 224)
-    transform = _square_transform(preprocess, size)
+    transform = _square_transform(model, args.size)
     images = transform(image).unsqueeze(0)
 
     # class-set feature surgery needs a text set: the world's classes for a scene,
@@ -269,10 +241,7 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
         from captum_clip_surgery.scenes import load_scenes_clip
 
         model, preprocess, tokenizer = load_scenes_clip(device=device)
-    visual = model.visual
-    native = getattr(visual, "image_size", None)
-    native = native[0] if isinstance(native, (tuple, list)) else native
-    transform = _square_transform(preprocess, args.size or int(native or 224))
+    transform = _square_transform(model, args.size)
     clf = CLIPZeroShotClassifier(model, dataset.class_names, tokenizer=tokenizer)
     result = evaluate(
         methods, dataset, clf, preprocess=transform, batch_size=args.batch_size,

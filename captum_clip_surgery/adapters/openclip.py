@@ -394,6 +394,10 @@ class OpenCLIPAdapter(CLIPAdapter):
                 "VisionTransformer or ModifiedResNet"
             )
         self.text = _OpenCLIPTextView(model)
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        if cfg.get("mean") is not None and cfg.get("std") is not None:
+            self.image_mean = tuple(float(m) for m in cfg["mean"])  # type: ignore[assignment]
+            self.image_std = tuple(float(s) for s in cfg["std"])  # type: ignore[assignment]
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from captum_clip_surgery.adapters.loading import square_preprocess
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.comparison import TITLES, MethodSpec, compare
 from captum_clip_surgery.evaluation.datasets import collate_items
@@ -40,21 +41,6 @@ COLUMNS = (
     ("insertion_auc", "insertion AUC ↑"),
     ("seconds_per_image", "s / image"),
 )
-
-
-def square_preprocess(
-    size: int, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]
-) -> Callable[[Any], Tensor]:
-    r"""PIL image → ``[3, size, size]``: square bicubic resize (no crop, the whole image
-    is explained, as in the CLIP Surgery release), then normalisation (none when ``mean``
-    and ``std`` are ``None``)."""
-    from torchvision import transforms as T
-
-    steps: List[Any] = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
-                        T.ToTensor()]
-    if mean is not None and std is not None:
-        steps.append(T.Normalize(mean, std))
-    return T.Compose(steps)
 
 
 @dataclass
@@ -225,12 +211,8 @@ class EvaluationResult:
 
 
 def _default_preprocess(classifier: CLIPZeroShotClassifier) -> Callable[[Any], Tensor]:
-    import open_clip
-
-    visual = classifier.model.visual
-    size = getattr(visual, "image_size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    return square_preprocess(int(size), open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    adapter = classifier.adapter
+    return square_preprocess(adapter.input_size()[0], adapter.image_mean, adapter.image_std)
 
 
 def evaluate(
