@@ -40,8 +40,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument(
         "--model", default=None,
-        help="open_clip model name, e.g. ViT-B-16 (default: the shipped scenes model; its "
-        "architecture is also known as 'scenes_clip')",
+        help="open_clip model name (e.g. ViT-B-16), hf-hub:ORG/NAME id or local model folder "
+        "(transformers save_pretrained, or open_clip_config.json); weights from local files or "
+        "caches only (default: the shipped scenes model; its architecture is also known as "
+        "'scenes_clip')",
     )
     ex.add_argument(
         "--pretrained", default=None, metavar="TAG|PATH",
@@ -66,7 +68,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="comma-separated method names (default: %(default)s)")
     ev.add_argument("--limit", type=int, default=None, help="first N images only")
     ev.add_argument("--out", default="evaluation", help="output folder (default evaluation)")
-    ev.add_argument("--model", default=None, help="open_clip model name (default: shipped)")
+    ev.add_argument("--model", default=None,
+                    help="open_clip name, hf-hub: id or local folder (default: shipped)")
     ev.add_argument("--pretrained", default=None, metavar="TAG|PATH")
     ev.add_argument("--size", type=int, default=None, metavar="PX",
                     help="square input size (default: the model's own)")
@@ -128,7 +131,7 @@ def _explain(args: argparse.Namespace) -> str:
     from captum_clip_surgery.comparison import plot_text_grid
 
     if args.pretrained and not args.model:
-        raise UserError("--pretrained: give --model too (the open_clip model name)")
+        raise UserError("--pretrained: give --model too (an open_clip model name)")
     try:
         device = torch.device(args.device)
         torch.empty(0, device=device)
@@ -210,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
             f"expected some of {', '.join(METHOD_NAMES)}"
         )
     if args.pretrained and not args.model:
-        raise UserError("--pretrained: give --model too (the open_clip model name)")
+        raise UserError("--pretrained: give --model too (an open_clip model name)")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: expected a positive number of images, got {args.limit}")
     try:
