@@ -28,6 +28,7 @@ import transformers  # noqa: E402
 from tests.models import _randomize  # noqa: E402
 
 transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 
 EMBED = 32
 VISION_WIDTH = 128  # OpenAI clip derives heads as width // 64: 2 heads
@@ -93,6 +94,21 @@ def to_openai(model: open_clip.CLIP) -> torch.nn.Module:
     )
     out.load_state_dict(state)
     return out.eval()
+
+
+def cast_like_openai(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    r"""``clip.model.convert_weights`` for any half dtype: conv, linear and attention
+    weights and the projections cast, LayerNorms and embeddings left in float32."""
+    for m in model.modules():
+        tensors = []
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            tensors = [m.weight, m.bias]
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            tensors = [m.in_proj_weight, m.in_proj_bias]
+        tensors += [getattr(m, name, None) for name in ("text_projection", "proj")]
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                t.data = t.data.to(dtype)
 
 
 def _block_to_hf(state: Dict[str, torch.Tensor], src: str, dst: str, out: Dict[str, torch.Tensor]) -> None:
@@ -181,7 +197,7 @@ def siglip(seed: int = 0, attn: str = "sdpa", context: int = 16, vocab: int = 64
     parameter non-trivial."""
     torch.manual_seed(seed)
     config = transformers.SiglipConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+        text_config=dict(vocab_size=vocab, hidden_size=48, intermediate_size=96,
                          num_attention_heads=2, num_hidden_layers=2,
                          max_position_embeddings=context, pad_token_id=1, eos_token_id=2),
         vision_config=dict(hidden_size=48, intermediate_size=96, num_attention_heads=3,
