@@ -176,6 +176,12 @@ def clip_bpe_pieces(token_ids: Sequence[int], tokenizer: Optional[object] = None
     if not (hasattr(tok, "decoder") and hasattr(tok, "byte_decoder")):
         tok = _default_bpe()
     decoder, byte_decoder = tok.decoder, tok.byte_decoder
+    unknown = [int(i) for i in token_ids if int(i) not in decoder]
+    if unknown:
+        raise TypeError(
+            f"tokenizer: cannot decode token ids {unknown[:5]} with the CLIP vocabulary; pass the "
+            "tokenizer that produced them as a transformers tokenizer or a SimpleTokenizer"
+        )
     return [_piece(decoder[int(i)], byte_decoder) for i in token_ids]
 
 

@@ -10,6 +10,7 @@ import torch
 from captum.attr import LayerGradCam
 
 from captum_clip_surgery import (
+    CLIPAttentionRelevance,
     CLIPSimilarityMap,
     CLIPSurgeryAttribution,
     CLIPZeroShotClassifier,
@@ -41,6 +42,9 @@ def _outputs(clf: CLIPZeroShotClassifier, images: torch.Tensor) -> Dict[str, tor
     }
     cam = LayerGradCam(clf, clf.gradcam_layer(-1))
     out["gradcam"] = cam.attribute(images, target=1).detach()
+    if clf.adapter.image.blocks:  # attention relevance needs attention blocks
+        relevance = CLIPAttentionRelevance(clf)
+        out["chefer"] = relevance.attribute(images, target=2, upsample_to_input=False)
     return out
 
 
