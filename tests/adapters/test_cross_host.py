@@ -127,3 +127,22 @@ def test_tokenizers_of_every_host_give_the_same_ids(vit):
     for name, value in ids.items():
         assert value.shape == (3, 77), name
         assert torch.equal(value[keep], ids["open_clip"][keep]), name
+
+
+def test_token_pieces_agree_across_host_tokenizers(vit):
+    r"""Word pieces decode alike from the transformers tokenizer, OpenAI's and open_clip's
+    ``SimpleTokenizer`` and the shipped fallback vocabulary."""
+    from clip.simple_tokenizer import SimpleTokenizer as OpenAISimpleTokenizer
+
+    from captum_clip_surgery.adapters._common import clip_bpe_pieces
+
+    ids = get_adapter(vit).text.default_tokenizer()(["a photo of a café, naïvely!"])[0]
+    ids = [int(i) for i in ids[1 : int(ids.argmax())]]
+    expected = clip_bpe_pieces(ids, None)
+    assert b"".join(p for p, _ in expected) == "aphotoofacafé,naïvely!".encode()
+    assert [end for _, end in expected][:4] == [True, True, True, True]
+    for tokenizer in (hosts.clip_tokenizer(), hosts.ProcessorLike(hosts.clip_tokenizer()),
+                      OpenAISimpleTokenizer()):
+        assert clip_bpe_pieces(ids, tokenizer) == expected, type(tokenizer).__name__
+    with pytest.raises(TypeError, match="^tokenizer: cannot decode token ids \\[60000\\]"):
+        clip_bpe_pieces([320, 60000], None)
