@@ -2,7 +2,7 @@ r"""captum-clip-surgery: CLIP Surgery explanations for CLIP as Captum attributio
 
 from captum_clip_surgery._maps import minmax_normalize
 from captum_clip_surgery._text import DEFAULT_TEMPLATES, SCENE_TEMPLATES
-from captum_clip_surgery.adapters import CLIPAdapter, get_adapter, register_adapter
+from captum_clip_surgery.adapters import CLIPAdapter, HFCLIPPair, get_adapter, register_adapter
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier, TokenGrid
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
@@ -40,6 +40,7 @@ __all__ = [
     "CLIPZeroShotClassifier",
     "DEFAULT_METHODS",
     "DEFAULT_TEMPLATES",
+    "HFCLIPPair",
     "METHOD_NAMES",
     "MaskCLIPAttribution",
     "PointPrompts",

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
+from captum_clip_surgery.adapters._common import tokenize
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 
 __all__ = ["DEFAULT_TEMPLATES", "SCENE_TEMPLATES", "TextFeatureCache", "validate_texts"]
@@ -69,8 +70,11 @@ class TextFeatureCache:
 
     Args:
         adapter (CLIPAdapter): the model's adapter.
-        tokenizer (Callable, optional): maps a list of strings to token ids
-            ``[N, L]``; default: the adapter's default tokenizer.
+        tokenizer (Callable or tokenizer, optional): a callable mapping a list
+            of strings to token ids ``[N, L]`` (a tensor, or a mapping with
+            ``input_ids``), or a Hugging Face tokenizer / processor (called
+            padded and truncated to the model's context length); default: the
+            model family's own tokenizer.
         truncate (bool): run the text tower only up to the last EOT position.
         chunk_size (int): prompts encoded per forward.
     """
@@ -84,8 +88,8 @@ class TextFeatureCache:
     ) -> None:
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(
-                f"tokenizer: expected a callable mapping a list of strings to token ids, "
-                f"got {type(tokenizer).__name__}"
+                f"tokenizer: expected a callable mapping a list of strings to token ids, or a "
+                f"Hugging Face tokenizer or processor, got {type(tokenizer).__name__}"
             )
         self.adapter = adapter
         self.tokenizer = tokenizer if tokenizer is not None else adapter.text.default_tokenizer()
@@ -99,6 +103,17 @@ class TextFeatureCache:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def token_ids(self, texts: Sequence[str]) -> Tensor:
+        r"""Token ids ``[N, L]`` (long, on the model's device) of ``texts`` from
+        this cache's tokenizer, whatever its form.
+
+        Raises:
+            TypeError: naming ``tokenizer`` when it does not give ``N`` rows of
+                integer token ids.
+        """
+        ids = tokenize(self.tokenizer, texts, self.adapter.text.context_length)
+        return ids.to(self.adapter.device)
 
     def features(self, texts: Sequence[str], templates: Tuple[str, ...]) -> Tensor:
         r"""Unit text features ``[T, D]`` (float32, on the model's device).
@@ -123,14 +138,8 @@ class TextFeatureCache:
     @torch.no_grad()
     def _encode(self, texts: List[str], templates: Tuple[str, ...]) -> Tensor:
         prompts = [template.format(text) for text in texts for template in templates]
-        ids = self.tokenizer(prompts)
-        if not isinstance(ids, Tensor) or ids.ndim != 2:
-            raise TypeError(
-                "tokenizer: expected token ids as a 2-D tensor [N, L], got "
-                f"{type(ids).__name__}{'' if not isinstance(ids, Tensor) else list(ids.shape)}"
-            )
+        ids = self.token_ids(prompts)
         device = self.adapter.device
-        ids = ids.to(device)
         # sort by the pooled (EOT) position so each chunk truncates as far as it can
         order = torch.argsort(ids.argmax(dim=-1))
         chunks = []

@@ -51,13 +51,18 @@ class CLIPZeroShotClassifier(nn.Module):
     model runs with inference behaviour (eval mode, restored afterwards).
 
     Args:
-        model (nn.Module): a CLIP model of a supported family (open_clip ``CLIP``).
+        model (nn.Module): a CLIP model of a supported family (open_clip ``CLIP``,
+            transformers ``CLIPModel`` / ``SiglipModel`` / :class:`HFCLIPPair`, OpenAI
+            ``clip``), or an adapter.
         texts (list[str]): class names or free-form texts; at least one.
         templates (list[str], optional): prompt templates with one ``{}``;
             default the release's 85 (:data:`DEFAULT_TEMPLATES`). Pass ``["{}"]``
             to use the texts verbatim.
-        tokenizer (Callable, optional): list of strings to token ids ``[N, L]``;
-            default open_clip's standard tokenizer with the model's context length.
+        tokenizer (Callable or tokenizer, optional): a callable mapping a list of
+            strings to token ids ``[N, L]`` (a tensor or a mapping with ``input_ids``),
+            or a transformers tokenizer / processor. Default: the family's own
+            (open_clip's tokenizer; ``clip.tokenize``; for transformers models the
+            checkpoint's ``AutoTokenizer``, loaded from local files).
         truncate_text (bool): encode texts only up to the last EOT position
             (exact under the causal mask, several times faster). Default True.
 

@@ -144,7 +144,7 @@ def explain_text_tokens(
     clf = _classifier(classifier, caption)
     adapter = clf.adapter
     tokenizer = clf.text_cache.tokenizer
-    ids = tokenizer([caption])
+    ids = clf.text_cache.token_ids([caption])
     if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.shape[0] != 1:
         raise TypeError(
             "tokenizer: expected token ids as a 2-D tensor [1, L] for one caption, got "

@@ -15,6 +15,13 @@ from captum_clip_surgery.adapters.base import (
     resize_positional_embedding,
     supported_families,
 )
+from captum_clip_surgery.adapters.huggingface import (
+    HFCLIPAdapter,
+    HFCLIPPair,
+    HFCLIPPairAdapter,
+    HFSiglipAdapter,
+)
+from captum_clip_surgery.adapters.openai_clip import OpenAICLIPAdapter
 from captum_clip_surgery.adapters.openclip import OpenCLIPAdapter
 
 __all__ = [
@@ -23,7 +30,12 @@ __all__ = [
     "BlockView",
     "CLIPAdapter",
     "ClassTokenHead",
+    "HFCLIPAdapter",
+    "HFCLIPPair",
+    "HFCLIPPairAdapter",
+    "HFSiglipAdapter",
     "ImageTowerView",
+    "OpenAICLIPAdapter",
     "OpenCLIPAdapter",
     "PoolingHead",
     "TextTowerView",

@@ -1,0 +1,197 @@
+r"""Pieces shared by the adapters of several families.
+
+- :func:`tokenize`: any tokenizer a user holds (a callable returning token ids,
+  a Hugging Face tokenizer or processor) to a ``LongTensor [N, L]``;
+- :func:`run_text_blocks`: a pre-norm text transformer run functionally from its
+  block views, with or without a causal mask (any attention backend the model
+  was configured with is bypassed);
+- :func:`clip_bpe_pieces`: the text of CLIP BPE token ids, from whichever CLIP
+  tokenizer the user holds (open_clip, OpenAI ``clip``, Hugging Face).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captum_clip_surgery.adapters.base import BlockView
+
+__all__ = ["causal_attention", "clip_bpe_pieces", "hf_tokenizer", "run_text_blocks", "tokenize"]
+
+
+def hf_tokenizer(obj: object) -> Optional[Any]:
+    r"""The Hugging Face tokenizer behind ``obj`` (a tokenizer, or a processor
+    holding one as ``.tokenizer``), or ``None`` when ``obj`` is neither.
+
+    ``transformers`` is never imported here: a user holding one of its
+    tokenizers has imported it already.
+    """
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
+        return None
+    base = getattr(transformers, "PreTrainedTokenizerBase", None)
+    if base is None:
+        return None
+    if isinstance(obj, base):
+        return obj
+    inner = getattr(obj, "tokenizer", None)
+    return inner if isinstance(inner, base) else None
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], context_length: int) -> Tensor:
+    r"""Token ids ``[N, L]`` (long) of ``texts`` from any tokenizer a user holds.
+
+    A Hugging Face tokenizer (or a processor holding one) is called the way the
+    model families expect: padded to ``context_length`` (``"max_length"``) and
+    truncated to it. Any other callable is called with the list of texts and
+    must return integer token ids ``[N, L]``, as a tensor or as the
+    ``input_ids`` of a mapping (e.g. a ``BatchEncoding``).
+
+    Args:
+        tokenizer (Callable or tokenizer): the tokenizer.
+        texts (list[str]): ``N`` texts.
+        context_length (int): the text tower's context length.
+
+    Returns:
+        Tensor: ``[N, L]`` long token ids.
+
+    Raises:
+        TypeError: naming ``tokenizer`` when its output is not ``N`` rows of
+            integer token ids.
+    """
+    texts = list(texts)
+    hf = hf_tokenizer(tokenizer)
+    if hf is not None:
+        out = hf(texts, padding="max_length", max_length=context_length, truncation=True,
+                 return_tensors="pt")
+    else:
+        out = tokenizer(texts)
+    if isinstance(out, Mapping) or hasattr(out, "input_ids"):
+        ids = out["input_ids"] if isinstance(out, Mapping) else out.input_ids
+        where = " (its input_ids)"
+    else:
+        ids, where = out, ""
+    if (
+        not isinstance(ids, Tensor)
+        or ids.ndim != 2
+        or ids.is_floating_point()
+        or ids.is_complex()
+        or ids.dtype == torch.bool
+    ):
+        shown = (
+            f"{ids.dtype} tensor of shape {list(ids.shape)}" if isinstance(ids, Tensor)
+            else type(ids).__name__
+        )
+        raise TypeError(
+            f"tokenizer: expected integer token ids as a 2-D tensor [N, L]{where}, got {shown}; "
+            "pass a callable returning a LongTensor [N, L], or a Hugging Face tokenizer/processor"
+        )
+    if ids.shape[0] != len(texts):
+        raise TypeError(
+            f"tokenizer: expected one row of token ids per text ({len(texts)}), got "
+            f"{ids.shape[0]} rows"
+        )
+    return ids.long()
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+    r"""``softmax(q kᵀ · scale [+ causal mask]) v`` per head, softmax in float32.
+
+    Args:
+        q, k, v (Tensor): ``[B, heads, N, d]``.
+        scale (float): logit scale.
+        causal (bool): mask every key after the query's position.
+
+    Returns:
+        Tensor: ``[B, heads, N, d]`` in ``v``'s dtype.
+    """
+    if q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    logits = ((q * scale) @ k.transpose(-2, -1)).float()
+    if causal:
+        n = q.shape[-2]
+        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+        logits = logits.masked_fill(future, float("-inf"))
+    return logits.softmax(dim=-1).to(v.dtype) @ v
+
+
+def run_text_blocks(blocks: Sequence[BlockView], x: Tensor, causal: bool) -> Tensor:
+    r"""Run pre-norm blocks ``x = x + ls1(out(attn(qkv(norm1 x))))``,
+    ``x = x + ls2(mlp(norm2 x))`` with the attention computed here.
+
+    Args:
+        blocks (list[BlockView]): the text tower's blocks.
+        x (Tensor): ``[N, L, C]`` embedded tokens.
+        causal (bool): causal mask (CLIP) or full attention (SigLIP).
+
+    Returns:
+        Tensor: ``[N, L, C]`` output of the last block.
+    """
+    for block in blocks:
+        q, k, v = block.qkv(block.norm1(x))
+        x = x + block.ls1(block.out(causal_attention(q, k, v, block.scale, causal)))
+        x = x + block.ls2(block.mlp(block.norm2(x)))
+    return x
+
+
+_BYTE_DECODER: Optional[dict] = None
+
+
+def _byte_decoder() -> dict:
+    global _BYTE_DECODER
+    if _BYTE_DECODER is None:
+        from open_clip.tokenizer import bytes_to_unicode
+
+        _BYTE_DECODER = {u: b for b, u in bytes_to_unicode().items()}
+    return _BYTE_DECODER
+
+
+def _piece(text: str, byte_decoder: dict) -> Tuple[bytes, bool]:
+    ends = text.endswith("</w>")
+    if ends:
+        text = text[: -len("</w>")]
+    if all(c in byte_decoder for c in text):
+        return bytes(byte_decoder[c] for c in text), ends
+    return text.encode("utf-8"), ends
+
+
+def clip_bpe_pieces(token_ids: Sequence[int], tokenizer: Optional[object] = None) -> List[Tuple[bytes, bool]]:
+    r"""``(utf-8 bytes, ends_a_word)`` per CLIP BPE token id.
+
+    Decodes with ``tokenizer`` when it can (a Hugging Face tokenizer or processor
+    through ``convert_ids_to_tokens``; open_clip's or OpenAI's ``SimpleTokenizer``
+    through ``decoder``/``byte_decoder``), else with the CLIP BPE vocabulary that
+    open_clip ships (the same in every CLIP host).
+    """
+    hf = hf_tokenizer(tokenizer)
+    if hf is not None:
+        texts = hf.convert_ids_to_tokens([int(i) for i in token_ids])
+        return [_piece(t, _byte_decoder()) for t in texts]
+    tok: Any = tokenizer
+    if not (hasattr(tok, "decoder") and hasattr(tok, "byte_decoder")):
+        tok = _default_bpe()
+    decoder, byte_decoder = tok.decoder, tok.byte_decoder
+    unknown = [int(i) for i in token_ids if int(i) not in decoder]
+    if unknown:
+        raise TypeError(
+            f"tokenizer: cannot decode token ids {unknown[:5]} with the CLIP vocabulary; pass the "
+            "tokenizer that produced them as a transformers tokenizer or a SimpleTokenizer"
+        )
+    return [_piece(decoder[int(i)], byte_decoder) for i in token_ids]
+
+
+_DEFAULT_BPE: Optional[Any] = None
+
+
+def _default_bpe() -> Any:
+    global _DEFAULT_BPE
+    if _DEFAULT_BPE is None:
+        import open_clip
+
+        _DEFAULT_BPE = open_clip.SimpleTokenizer()
+    return _DEFAULT_BPE
