@@ -54,11 +54,15 @@ def _needs_grad(images: Tensor) -> bool:
 
 
 def text_probabilities(clf: CLIPZeroShotClassifier, images: Tensor, texts: List[str]) -> Tensor:
-    r"""``softmax(logit_scale · cos(image embedding, e_t))`` over ``texts``: ``[B, T]``."""
+    r"""The model's own probabilities of ``texts``, ``[B, T]``: a softmax over the texts of
+    the logits for CLIP (contrastive loss), an independent sigmoid per text for
+    sigmoid-loss models (SigLIP: ``sigmoid(logit_scale · cos + logit_bias)``)."""
     with torch.set_grad_enabled(_needs_grad(images)):
         features = clf.image_features(images)
-        scale = clf.adapter.logit_scale().float()
-        return torch.softmax(scale * features @ clf.encode_texts(texts).t(), dim=-1)
+        logits = clf.adapter.logits(features, clf.encode_texts(texts)).float()
+        if clf.adapter.score_kind == "sigmoid":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=-1)
 
 
 def multilabel_scores(
@@ -141,22 +145,26 @@ def text_presence(
 
     The zero-shot probabilities of the unmodified model over the text set,
     ``p = softmax(logit_scale · cos(image embedding, e_t))`` (the classifier's
-    logits, softmaxed), are compared with ``threshold``. This is the gate the
+    logits, softmaxed; for sigmoid-loss models such as SigLIP the model's own
+    per-text ``sigmoid(logit_scale · cos + logit_bias)``), are compared with
+    ``threshold``. This is the gate the
     CLIP Surgery authors suggest before turning a map into point prompts
     (METHOD §8): min-max normalised maps always have a maximum, even for an
     absent object, so a text is first checked against the whole image.
 
     The softmax is relative to the set: give the full class set of the task
     (including likely background classes), not only the texts of interest.
+    Sigmoid scores are per text and need no set.
 
     Args:
         classifier (CLIPZeroShotClassifier or TokenMapAttribution): the
             classifier, or an explainer built on one.
         images (Tensor): preprocessed images ``[B, 3, H, W]``.
-        texts (list[str], optional): the text set (at least 2); default the
-            classifier's texts.
+        texts (list[str], optional): the text set (at least 2 for softmax models);
+            default the classifier's texts.
         threshold (float, optional): probability in ``[0, 1]`` a text needs to
-            be judged present; default ``1 / T`` (more likely than uniform).
+            be judged present; default ``1 / T`` (more likely than uniform), 0.5
+            for sigmoid-loss models.
 
     Returns:
         Tensor: ``[B, T]`` bool, ``True`` where ``p >= threshold``.
@@ -168,10 +176,12 @@ def text_presence(
     """
     clf = resolve_classifier(classifier)
     texts_ = list(clf.texts) if texts is None else validate_texts(texts)
-    if len(texts_) < 2:
+    sigmoid = clf.adapter.score_kind == "sigmoid"
+    if len(texts_) < 2 and not sigmoid:
         raise ValueError(
             f"texts: presence is judged by a softmax over a set of texts; expected at least 2, "
             f"got {len(texts_)} (a softmax over one text is always 1)"
         )
-    thr = 1.0 / len(texts_) if threshold is None else check_unit_interval("threshold", threshold)
+    default = 0.5 if sigmoid else 1.0 / len(texts_)
+    thr = default if threshold is None else check_unit_interval("threshold", threshold)
     return text_probabilities(clf, images, texts_) >= thr

@@ -184,3 +184,22 @@ def test_graph_only_towards_inputs_that_ask_for_one():
     (grad,) = torch.autograd.grad(tokens.caption_score.sum(), x)
     assert bool(grad.abs().sum() > 0)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_sigmoid_models_judge_presence_per_text():
+    hosts = pytest.importorskip("tests.adapters.hosts")
+    from captum_clip_surgery.multilabel import text_probabilities
+
+    model = hosts.siglip()
+    clf = CLIPZeroShotClassifier(model, ["dog", "cat", "grass"], templates=["{}"],
+                                 tokenizer=hosts.siglip_tokenizer())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        probs = text_probabilities(clf, images, ["dog", "cat", "grass"])
+        expected = torch.sigmoid(clf(images))   # the model's own logits include the bias
+    torch.testing.assert_close(probs, expected)
+    assert not torch.allclose(probs.sum(-1), torch.ones(2))  # not a softmax over the set
+    present = text_presence(clf, images)
+    assert torch.equal(present, expected >= 0.5)
+    # one text is enough for per-text sigmoid scores
+    assert text_presence(clf, images, texts=["dog"]).shape == (2, 1)

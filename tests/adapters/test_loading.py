@@ -72,3 +72,26 @@ def test_hub_id_missing_from_the_cache_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ValueError, match="not in the local Hugging Face cache"):
         load_clip("hf-hub:nobody/no-such-clip")
+
+
+def test_transformers_folder_loads_with_its_tokenizer(tmp_path):
+    hosts = pytest.importorskip("tests.adapters.hosts")
+    source = hosts.openclip_vit()
+    hf = hosts.to_hf(source)
+    folder = tmp_path / "hf-clip"
+    hf.save_pretrained(str(folder))
+    hosts.clip_tokenizer().save_pretrained(str(folder))
+    model, preprocess, tokenizer = load_clip(str(folder))
+    assert type(model).__name__ == "CLIPModel" and not model.training
+    for (k, a), (_, b) in zip(hf.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert preprocess(Image.new("RGB", (40, 30))).shape == (3, 32, 32)
+    # the folder's tokenizer and open_clip's give the same classifier
+    from captum_clip_surgery import CLIPZeroShotClassifier
+
+    images = torch.randn(2, 3, 32, 32)
+    ours = CLIPZeroShotClassifier(model, ["dog", "a red car"], templates=["{}"], tokenizer=tokenizer)
+    theirs = CLIPZeroShotClassifier(source, ["dog", "a red car"], templates=["{}"])
+    torch.testing.assert_close(ours(images), theirs(images), atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="pretrained: only for open_clip models"):
+        load_clip(str(folder), pretrained="openai")
