@@ -20,8 +20,8 @@ from captum_clip_surgery._validation import (
     unpack_inputs,
 )
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.feature_surgery import feature_surgery as _feature_surgery
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier, as_classifier
+from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 
 __all__ = ["TokenMapAttribution"]
 
@@ -52,19 +52,7 @@ class TokenMapAttribution(Attribution, abc.ABC):
         templates: Optional[Sequence[str]] = None,
         tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
     ) -> None:
-        if isinstance(forward_func, CLIPZeroShotClassifier):
-            if texts is not None or templates is not None or tokenizer is not None:
-                raise ValueError(
-                    "texts: give texts, templates and tokenizer to the CLIPZeroShotClassifier, "
-                    "not to the attribution built on it (or pass texts= per attribute call)"
-                )
-            classifier = forward_func
-        else:
-            if texts is None:
-                raise ValueError(
-                    "texts: required when a model (not a CLIPZeroShotClassifier) is given"
-                )
-            classifier = CLIPZeroShotClassifier(forward_func, texts, templates, tokenizer)
+        classifier = as_classifier(forward_func, texts, templates, tokenizer)
         super().__init__(classifier)
         self.classifier = classifier
 

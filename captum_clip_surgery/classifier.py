@@ -13,7 +13,7 @@ from captum_clip_surgery._text import TextFeatureCache, validate_templates, vali
 from captum_clip_surgery._validation import prepare_images
 from captum_clip_surgery.adapters.base import CLIPAdapter, get_adapter, inference_mode_of
 
-__all__ = ["CLIPZeroShotClassifier", "TokenGrid"]
+__all__ = ["CLIPZeroShotClassifier"]
 
 
 class TokenGrid(nn.Module):
@@ -198,3 +198,26 @@ class CLIPZeroShotClassifier(nn.Module):
     def device(self) -> torch.device:
         r"""The model's device."""
         return self.adapter.device
+
+
+def as_classifier(
+    forward_func: Any,
+    texts: Optional[Sequence[str]] = None,
+    templates: Optional[Sequence[str]] = None,
+    tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+) -> CLIPZeroShotClassifier:
+    r"""The classifier an attribution explains: ``forward_func`` itself, or one built on
+    a bare CLIP model with ``texts`` (and optional ``templates`` / ``tokenizer``).
+
+    Every attribution of the package accepts both forms through this function.
+    """
+    if isinstance(forward_func, CLIPZeroShotClassifier):
+        if texts is not None or templates is not None or tokenizer is not None:
+            raise ValueError(
+                "texts: give texts, templates and tokenizer to the CLIPZeroShotClassifier, "
+                "not to the attribution built on it (or pass texts= per attribute call)"
+            )
+        return forward_func
+    if texts is None:
+        raise ValueError("texts: required when a model (not a CLIPZeroShotClassifier) is given")
+    return CLIPZeroShotClassifier(forward_func, texts, templates, tokenizer)

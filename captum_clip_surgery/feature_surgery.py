@@ -7,10 +7,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["feature_surgery"]
+__all__ = ["feature_surgery_scores"]
 
 
-def feature_surgery(
+def feature_surgery_scores(
     image_features: Tensor,
     text_features: Tensor,
     mode: str = "classes",
@@ -46,7 +46,7 @@ def feature_surgery(
 
         >>> f = torch.nn.functional.normalize(torch.randn(2, 50, 64), dim=-1)
         >>> e = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
-        >>> feature_surgery(f, e).shape
+        >>> feature_surgery_scores(f, e).shape
         torch.Size([2, 50, 3])
     """
     f = image_features.float()
@@ -72,3 +72,9 @@ def feature_surgery(
         weighted = s * w.unsqueeze(1)
         return weighted - weighted.mean(dim=-1, keepdim=True)
     raise ValueError(f"mode: expected 'classes', 'redundant' or 'none', got {mode!r}")
+
+
+#: The same function under the module's name, for code that imports it from this module.
+#: The package exports it as :func:`feature_surgery_scores` so that
+#: ``captum_clip_surgery.feature_surgery`` stays this module.
+feature_surgery = feature_surgery_scores

@@ -19,7 +19,7 @@ from torch import Tensor
 from captum_clip_surgery._map_attribution import TokenMapAttribution
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.feature_surgery import feature_surgery as _feature_surgery
+from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 
 __all__ = ["multilabel_scores", "text_presence"]
 

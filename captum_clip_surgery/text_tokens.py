@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from captum_clip_surgery.adapters.base import inference_mode_of
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.feature_surgery import feature_surgery as _feature_surgery
+from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 from captum_clip_surgery.multilabel import resolve_classifier
 
 __all__ = ["TextTokenExplanation", "explain_text_tokens", "plot_text_tokens"]

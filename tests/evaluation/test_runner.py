@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -149,6 +150,12 @@ def _read_records(path):
     return rows
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
     data, clf, transform = scenes
     args = ["evaluate", "--dataset", "scenes", "--limit", "5", "--methods", "surgery,raw",
@@ -161,7 +168,8 @@ def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
     # 5 images over 2 ranks: the sampler pads rank 1 with a repeated image.
     torchrun = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29517", "-m", "captum_clip_surgery", *args,
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "-m", "captum_clip_surgery", *args,
          "--out", str(tmp_path / "two")],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert torchrun.returncode == 0, torchrun.stderr
