@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from captum_clip_surgery._maps import minmax_normalize, upsample
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._validation import (
+    check_bool,
     check_feature_surgery,
     prepare_images,
     resolve_target,
@@ -155,6 +156,7 @@ class TokenMapAttribution(Attribution, abc.ABC):
             torch.Size([8, 1, 224, 224])
         """
         images, is_tuple = unpack_inputs(inputs)
+        check_bool("upsample_to_input", upsample_to_input)
         texts_ = self._texts(texts)
         prepared = prepare_images(self.adapter, images)
         index = resolve_target(target, prepared.shape[0], texts_)

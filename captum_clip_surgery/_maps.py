@@ -27,6 +27,13 @@ def minmax_normalize(maps: Tensor) -> Tensor:
         >>> minmax_normalize(torch.tensor([[[[1.0, 3.0]]]]))
         tensor([[[[0., 1.]]]])
     """
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"maps: expected a Tensor [B, K, h, w], got {type(maps).__name__}")
+    if maps.ndim != 4 or 0 in maps.shape:
+        raise ValueError(f"maps: expected a non-empty [B, K, h, w] tensor, got shape "
+                         f"{list(maps.shape)}")
+    if maps.is_complex() or maps.dtype == torch.bool:
+        raise TypeError(f"maps: expected a real-valued tensor, got {maps.dtype}")
     x = maps.float()
     flat = x.flatten(2)
     lo = flat.amin(dim=-1, keepdim=True).unsqueeze(-1)

@@ -9,9 +9,16 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
+from captum_clip_surgery._validation import check_bool, check_int
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 
-__all__ = ["DEFAULT_TEMPLATES", "SCENE_TEMPLATES", "TextFeatureCache", "validate_texts"]
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "SCENE_TEMPLATES",
+    "TextFeatureCache",
+    "check_token_ids",
+    "validate_texts",
+]
 
 #: The five scene templates the CLIP Surgery release adds to CLIP's ImageNet set.
 SCENE_TEMPLATES: Tuple[str, ...] = (
@@ -59,6 +66,31 @@ def validate_templates(templates: object) -> Tuple[str, ...]:
     return tuple(items)
 
 
+def check_token_ids(ids: object, count: int, context_length: Optional[int] = None) -> Tensor:
+    r"""Check a tokenizer's output for ``count`` strings: an integer ``[count, L]`` tensor
+    of non-negative ids, ``1 <= L <= context_length`` (when the tower has one)."""
+    if not isinstance(ids, Tensor) or ids.ndim != 2:
+        raise TypeError(
+            "tokenizer: expected token ids as a 2-D tensor [N, L], got "
+            f"{type(ids).__name__}{'' if not isinstance(ids, Tensor) else list(ids.shape)}"
+        )
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"tokenizer: expected integer token ids, got {ids.dtype}")
+    if ids.shape[0] != count or ids.shape[1] == 0:
+        raise ValueError(
+            f"tokenizer: expected one row of token ids per string ({count} rows, at least one "
+            f"column), got shape {list(ids.shape)}"
+        )
+    if isinstance(context_length, int) and ids.shape[1] > context_length:
+        raise ValueError(
+            f"tokenizer: expected at most {context_length} tokens per row (the text tower's "
+            f"context length), got {ids.shape[1]}"
+        )
+    if bool((ids < 0).any()):
+        raise ValueError(f"tokenizer: expected non-negative token ids, got {int(ids.min())}")
+    return ids
+
+
 class TextFeatureCache:
     r"""Prompt-ensembled text features with a per-(text, templates) cache.
 
@@ -87,6 +119,8 @@ class TextFeatureCache:
                 f"tokenizer: expected a callable mapping a list of strings to token ids, "
                 f"got {type(tokenizer).__name__}"
             )
+        check_bool("truncate", truncate)
+        check_int("chunk_size", chunk_size, minimum=1)
         self.adapter = adapter
         self.tokenizer = tokenizer if tokenizer is not None else adapter.text.default_tokenizer()
         self.truncate = truncate
@@ -123,12 +157,8 @@ class TextFeatureCache:
     @torch.no_grad()
     def _encode(self, texts: List[str], templates: Tuple[str, ...]) -> Tensor:
         prompts = [template.format(text) for text in texts for template in templates]
-        ids = self.tokenizer(prompts)
-        if not isinstance(ids, Tensor) or ids.ndim != 2:
-            raise TypeError(
-                "tokenizer: expected token ids as a 2-D tensor [N, L], got "
-                f"{type(ids).__name__}{'' if not isinstance(ids, Tensor) else list(ids.shape)}"
-            )
+        ids = check_token_ids(self.tokenizer(prompts), len(prompts),
+                              getattr(self.adapter.text, "context_length", None))
         device = self.adapter.device
         ids = ids.to(device)
         # sort by the pooled (EOT) position so each chunk truncates as far as it can

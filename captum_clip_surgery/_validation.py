@@ -2,14 +2,64 @@ r"""Input checks shared by every public entry point; each error names its argume
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple, Union
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from captum_clip_surgery.adapters.base import CLIPAdapter
 
-__all__ = ["min_image_size", "prepare_images", "resolve_target", "unpack_inputs"]
+__all__ = [
+    "check_bool",
+    "check_int",
+    "check_positive_number",
+    "check_unit_interval",
+    "min_image_size",
+    "prepare_images",
+    "resolve_target",
+    "unpack_inputs",
+]
+
+
+def check_bool(name: str, value: Any) -> bool:
+    r"""Return ``value`` if it is a bool, else raise a ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def check_int(name: str, value: Any, minimum: Optional[int] = None,
+              maximum: Optional[int] = None) -> int:
+    r"""Return ``value`` as an int in ``[minimum, maximum]`` or raise a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} ({value!r})")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            bound = f"in [{minimum}, {maximum}]"
+        else:
+            bound = f">= {minimum}" if minimum is not None else f"<= {maximum}"
+        raise ValueError(f"{name}: expected an int {bound}, got {value}")
+    return int(value)
+
+
+def check_positive_number(name: str, value: Any, allow_zero: bool = False) -> float:
+    r"""Return ``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``)."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number {bound}, got {type(value).__name__}")
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+    return float(value)
+
+
+def check_unit_interval(name: str, value: Any) -> float:
+    r"""Return ``value`` as a float in ``[0, 1]`` or raise a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+    return float(value)
 
 
 def min_image_size(adapter: CLIPAdapter) -> Tuple[int, int]:

@@ -12,7 +12,13 @@ from torch import Tensor, nn
 
 from captum_clip_surgery._maps import minmax_normalize, upsample
 from captum_clip_surgery._text import validate_texts
-from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
+from captum_clip_surgery._validation import (
+    check_bool,
+    check_int,
+    prepare_images,
+    resolve_target,
+    unpack_inputs,
+)
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier, as_classifier
 
@@ -62,10 +68,7 @@ class CLIPAttentionRelevance(Attribution):
                 f"a {image.kind!r} head"
             )
         depth = len(forward_func.adapter.image.blocks)
-        if isinstance(start_block, bool) or not isinstance(start_block, int):
-            raise TypeError(f"start_block: expected an int, got {type(start_block).__name__}")
-        if not 0 <= start_block < depth:
-            raise ValueError(f"start_block: expected an int in [0, {depth - 1}], got {start_block}")
+        check_int("start_block", start_block, minimum=0, maximum=depth - 1)
         super().__init__(forward_func)
         self.classifier = forward_func
         self.start_block = start_block
@@ -150,6 +153,7 @@ class CLIPAttentionRelevance(Attribution):
             Tensor or tuple[Tensor]: ``[B, 1, H, W]`` in ``[0, 1]``, inputs' device/dtype.
         """
         images, is_tuple = unpack_inputs(inputs)
+        check_bool("upsample_to_input", upsample_to_input)
         maps = minmax_normalize(self.relevance(images, target, texts))
         if upsample_to_input:
             maps = upsample(maps, (images.shape[-2], images.shape[-1]))

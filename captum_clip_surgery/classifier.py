@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from captum_clip_surgery._architecture import image_depth, pooled_image_features
 from captum_clip_surgery._text import TextFeatureCache, validate_templates, validate_texts
-from captum_clip_surgery._validation import prepare_images
+from captum_clip_surgery._validation import check_bool, prepare_images
 from captum_clip_surgery.adapters.base import CLIPAdapter, get_adapter, inference_mode_of
 
 __all__ = ["CLIPZeroShotClassifier"]
@@ -82,6 +82,7 @@ class CLIPZeroShotClassifier(nn.Module):
         super().__init__()
         adapter = get_adapter(model)
         texts = validate_texts(texts)
+        check_bool("truncate_text", truncate_text)
         # plain attributes: the user's model must not become a registered submodule
         self.__dict__["adapter"] = adapter
         self.__dict__["model"] = adapter.model

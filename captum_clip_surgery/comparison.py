@@ -19,7 +19,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from captum_clip_surgery._maps import minmax_normalize, upsample
-from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
+from captum_clip_surgery._validation import (
+    check_int,
+    check_unit_interval,
+    prepare_images,
+    resolve_target,
+    unpack_inputs,
+)
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
@@ -83,6 +89,7 @@ def channel_reduce(attributions: Tensor, reduction: str = "abs_sum") -> Tensor:
         raise ValueError(
             f"attributions: expected [B, K, H, W], got shape {list(attributions.shape)}"
         )
+    check_reduction(reduction)
     if attributions.shape[1] == 1:
         return attributions
     if reduction == "abs_sum":
@@ -91,11 +98,33 @@ def channel_reduce(attributions: Tensor, reduction: str = "abs_sum") -> Tensor:
         return attributions.sum(dim=1, keepdim=True)
     if reduction == "l2":
         return attributions.norm(dim=1, keepdim=True)
-    if reduction == "max_abs":
-        return attributions.abs().amax(dim=1, keepdim=True)
-    raise ValueError(
-        f"reduction: expected 'abs_sum', 'sum', 'l2' or 'max_abs', got {reduction!r}"
-    )
+    return attributions.abs().amax(dim=1, keepdim=True)
+
+
+REDUCTIONS = ("abs_sum", "sum", "l2", "max_abs")
+
+
+def check_reduction(reduction: Any) -> str:
+    r"""Check a channel ``reduction`` name."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"reduction: expected one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}"
+        )
+    return reduction
+
+
+def check_method_kwargs(method_kwargs: Any) -> Dict[str, Dict[str, Any]]:
+    r"""``method_kwargs`` as a dict of dicts (``None`` is empty)."""
+    if method_kwargs is None:
+        return {}
+    if not isinstance(method_kwargs, Mapping) or not all(
+        isinstance(v, Mapping) for v in method_kwargs.values()
+    ):
+        raise TypeError(
+            "method_kwargs: expected a dict from method names to dicts of keyword arguments, "
+            f"got {method_kwargs!r}"
+        )
+    return {str(k): dict(v) for k, v in method_kwargs.items()}
 
 
 def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
@@ -228,7 +257,10 @@ def compare(
     specs: Dict[str, MethodSpec] = (
         dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
     )
-    extra = dict(method_kwargs or {})
+    if not specs:
+        raise ValueError("methods: expected at least one method, got none")
+    extra = check_method_kwargs(method_kwargs)
+    check_reduction(reduction)
     out: Dict[str, Tensor] = {}
     size = (prepared.shape[-2], prepared.shape[-1])
     for name, spec in specs.items():
@@ -332,6 +364,14 @@ def plot_comparison(
     base = _display_image(image)
     if not maps:
         raise ValueError("maps: expected at least one map")
+    check_unit_interval("alpha", alpha)
+    check_int("index", index, minimum=0)
+    for name, m in maps.items():
+        if isinstance(m, Tensor) and m.ndim == 4 and index >= m.shape[0]:
+            raise ValueError(
+                f"index: expected an example index below {m.shape[0]} (the batch of "
+                f"maps[{name!r}]), got {index}"
+            )
     n = len(maps) + 1
     fig = Figure(figsize=(2.6 * n, 3.0))
     axes = fig.subplots(1, n, squeeze=False)[0]
@@ -375,6 +415,14 @@ def plot_text_grid(
     base = _display_image(image)
     if not maps or not texts:
         raise ValueError("maps, texts: expected at least one method and one text")
+    check_unit_interval("alpha", alpha)
+    for name, m in maps.items():
+        if not isinstance(m, Tensor) or m.ndim != 4 or m.shape[0] != len(texts):
+            got = list(m.shape) if isinstance(m, Tensor) else type(m).__name__
+            raise ValueError(
+                f"maps: expected maps[{name!r}] of shape [{len(texts)}, 1, H, W] (one row per "
+                f"text), got {got}"
+            )
     rows, cols = len(texts), len(maps) + 1
     fig = Figure(figsize=(2.6 * cols, 2.7 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)

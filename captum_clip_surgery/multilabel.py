@@ -10,7 +10,6 @@ explainer (or plain classifier) is given.
 
 from __future__ import annotations
 
-import math
 from typing import Any, List, Optional, Sequence, Union
 
 import torch
@@ -18,10 +17,11 @@ from torch import Tensor
 
 from captum_clip_surgery._map_attribution import TokenMapAttribution
 from captum_clip_surgery._text import validate_texts
+from captum_clip_surgery._validation import check_positive_number, check_unit_interval
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 
-__all__ = ["multilabel_scores", "text_presence"]
+__all__ = ["check_unit_interval", "multilabel_scores", "text_presence"]
 
 ClassifierLike = Union[CLIPZeroShotClassifier, TokenMapAttribution]
 
@@ -37,15 +37,6 @@ def resolve_classifier(obj: Any, name: str = "classifier") -> CLIPZeroShotClassi
         f"{name}: expected a CLIPZeroShotClassifier or an attribution built on one (e.g. "
         f"CLIPSurgeryAttribution), got {type(obj).__name__}"
     )
-
-
-def check_unit_interval(name: str, value: Any) -> float:
-    r"""Return ``value`` as a float in ``[0, 1]`` or raise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
-    return float(value)
 
 
 def _needs_grad(images: Tensor) -> bool:
@@ -110,10 +101,7 @@ def multilabel_scores(
         raise ValueError(
             f"feature_surgery: expected 'classes', 'empty' or 'none', got {feature_surgery!r}"
         )
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature: expected a positive number, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a positive finite number, got {temperature}")
+    temperature = check_positive_number("temperature", temperature)
     if feature_surgery == "classes" and len(texts_) < 2:
         raise ValueError(
             f"texts: class-set feature surgery needs at least 2 texts, got {len(texts_)}; "

@@ -16,8 +16,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from captum_clip_surgery._validation import check_bool, check_int, check_positive_number
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.comparison import TITLES, MethodSpec, compare
+from captum_clip_surgery.comparison import TITLES, MethodSpec, check_method_kwargs, compare
 from captum_clip_surgery.evaluation.datasets import collate_items
 from captum_clip_surgery.evaluation.faithfulness import deletion_insertion
 from captum_clip_surgery.evaluation.localization import (
@@ -50,6 +51,7 @@ def square_preprocess(
     and ``std`` are ``None``)."""
     from torchvision import transforms as T
 
+    check_int("size", size, minimum=1)
     steps: List[Any] = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
                         T.ToTensor()]
     if mean is not None and std is not None:
@@ -225,12 +227,8 @@ class EvaluationResult:
 
 
 def _default_preprocess(classifier: CLIPZeroShotClassifier) -> Callable[[Any], Tensor]:
-    import open_clip
-
-    visual = classifier.model.visual
-    size = getattr(visual, "image_size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    return square_preprocess(int(size), open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    adapter = classifier.adapter
+    return square_preprocess(int(adapter.input_size()[0]), adapter.image_mean, adapter.image_std)
 
 
 def evaluate(
@@ -269,7 +267,8 @@ def evaluate(
         dataset (Dataset): items as in :mod:`captum_clip_surgery.evaluation.datasets`.
         classifier (CLIPZeroShotClassifier): built on ``dataset.class_names``.
         preprocess (Callable, optional): PIL → ``[3, h, w]``; default a square
-            resize to the model's input size with the OpenAI normalisation.
+            resize to the model's input size with the model's normalisation
+            (the adapter's ``image_mean`` / ``image_std``).
         batch_size (int): images per batch.
         limit (int, optional): evaluate the first ``limit`` images only.
         tolerance (float): pointing-game tolerance in pixels of the original image.
@@ -297,14 +296,25 @@ def evaluate(
         raise TypeError(
             f"classifier: expected a CLIPZeroShotClassifier, got {type(classifier).__name__}"
         )
+    check_int("batch_size", batch_size, minimum=1)
+    if limit is not None:
+        check_int("limit", limit, minimum=1)
+    check_positive_number("tolerance", tolerance, allow_zero=True)
+    check_bool("faithfulness", faithfulness)
+    check_int("deletion_steps", deletion_steps, minimum=1)
+    check_bool("progress", progress)
+    method_kwargs = check_method_kwargs(method_kwargs)
+    if preprocess is not None and not callable(preprocess):
+        raise TypeError(
+            f"preprocess: expected a callable PIL image -> [3, h, w] tensor, got "
+            f"{type(preprocess).__name__}"
+        )
     class_names = list(getattr(dataset, "class_names", []))
     if class_names != list(classifier.texts):
         raise ValueError(
             "classifier: its texts must be the dataset's class_names "
             f"({len(class_names)} names), got {len(classifier.texts)} texts"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     preprocess = preprocess or _default_preprocess(classifier)
     specs = dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
     if not specs:
@@ -316,8 +326,6 @@ def evaluate(
 
     subset: Dataset = dataset
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit: expected >= 1, got {limit}")
         subset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))  # type: ignore[arg-type]
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
