@@ -11,7 +11,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._maps import minmax_normalize, to_pixels
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._validation import (
     check_bool,
@@ -111,7 +111,8 @@ class TokenMapAttribution(Attribution, abc.ABC):
                 Default: this attribution's own default.
 
         Returns:
-            Tensor: ``[B, T, h, w]``.
+            Tensor: ``[B, T, h, w]``; the grid covers the input padded at the
+            bottom / right to a multiple of the patch (stride), see :meth:`attribute`.
         """
         texts_ = self._texts(texts)
         mode = self.default_feature_surgery if feature_surgery is None else feature_surgery
@@ -144,7 +145,11 @@ class TokenMapAttribution(Attribution, abc.ABC):
                 cached); default the classifier's texts.
             feature_surgery (str or Tensor, optional): see :meth:`similarity`.
             upsample_to_input (bool): bilinearly upsample to the input's ``H×W``
-                (default); ``False`` returns the token grid ``[B, 1, h, w]``.
+                (default); ``False`` returns the token grid ``[B, 1, h, w]``. An
+                input whose sides are not a multiple of the patch (stride) is
+                padded at the bottom / right to the next multiple: the grid then
+                covers the padding too, and the upsampled map leaves it out, so
+                each map pixel lines up with the input pixel the model saw.
 
         Returns:
             Tensor or tuple[Tensor]: ``[B, 1, H, W]`` maps in ``[0, 1]`` (min-max
@@ -166,6 +171,6 @@ class TokenMapAttribution(Attribution, abc.ABC):
         picked = s[torch.arange(b, device=s.device), 1:, index.to(s.device)]
         maps = minmax_normalize(picked.reshape(b, 1, h, w))
         if upsample_to_input:
-            maps = upsample(maps, (images.shape[-2], images.shape[-1]))
+            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
         maps = maps.to(device=images.device, dtype=images.dtype)
         return (maps,) if is_tuple else maps

@@ -6,6 +6,7 @@ import math
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery.adapters.base import CLIPAdapter
@@ -16,6 +17,7 @@ __all__ = [
     "check_positive_number",
     "check_unit_interval",
     "min_image_size",
+    "padded_size",
     "prepare_images",
     "resolve_target",
     "unpack_inputs",
@@ -79,12 +81,27 @@ def unpack_inputs(inputs: Any) -> Tuple[Tensor, bool]:
     return inputs, False
 
 
-def prepare_images(adapter: CLIPAdapter, images: Any, name: str = "inputs") -> Tensor:
-    r"""Validate images and move them to the model's device and dtype.
+def padded_size(adapter: CLIPAdapter, size: Tuple[int, int]) -> Tuple[int, int]:
+    r"""``size`` rounded up to a multiple of the grid cell (patch, or total stride)."""
+    ph, pw = min_image_size(adapter)
+    return (-(-int(size[0]) // ph) * ph, -(-int(size[1]) // pw) * pw)
+
+
+def prepare_images(
+    adapter: CLIPAdapter, images: Any, name: str = "inputs", pad: bool = True
+) -> Tensor:
+    r"""Validate images, move them to the model's device and dtype, and pad them.
 
     Rule: floating-point images on any device are moved to the model's device
     and cast to its dtype (gradients flow back through the move); integer
     images, wrong shapes and non-finite values are refused.
+
+    Any image size: with ``pad`` (default) an image whose sides are not a multiple
+    of the grid cell (the patch size, or a conv trunk's total stride) is padded
+    with zeros at the bottom and right up to the next multiple — zero is the mean
+    colour of normalised inputs — so that every pixel lies in a grid cell. Maps
+    are brought back to the input's pixels by :func:`~captum_clip_surgery._maps.to_pixels`,
+    which drops the padding again.
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
@@ -110,7 +127,13 @@ def prepare_images(adapter: CLIPAdapter, images: Any, name: str = "inputs") -> T
         )
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{name}: images contain NaN or infinite values")
-    return images.to(device=adapter.device, dtype=adapter.dtype)
+    images = images.to(device=adapter.device, dtype=adapter.dtype)
+    if pad:
+        h, w = images.shape[-2], images.shape[-1]
+        hp, wp = padded_size(adapter, (h, w))
+        if (hp, wp) != (h, w):
+            images = F.pad(images, (0, wp - w, 0, hp - h))
+    return images
 
 
 def _one_target(item: Any, texts: Sequence[str], where: str) -> int:

@@ -10,7 +10,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._maps import minmax_normalize, to_pixels
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._validation import (
     check_bool,
@@ -156,6 +156,6 @@ class CLIPAttentionRelevance(Attribution):
         check_bool("upsample_to_input", upsample_to_input)
         maps = minmax_normalize(self.relevance(images, target, texts))
         if upsample_to_input:
-            maps = upsample(maps, (images.shape[-2], images.shape[-1]))
+            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
         maps = maps.to(device=images.device, dtype=images.dtype)
         return (maps,) if is_tuple else maps

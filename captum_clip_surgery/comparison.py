@@ -18,7 +18,7 @@ from captum.attr import visualization as viz
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._maps import minmax_normalize, to_pixels, upsample
 from captum_clip_surgery._validation import (
     check_int,
     check_unit_interval,
@@ -217,8 +217,9 @@ def compare(
 
     Every output is brought to one footing: pixel attributions are reduced over
     channels with :func:`channel_reduce`, layer / token maps are bilinearly
-    upsampled to the input size, and each map is min-max normalised to
-    ``[0, 1]`` (float32).
+    upsampled to the input size (a grid of the input padded to a multiple of the
+    patch leaves the padding out, so the maps line up with the pixels), and each
+    map is min-max normalised to ``[0, 1]`` (float32).
 
     Args:
         classifier (CLIPZeroShotClassifier): the classifier explained.
@@ -248,7 +249,8 @@ def compare(
             f"classifier: expected a CLIPZeroShotClassifier, got {type(classifier).__name__}"
         )
     images, _ = unpack_inputs(images)
-    prepared = prepare_images(classifier.adapter, images, "images")
+    # moved to the model's device and dtype; each method pads for its own forward
+    prepared = prepare_images(classifier.adapter, images, "images", pad=False)
     index = resolve_target(target, prepared.shape[0], classifier.texts).to(prepared.device)
     if methods is None:
         methods = [m for m in DEFAULT_METHODS if m in supported_methods(classifier)]
@@ -279,7 +281,7 @@ def compare(
         if isinstance(raw, tuple):
             raw = raw[0]
         raw = channel_reduce(raw.detach().float(), reduction)
-        out[name] = minmax_normalize(upsample(raw, size))
+        out[name] = minmax_normalize(to_pixels(raw, classifier.adapter.image.patch_size, size))
     return out
 
 
