@@ -169,8 +169,28 @@ class TokenMapAttribution(Attribution, abc.ABC):
         s, (h, w) = self._scores(prepared, texts_, mode)
         b = s.shape[0]
         picked = s[torch.arange(b, device=s.device), 1:, index.to(s.device)]
-        maps = minmax_normalize(picked.reshape(b, 1, h, w))
+        maps = self.maps_from_scores(picked.reshape(b, 1, h, w), images, upsample_to_input)
+        return (maps,) if is_tuple else maps
+
+    def maps_from_scores(
+        self, scores: Tensor, images: Tensor, upsample_to_input: bool = True
+    ) -> Tensor:
+        r"""Token-grid scores to maps, as :meth:`attribute` does: min-max per map (in
+        float32), then upsampled to the images' pixels (padding left out).
+
+        With :meth:`similarity` this explains one image for many texts from a single
+        forward: ``explainer.maps_from_scores(explainer.similarity(images)[i, ks][None],
+        images[i : i + 1])`` equals ``attribute`` for each text ``k`` of ``ks``.
+
+        Args:
+            scores (Tensor): ``[B, K, h, w]`` scores of :meth:`similarity` (any rows).
+            images (Tensor): the images the scores belong to (for size, device, dtype).
+            upsample_to_input (bool): as in :meth:`attribute`.
+
+        Returns:
+            Tensor: ``[B, K, H, W]`` (or ``[B, K, h, w]``) maps in ``[0, 1]``.
+        """
+        maps = minmax_normalize(scores)
         if upsample_to_input:
             maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
-        maps = maps.to(device=images.device, dtype=images.dtype)
-        return (maps,) if is_tuple else maps
+        return maps.to(device=images.device, dtype=images.dtype)

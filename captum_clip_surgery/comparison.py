@@ -38,6 +38,7 @@ __all__ = [
     "build_method",
     "channel_reduce",
     "compare",
+    "footing",
     "plot_comparison",
     "plot_text_grid",
     "supported_methods",
@@ -280,9 +281,18 @@ def compare(
             )
         if isinstance(raw, tuple):
             raw = raw[0]
-        raw = channel_reduce(raw.detach().float(), reduction)
-        out[name] = minmax_normalize(to_pixels(raw, classifier.adapter.image.patch_size, size))
+        out[name] = footing(raw, classifier, size, reduction)
     return out
+
+
+def footing(
+    raw: Tensor, classifier: CLIPZeroShotClassifier, size: Any, reduction: str = "abs_sum"
+) -> Tensor:
+    r"""One method's output brought to :func:`compare`'s footing: reduced over channels,
+    upsampled to ``size`` (a grid of the padded input leaves the padding out) and min-max
+    normalised per map, float32 ``[B, 1, H, W]``."""
+    raw = channel_reduce(raw.detach().float(), reduction)
+    return minmax_normalize(to_pixels(raw, classifier.adapter.image.patch_size, size))
 
 
 def _display_image(image: Any) -> np.ndarray:

@@ -16,9 +16,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from captum_clip_surgery._map_attribution import TokenMapAttribution
 from captum_clip_surgery._validation import check_bool, check_int, check_positive_number
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.comparison import TITLES, MethodSpec, check_method_kwargs, compare
+from captum_clip_surgery.comparison import (
+    METHOD_NAMES,
+    TITLES,
+    MethodSpec,
+    _default_kwargs,
+    build_method,
+    check_method_kwargs,
+    compare,
+    footing,
+)
 from captum_clip_surgery.evaluation.datasets import collate_items
 from captum_clip_surgery.evaluation.faithfulness import deletion_insertion
 from captum_clip_surgery.evaluation.localization import (
@@ -231,6 +241,29 @@ def _default_preprocess(classifier: CLIPZeroShotClassifier) -> Callable[[Any], T
     return square_preprocess(int(adapter.input_size()[0]), adapter.image_mean, adapter.image_std)
 
 
+def _token_map_methods(
+    specs: Mapping[str, MethodSpec],
+    classifier: CLIPZeroShotClassifier,
+    method_kwargs: Mapping[str, Mapping[str, Any]],
+) -> Dict[str, Any]:
+    r"""The methods that score every text from one forward (token-map attributions
+    asked for no ``attribute`` option other than ``feature_surgery``), with their mode."""
+    out: Dict[str, Any] = {}
+    for name, spec in specs.items():
+        if isinstance(spec, str):
+            if spec not in METHOD_NAMES:
+                continue
+            method: Any = build_method(spec, classifier)
+            kwargs = dict(_default_kwargs(spec, classifier, torch.zeros(1)))
+        else:
+            method, kwargs = spec, {}
+        kwargs.update(method_kwargs.get(name, {}))
+        if isinstance(method, TokenMapAttribution) and set(kwargs) <= {"feature_surgery"} \
+                and method.classifier is classifier:
+            out[name] = (method, kwargs.get("feature_surgery"))
+    return out
+
+
 def evaluate(
     methods: Union[Sequence[str], Mapping[str, MethodSpec]],
     dataset: Dataset,
@@ -245,6 +278,7 @@ def evaluate(
     baseline: Union[str, Tensor] = "blur",
     method_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
     progress: bool = True,
+    per_pair: bool = False,
 ) -> EvaluationResult:
     r"""Score explanation methods on a dataset with the paper's metrics.
 
@@ -278,6 +312,11 @@ def evaluate(
         baseline (str or Tensor): deletion / insertion baseline.
         method_kwargs (dict, optional): per-method ``attribute`` keyword arguments.
         progress (bool): show a tqdm progress bar (rank 0 only).
+        per_pair (bool): explain every (image, class) pair in its own batch row with
+            every method. Default ``False``: token-map methods (CLIP Surgery, raw,
+            MaskCLIP, ...) run one forward per image and score all its classes from
+            it (:meth:`~TokenMapAttribution.similarity`), giving the same maps;
+            gradient methods always need one row (one backward) per pair, batched.
 
     Returns:
         EvaluationResult: records, summary table, writers and figures.
@@ -303,6 +342,7 @@ def evaluate(
     check_bool("faithfulness", faithfulness)
     check_int("deletion_steps", deletion_steps, minimum=1)
     check_bool("progress", progress)
+    check_bool("per_pair", per_pair)
     method_kwargs = check_method_kwargs(method_kwargs)
     if preprocess is not None and not callable(preprocess):
         raise TypeError(
@@ -334,24 +374,39 @@ def evaluate(
                         collate_fn=collate_items)
     records: List[Dict[str, Any]] = []
     device = classifier.adapter.device
+    once = {} if per_pair else _token_map_methods(specs, classifier, method_kwargs)
     for batch in tqdm(loader, desc="evaluate", disable=not progress or rank != 0):
-        pairs = [(item, int(c)) for item in batch for c in torch.nonzero(item["present"]).flatten()]
+        pairs = [(p, int(c)) for p, item in enumerate(batch)
+                 for c in torch.nonzero(item["present"]).flatten()]
         if not pairs:
             continue
-        images = torch.stack([preprocess(item["image"]) for item, _ in pairs]).to(device)
+        # each image is preprocessed once; row r of a pair tensor is pair r's image
+        used = sorted({p for p, _ in pairs})
+        row = {p: r for r, p in enumerate(used)}
+        images = torch.stack([preprocess(batch[p]["image"]) for p in used]).to(device)
+        image_rows = torch.tensor([row[p] for p, _ in pairs], device=device)
         targets = [c for _, c in pairs]
+        pair_images = images[image_rows]
         for name, spec in specs.items():
             start = time.perf_counter()
-            maps = compare(classifier, images, targets, methods={name: spec},
-                           method_kwargs={name: dict((method_kwargs or {}).get(name, {}))})[name]
+            if name in once:  # one forward per image scores all its classes at once
+                method, mode = once[name]
+                scores = method.similarity(images, feature_surgery=mode)
+                picked = scores[image_rows, torch.tensor(targets, device=scores.device)]
+                raw = method.maps_from_scores(picked[:, None], pair_images)
+                maps = footing(raw, classifier, images.shape[-2:])
+            else:  # one row per (image, class) pair, the targets batched
+                maps = compare(classifier, pair_images, targets, methods={name: spec},
+                               method_kwargs={name: dict(method_kwargs.get(name, {}))})[name]
             seconds = (time.perf_counter() - start) / len(pairs)  # the batch's time, shared
             faith = None
             if faithfulness:
-                faith = deletion_insertion(classifier, images, maps.to(images.dtype), targets,
+                faith = deletion_insertion(classifier, pair_images, maps.to(images.dtype), targets,
                                            steps=deletion_steps, baseline=baseline)
-            for p, (item, c) in enumerate(pairs):
+            for r, (p, c) in enumerate(pairs):
+                item = batch[p]
                 mask = item["masks"][c][None, None]
-                m = F.interpolate(maps[p : p + 1].float().cpu(), size=mask.shape[-2:],
+                m = F.interpolate(maps[r : r + 1].float().cpu(), size=mask.shape[-2:],
                                   mode="bilinear", align_corners=False).clamp(0, 1)
                 records.append({
                     "method": name,
@@ -361,10 +416,10 @@ def evaluate(
                     "pointing": float(pointing_game(m, mask, tolerance, "none")[0]),
                     "energy": float(energy_pointing_game(m, mask, "none")[0]),
                     "iou": [float(v) for v in iou.per_example(m, mask)[0]],
-                    "deletion_auc": float(faith["deletion_auc"][p]) if faith else float("nan"),
-                    "insertion_auc": float(faith["insertion_auc"][p]) if faith else float("nan"),
-                    "deletion_curve": faith["deletion_curve"][p].tolist() if faith else [],
-                    "insertion_curve": faith["insertion_curve"][p].tolist() if faith else [],
+                    "deletion_auc": float(faith["deletion_auc"][r]) if faith else float("nan"),
+                    "insertion_auc": float(faith["insertion_auc"][r]) if faith else float("nan"),
+                    "deletion_curve": faith["deletion_curve"][r].tolist() if faith else [],
+                    "insertion_curve": faith["insertion_curve"][r].tolist() if faith else [],
                     "seconds": seconds,
                 })
     if distributed:

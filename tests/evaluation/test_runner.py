@@ -205,3 +205,22 @@ def test_seconds_per_image_is_the_time_per_image(scenes, monkeypatch):
                       faithfulness=False, progress=False)
     for method in ("raw", "surgery"):
         assert result.summary()[method]["seconds_per_image"] == pytest.approx(2 / 6)
+
+
+def test_one_forward_per_image_equals_the_per_pair_path(scenes, monkeypatch):
+    # token-map methods score every class of an image from one forward; the records equal
+    # those of one batch row per (image, class) pair, as before
+    data, clf, transform = scenes
+    methods = ["surgery", "surgery_empty", "raw", "maskclip", "gradcam"]
+    kwargs = dict(batch_size=3, limit=5, deletion_steps=3, progress=False)
+    old = evaluate(methods, data, clf, transform, per_pair=True, **kwargs)
+    rows = []
+    original = CLIPSurgeryAttribution.token_features
+    monkeypatch.setattr(CLIPSurgeryAttribution, "token_features",
+                        lambda self, x: rows.append(x.shape[0]) or original(self, x))
+    new = evaluate(methods, data, clf, transform, **kwargs)
+    _assert_same_records(old.records, new.records, tol=1e-4)
+    # surgery and surgery_empty: one row per image (5 images in batches of 3 and 2)
+    assert rows == [3, 3, 2, 2]
+    pairs = sum(int(data[i]["present"].sum()) for i in range(5))
+    assert pairs > 5 and len(new.records) == len(methods) * pairs
