@@ -299,7 +299,10 @@ class _CheckedDataset:
         try:
             return self.dataset[index]
         except (OSError, ValueError) as exc:  # missing / unreadable files of the dataset
-            raise UserError(f"--root: cannot read item {index} ({_first_line(exc)})") from None
+            message = _first_line(exc)
+            if message.startswith("root:"):
+                raise UserError(f"--{message}") from None
+            raise UserError(f"--root: cannot read item {index} ({message})") from None
 
 
 def _evaluate(args: argparse.Namespace) -> Optional[str]:
