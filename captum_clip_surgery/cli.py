@@ -291,6 +291,7 @@ class _CheckedDataset:
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
         self.class_names = dataset.class_names
+        self.class_kinds = getattr(dataset, "class_kinds", None)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -369,6 +370,9 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
     if not dist.is_initialized() or dist.get_rank() == 0:
         result.write(out)
         print(result.to_markdown(), end="")
+        if len({r["kind"] for r in result.records}) > 1:
+            print()
+            print(result.breakdown_markdown("kind"), end="")
     else:
         out = None  # only rank 0 writes and reports
     if dist.is_initialized():
@@ -400,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "evaluate":
             written = _evaluate(args)
             if written is not None:
-                print(f"wrote {written}/results.md, results.csv and figures in "
+                print(f"wrote {written}/results.md, results.csv, breakdown.md and figures in "
                       f"{time.perf_counter() - start:.1f} s")
             return 0
     except UserError as exc:

@@ -2,7 +2,9 @@ r"""Datasets for the evaluation harness.
 
 Every dataset yields items ``{"image": PIL.Image (RGB), "masks": BoolTensor [K, H, W],
 "present": BoolTensor [K], "index": int}`` over its ``class_names`` (``K`` names,
-usable as CLIP texts). A class is *present* when its mask is not empty.
+usable as CLIP texts). A class is *present* when its mask is not empty. A dataset may
+also give ``class_kinds`` (class name → kind, e.g. ``"object"`` / ``"background"``),
+by which :meth:`EvaluationResult.breakdown` groups the records.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ class ScenesSegmentation(_MaskDataset):
         self.size = size
         self.start = HELD_OUT_START if start is None else start
         self.class_names = list(world.object_classes) + list(world.background_classes)
+        self.class_kinds = {**{c: "object" for c in world.object_classes},
+                            **{c: "background" for c in world.background_classes}}
 
     def __len__(self) -> int:
         return self.size
@@ -162,6 +166,8 @@ class VOCSegmentationMasks(_MaskDataset):
         self.voc = VOCSegmentation(str(root), year=year, image_set=image_set, download=False)
         self.offset = 0 if include_background else 1
         self.class_names = list(VOC_CLASSES[self.offset :])
+        self.class_kinds = {c: "background" if c == "background" else "object"
+                            for c in self.class_names}
 
     def __len__(self) -> int:
         return len(self.voc)

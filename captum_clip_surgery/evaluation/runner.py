@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -75,19 +75,22 @@ class EvaluationResult:
 
     Attributes:
         records (list[dict]): one per method and (image, present class) pair:
-            ``method, index, class, msc, pointing, energy, iou`` (list over
-            ``thresholds``), ``deletion_auc``, ``insertion_auc`` (NaN when not
-            computed) and their curves, ``seconds`` (the method's time for that
-            pair's share of its batch).
+            ``method, index, class, kind`` (the dataset's ``class_kinds`` entry for
+            the class, e.g. ``"object"`` / ``"background"``; ``""`` when the dataset
+            has none), ``msc, pointing, energy, iou`` (list over ``thresholds``),
+            ``deletion_auc``, ``insertion_auc`` (NaN when not computed) and their
+            curves, ``seconds`` (the method's time for that pair's share of its batch).
         thresholds (Tensor): the IoU threshold grid (the same for every method).
         methods (list[str]): method names in order.
         num_images (int): images evaluated.
+        class_names (list[str]): the dataset's classes (orders :meth:`breakdown`).
     """
 
     records: List[Dict[str, Any]]
     thresholds: Tensor
     methods: List[str]
     num_images: int
+    class_names: List[str] = field(default_factory=list)
 
     @property
     def curves(self) -> Dict[str, Dict[str, Tensor]]:
@@ -130,6 +133,7 @@ class EvaluationResult:
             images = len({r["index"] for r in rows}) or 1
             out[method] = {
                 "msc": mean("msc"),
+                "negative_share": _negative_share(rows),
                 "miou": float(best["miou"]),
                 "threshold": float(best["threshold"]),
                 "pointing": mean("pointing"),
@@ -140,6 +144,68 @@ class EvaluationResult:
                 "pairs": float(len(rows)),
             }
         return out
+
+    def breakdown(self, by: str = "kind") -> Dict[str, Dict[str, Dict[str, float]]]:
+        r"""The metrics per group of pairs: ``{method: {group: {metric: value}}}``.
+
+        Args:
+            by (str): ``"kind"`` (the dataset's class kinds, e.g. object / background
+                for the scenes world) or ``"class"``.
+
+        Returns:
+            dict: per method and group (in order of first appearance): ``pairs``,
+            ``msc``, ``negative_share`` (the share of pairs whose map is lower inside
+            the mask than outside, ``msc < 0``: the paper's "opposite visualization"),
+            ``iou`` (the mean IoU at the method's mIoU threshold, chosen over all
+            pairs), ``pointing``, ``energy``, ``deletion_auc``, ``insertion_auc``.
+        """
+        if by not in ("kind", "class"):
+            raise ValueError(f"by: expected 'kind' or 'class', got {by!r}")
+        summary = self.summary()
+        out: Dict[str, Dict[str, Dict[str, float]]] = {}
+        for method in self.methods:
+            rows = self._by_method(method)
+            best = int((self.thresholds - summary[method]["threshold"]).abs().argmin())
+            groups: Dict[str, List[Dict[str, Any]]] = {}
+            for r in rows:
+                groups.setdefault(str(r.get(by, "")), []).append(r)
+            if by == "class" and self.class_names:
+                order = {c: i for i, c in enumerate(self.class_names)}
+                groups = dict(sorted(groups.items(), key=lambda g: order.get(g[0], len(order))))
+            out[method] = {}
+            for group, members in groups.items():
+                def mean(key: str, rows: List[Dict[str, Any]] = members) -> float:
+                    values = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
+                    return float(values.nanmean()) if len(values) else float("nan")
+
+                ious = torch.tensor([r["iou"][best] for r in members], dtype=torch.float64)
+                out[method][group] = {
+                    "pairs": float(len(members)),
+                    "msc": mean("msc"),
+                    "negative_share": _negative_share(members),
+                    "iou": float(ious.nanmean()),
+                    "pointing": mean("pointing"),
+                    "energy": mean("energy"),
+                    "deletion_auc": mean("deletion_auc"),
+                    "insertion_auc": mean("insertion_auc"),
+                }
+        return out
+
+    def breakdown_markdown(self, by: str = "kind", digits: int = 3) -> str:
+        r""":meth:`breakdown` as a markdown table (one row per method and group)."""
+        table = self.breakdown(by)
+        head = (f"| method | {by} | pairs | mSC ↑ | mSC < 0 | IoU at thr. ↑ | pointing ↑ | "
+                "energy PG ↑ | deletion AUC ↓ | insertion AUC ↑ |")
+        lines = [head, "|---|---|" + "---:|" * 8]
+        keys = ("msc", "negative_share", "iou", "pointing", "energy", "deletion_auc",
+                "insertion_auc")
+        for method, groups in table.items():
+            for group, row in groups.items():
+                cells = [f"{int(row['pairs'])}"] + [
+                    "–" if math.isnan(row[k]) else f"{row[k]:.{digits}f}" for k in keys]
+                lines.append(f"| {TITLES.get(method, method)} | {group or '–'} | "
+                             + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
 
     def to_markdown(self, digits: int = 3) -> str:
         r"""The summary as a markdown table (one row per method)."""
@@ -157,18 +223,35 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str) -> Dict[str, str]:
-        r"""Write ``results.md``, ``results.csv`` (summary), ``records.csv`` (per pair) and
-        the figures (``metrics.png``, ``iou_threshold.png``, ``deletion_insertion.png``)."""
+        r"""Write ``results.md``, ``results.csv`` (summary), ``breakdown.md`` /
+        ``breakdown.csv`` (:meth:`breakdown` by kind and by class), ``records.csv`` (per
+        pair) and the figures (``metrics.png``, ``iou_threshold.png``,
+        ``deletion_insertion.png``)."""
         os.makedirs(out_dir, exist_ok=True)
         paths = {
             "markdown": os.path.join(out_dir, "results.md"),
             "csv": os.path.join(out_dir, "results.csv"),
+            "breakdown": os.path.join(out_dir, "breakdown.md"),
+            "breakdown_csv": os.path.join(out_dir, "breakdown.csv"),
             "records": os.path.join(out_dir, "records.csv"),
         }
         with open(paths["markdown"], "w", encoding="utf-8") as fh:
             fh.write(self.to_markdown())
+        with open(paths["breakdown"], "w", encoding="utf-8") as fh:
+            fh.write("## By kind\n\n" + self.breakdown_markdown("kind") + "\n## By class\n\n"
+                     + self.breakdown_markdown("class"))
+        with open(paths["breakdown_csv"], "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            metric_keys = ["pairs", "msc", "negative_share", "iou", "pointing", "energy",
+                           "deletion_auc", "insertion_auc"]
+            writer.writerow(["by", "method", "group"] + metric_keys)
+            for by in ("kind", "class"):
+                for method, groups in self.breakdown(by).items():
+                    for group, row in groups.items():
+                        writer.writerow([by, method, group]
+                                        + [repr(float(row[k])) for k in metric_keys])
         summary = self.summary()
-        keys = [k for k, _ in COLUMNS] + ["pairs"]
+        keys = [k for k, _ in COLUMNS] + ["negative_share", "pairs"]
         with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["method"] + keys)
@@ -176,8 +259,8 @@ class EvaluationResult:
                 writer.writerow([method] + [repr(float(row[k])) for k in keys])
         with open(paths["records"], "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            cols = ["method", "index", "class", "msc", "pointing", "energy", "deletion_auc",
-                    "insertion_auc", "seconds"]
+            cols = ["method", "index", "class", "kind", "msc", "pointing", "energy",
+                    "deletion_auc", "insertion_auc", "seconds"]
             writer.writerow(cols + [f"iou@{float(t):.2f}" for t in self.thresholds])
             for r in self.records:
                 writer.writerow([r[c] for c in cols] + list(r["iou"]))
@@ -234,6 +317,12 @@ class EvaluationResult:
             paths["faithfulness_figure"] = os.path.join(out_dir, "deletion_insertion.png")
             fig.savefig(paths["faithfulness_figure"], dpi=100)
         return paths
+
+
+def _negative_share(rows: List[Dict[str, Any]]) -> float:
+    r"""The share of pairs with a defined mSC below zero (NaN without any)."""
+    values = [float(r["msc"]) for r in rows if not math.isnan(float(r["msc"]))]
+    return sum(v < 0 for v in values) / len(values) if values else float("nan")
 
 
 def _default_preprocess(classifier: CLIPZeroShotClassifier) -> Callable[[Any], Tensor]:
@@ -350,6 +439,7 @@ def evaluate(
             f"{type(preprocess).__name__}"
         )
     class_names = list(getattr(dataset, "class_names", []))
+    kinds = dict(getattr(dataset, "class_kinds", None) or {})
     if class_names != list(classifier.texts):
         raise ValueError(
             "classifier: its texts must be the dataset's class_names "
@@ -412,6 +502,7 @@ def evaluate(
                     "method": name,
                     "index": int(item["index"]),
                     "class": class_names[c],
+                    "kind": str(kinds.get(class_names[c], "")),
                     "msc": float(mean_score_contrast(m, mask, "none")[0]),
                     "pointing": float(pointing_game(m, mask, tolerance, "none")[0]),
                     "energy": float(energy_pointing_game(m, mask, "none")[0]),
@@ -434,4 +525,4 @@ def evaluate(
     records.sort(key=lambda r: (list(specs).index(r["method"]), r["index"],
                                 class_names.index(r["class"])))
     return EvaluationResult(records=records, thresholds=thresholds, methods=list(specs),
-                            num_images=len(subset))
+                            num_images=len(subset), class_names=class_names)

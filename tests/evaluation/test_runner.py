@@ -177,9 +177,10 @@ def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
     one, two = _read_records(tmp_path / "one"), _read_records(tmp_path / "two")
     assert len(one) == len(two) > 0
     for a, b in zip(one, two):
-        assert (a["method"], a["index"], a["class"]) == (b["method"], b["index"], b["class"])
+        assert (a["method"], a["index"], a["class"], a["kind"]) == (
+            b["method"], b["index"], b["class"], b["kind"])
         for k in a:
-            if k not in ("method", "class"):
+            if k not in ("method", "class", "kind"):
                 assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-5, nan_ok=True), k
 
     api = evaluate(["surgery", "raw"], ScenesSegmentation(size=5), clf, transform, batch_size=2,
@@ -190,7 +191,10 @@ def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
         for key in ("msc", "miou", "threshold", "pointing", "energy", "pairs"):
             assert float(cli[method][key]) == pytest.approx(api[method][key], abs=1e-6), key
     table = open(tmp_path / "one" / "results.md", encoding="utf-8").read()
-    assert table in single.stdout  # the CLI prints the table it writes
+    assert table in single.stdout  # the CLI prints the table it writes ...
+    breakdown = open(tmp_path / "one" / "breakdown.md", encoding="utf-8").read()
+    by_kind = breakdown.split("## By kind\n\n")[1].split("\n## By class")[0]
+    assert by_kind in single.stdout  # ... and the breakdown by kind
 
 
 def test_seconds_per_image_is_the_time_per_image(scenes, monkeypatch):
@@ -224,3 +228,44 @@ def test_one_forward_per_image_equals_the_per_pair_path(scenes, monkeypatch):
     assert rows == [3, 3, 2, 2]
     pairs = sum(int(data[i]["present"].sum()) for i in range(5))
     assert pairs > 5 and len(new.records) == len(methods) * pairs
+
+
+def test_breakdown_by_kind_and_class_reaggregates_the_records(scenes, tmp_path):
+    data, clf, transform = scenes
+    result = evaluate(["surgery", "raw"], data, clf, transform, batch_size=4, limit=6,
+                      tolerance=0, faithfulness=False, progress=False)
+    assert {r["kind"] for r in result.records} == {"object", "background"}
+    for r in result.records:
+        assert r["kind"] == data.class_kinds[r["class"]]
+    summary = result.summary()
+    for by in ("kind", "class"):
+        table = result.breakdown(by)
+        for method in ("surgery", "raw"):
+            best = int((result.thresholds - summary[method]["threshold"]).abs().argmin())
+            total = 0
+            for group, row in table[method].items():
+                rows = [r for r in result.records if r["method"] == method and r[by] == group]
+                total += len(rows)
+                assert row["pairs"] == len(rows)
+                assert row["msc"] == pytest.approx(sum(r["msc"] for r in rows) / len(rows))
+                assert row["negative_share"] == pytest.approx(
+                    sum(r["msc"] < 0 for r in rows) / len(rows))
+                assert row["pointing"] == pytest.approx(
+                    sum(r["pointing"] for r in rows) / len(rows))
+                assert row["iou"] == pytest.approx(sum(r["iou"][best] for r in rows) / len(rows))
+            assert total == summary[method]["pairs"]
+    assert list(result.breakdown("class")["raw"]) == [
+        c for c in data.class_names if c in {r["class"] for r in result.records}]
+    assert summary["raw"]["negative_share"] == pytest.approx(
+        sum(r["msc"] < 0 for r in result.records if r["method"] == "raw")
+        / summary["raw"]["pairs"])
+    paths = result.write(str(tmp_path))
+    with open(paths["breakdown_csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["by"], r["method"], r["group"]) for r in rows} == {
+        (by, m, g) for by in ("kind", "class") for m, groups in
+        ((m, result.breakdown(by)[m]) for m in ("surgery", "raw")) for g in groups}
+    text = open(paths["breakdown"], encoding="utf-8").read()
+    assert result.breakdown_markdown("kind") in text and result.breakdown_markdown("class") in text
+    with pytest.raises(ValueError, match="by: expected 'kind' or 'class'"):
+        result.breakdown("image")
