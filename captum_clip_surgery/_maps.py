@@ -1,4 +1,4 @@
-r"""From token-grid scores to displayable maps lined up with the input (``docs/method.md``)."""
+r"""From token-grid scores to displayable maps lined up with the input (``docs/method.md`` §7)."""
 
 from __future__ import annotations
 

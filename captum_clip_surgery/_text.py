@@ -1,4 +1,4 @@
-r"""Text side (METHOD §5): prompt templates, prompt-ensembled text features, cache."""
+r"""Text side (``docs/method.md`` §5): prompt templates, prompt-ensembled text features, cache."""
 
 from __future__ import annotations
 

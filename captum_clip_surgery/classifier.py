@@ -43,7 +43,7 @@ class CLIPZeroShotClassifier(nn.Module):
 
     ``clf(images)`` returns the logits of the **unmodified** model:
     ``logit_scale.exp() * cos(image embedding, text feature)``, shape ``[B, T]``.
-    Text features are prompt-ensembled (METHOD §5) and cached per
+    Text features are prompt-ensembled (``docs/method.md`` §5) and cached per
     (text, templates), so changing or repeating text sets does not re-encode.
 
     The user's model is held by reference, not registered as a submodule:

@@ -1,4 +1,4 @@
-r"""Feature surgery: removal of the redundant features shared by all texts (METHOD §6)."""
+r"""Feature surgery: removal of the redundant features shared by all texts (``docs/method.md`` §6)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def feature_surgery_scores(
 ) -> Tensor:
     r"""Similarity of every image token with every text after feature surgery.
 
-    Batched closed forms of METHOD §6, computed in float32 with memory
+    Batched closed forms of ``docs/method.md`` §6, computed in float32 with memory
     O(B·N·T) (the element-wise ``B×N×T×C`` product of the release is never
     built):
 

@@ -1,10 +1,10 @@
 r"""Multi-label recognition with feature surgery on the class token, and a presence gate.
 
-METHOD §9: applying feature surgery to the class feature ``f_cls`` (in place of a
+``docs/method.md`` §9: applying feature surgery to the class feature ``f_cls`` (in place of a
 patch feature ``f_i``) gives one score per class that is better suited to
 multi-label ranking than CLIP's raw cosine. The class feature is the
 **unmodified** model's image embedding: CLIP Surgery's dual path keeps the class
-token on the original stream (METHOD §2), so the same scores come out whichever
+token on the original stream (``docs/method.md`` §3), so the same scores come out whichever
 explainer (or plain classifier) is given.
 """
 
@@ -65,7 +65,7 @@ def multilabel_scores(
     which CLIP Surgery leaves untouched) and ``e_t`` the unit prompt-ensembled
     text features, ``s_t = f·e_t``:
 
-    - ``"classes"`` (METHOD §6 class-set mode with ``f_cls`` in place of
+    - ``"classes"`` (``docs/method.md`` §6 class-set mode with ``f_cls`` in place of
       ``f_i``, §9): ``w_t = p_t / mean(p)``, ``p = softmax(temperature · s)``
       over the texts; ``score_t = w_t s_t − mean_t'(w_t' s_t')``. Needs at
       least 2 texts; the scores of one image sum to zero.
@@ -131,7 +131,7 @@ def text_presence(
     ``p = softmax(logit_scale · cos(image embedding, e_t))`` (the classifier's
     logits, softmaxed), are compared with ``threshold``. This is the gate the
     CLIP Surgery authors suggest before turning a map into point prompts
-    (METHOD §8): min-max normalised maps always have a maximum, even for an
+    (``docs/method.md`` §8): min-max normalised maps always have a maximum, even for an
     absent object, so a text is first checked against the whole image.
 
     The softmax is relative to the set: give the full class set of the task

@@ -1,4 +1,4 @@
-r"""Text to point prompts for Segment Anything (METHOD §8), and the SAM call."""
+r"""Text to point prompts for Segment Anything (``docs/method.md`` §8), and the SAM call."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def text_to_points(
     separator: str = "+",
     round_to_pixels: bool = False,
 ) -> List[List[PointPrompts]]:
-    r"""Turn texts into positive and negative point prompts (METHOD §8).
+    r"""Turn texts into positive and negative point prompts (``docs/method.md`` §8).
 
     For one text and one image, the text's token-grid scores ``[h, w]`` (the
     explainer's :meth:`~TokenMapAttribution.similarity`, before normalisation)

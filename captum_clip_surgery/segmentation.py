@@ -1,4 +1,4 @@
-r"""Open-vocabulary semantic segmentation from token maps (METHOD §9)."""
+r"""Open-vocabulary semantic segmentation from token maps (``docs/method.md`` §9)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def segment(
     (:meth:`~TokenMapAttribution.similarity`, before any normalisation) are
     upsampled bilinearly (``align_corners=False``) to the input size (or
     ``output_size``) and each pixel gets the class with the highest score.
-    Following METHOD §9, no feature surgery is applied by default: the
+    Following ``docs/method.md`` §9, no feature surgery is applied by default: the
     empty-string surgery subtracts a per-token bias common to all classes and
     leaves the argmax unchanged, so ``"none"`` and ``"empty"`` give the same
     labels. ``"classes"`` (class-set surgery) reweights the classes and can
@@ -71,7 +71,7 @@ def segment(
 
     Works with every token-map explainer (:class:`CLIPSurgeryAttribution`,
     :class:`CLIPSimilarityMap`, :class:`MaskCLIPAttribution`); the label quality
-    is the explainer's (raw CLIP maps segment poorly, METHOD §1).
+    is the explainer's (raw CLIP maps segment poorly, ``docs/method.md`` §1).
 
     Args:
         explainer (TokenMapAttribution): the explainer whose maps are used.

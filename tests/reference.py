@@ -1,4 +1,4 @@
-r"""A deliberately plain re-implementation of METHOD §2–7 for the tests.
+r"""A deliberately plain re-implementation of ``docs/method.md`` §2–7 for the tests.
 
 It reads the open_clip model's parameters directly (no adapter, no package
 code), writes attention with einsum per head, runs the dual path exactly as the
@@ -128,7 +128,7 @@ def text_features(model: open_clip.CLIP, texts: List[str], templates: List[str])
 def feature_surgery(
     f: Tensor, e: Tensor, mode: str, redundant: Optional[Tensor] = None
 ) -> Tensor:
-    r"""METHOD §6 in the element-wise form, ``[B, N, T]``."""
+    r"""``docs/method.md`` §6 in the element-wise form, ``[B, N, T]``."""
     if mode == "none":
         return torch.einsum("bnc,tc->bnt", f, e)
     if mode == "redundant":
