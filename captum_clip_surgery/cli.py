@@ -171,10 +171,11 @@ def _load_model(
             name, pretrained=pretrained, device=device
         )
     except Exception as exc:  # network, hub and checkpoint errors all land here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not pretrained:
+            raise UserError(f"--model: could not build {name}: {_first_line(exc)}") from None
         raise UserError(
             f"--pretrained: could not load weights {pretrained!r} for {name} "
-            f"(offline, or not a valid checkpoint?): {first}"
+            f"(offline, or not a valid checkpoint?): {_first_line(exc)}"
         ) from None
     finally:
         logging.disable(previous)
