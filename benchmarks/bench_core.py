@@ -79,7 +79,7 @@ def bench_text(device: str) -> dict:
 
 _MEMORY_CHILD = r"""
 import sys, torch
-from captum_clip_surgery import feature_surgery
+from captum_clip_surgery import feature_surgery_scores
 torch.manual_seed(0)
 B, N, T, C = 8, 1025, 171, 512
 f = torch.nn.functional.normalize(torch.randn(B, N, C), dim=-1)
@@ -93,7 +93,7 @@ with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to the 
     fh.write("5")
 base = status("VmRSS")
 if sys.argv[1] == "closed":
-    s = feature_surgery(f, e, "classes")
+    s = feature_surgery_scores(f, e, "classes")
 else:
     # the release's element-wise form, batched per image weights
     p = (2 * f[:, 0] @ e.t()).softmax(-1)

@@ -4,7 +4,7 @@ from captum_clip_surgery._maps import minmax_normalize
 from captum_clip_surgery._text import DEFAULT_TEMPLATES, SCENE_TEMPLATES
 from captum_clip_surgery.adapters import CLIPAdapter, HFCLIPPair, get_adapter, register_adapter
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier, TokenGrid
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
 from captum_clip_surgery.comparison import (
     DEFAULT_METHODS,
@@ -12,8 +12,9 @@ from captum_clip_surgery.comparison import (
     channel_reduce,
     compare,
     plot_comparison,
+    plot_text_grid,
 )
-from captum_clip_surgery.feature_surgery import feature_surgery
+from captum_clip_surgery.feature_surgery import feature_surgery_scores
 from captum_clip_surgery.maskclip import MaskCLIPAttribution
 from captum_clip_surgery.multilabel import multilabel_scores, text_presence
 from captum_clip_surgery.points import (
@@ -46,16 +47,16 @@ __all__ = [
     "PointPrompts",
     "SCENE_TEMPLATES",
     "TextTokenExplanation",
-    "TokenGrid",
     "build_sam_predictor",
     "channel_reduce",
     "compare",
     "explain_text_tokens",
-    "feature_surgery",
+    "feature_surgery_scores",
     "get_adapter",
     "minmax_normalize",
     "multilabel_scores",
     "plot_comparison",
+    "plot_text_grid",
     "plot_text_tokens",
     "register_adapter",
     "segment",

@@ -1,7 +1,7 @@
 r"""Image-side token features: the plain tower and CLIP Surgery's dual path.
 
 Everything here is computed functionally from the model's own weights through
-the adapter views (``docs/method.md``): no module is replaced, no parameter
+the adapter views (``docs/method.md`` §3–4): no module is replaced, no parameter
 edited, no hook installed. Each rule is stated once per pooling-head kind
 (``"token"``, ``"attention"``, ``"average"``); no family is named here.
 """
@@ -175,7 +175,7 @@ def image_token_features(
 ) -> Tuple[Tensor, Tuple[int, int]]:
     r"""Joint-space features: row 0 the pooled feature, then every grid location.
 
-    Rules per head kind (``docs/method.md``):
+    Rules per head kind (``docs/method.md`` §4):
 
     - architecture surgery runs the dual path in the last ``surgery_blocks``
       attention blocks whatever the head; the original stream gives the pooled

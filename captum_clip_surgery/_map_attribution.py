@@ -11,17 +11,18 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._maps import minmax_normalize, to_pixels
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._validation import (
+    check_bool,
     check_feature_surgery,
     prepare_images,
     resolve_target,
     unpack_inputs,
 )
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.feature_surgery import feature_surgery as _feature_surgery
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier, as_classifier
+from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 
 __all__ = ["TokenMapAttribution"]
 
@@ -52,19 +53,7 @@ class TokenMapAttribution(Attribution, abc.ABC):
         templates: Optional[Sequence[str]] = None,
         tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
     ) -> None:
-        if isinstance(forward_func, CLIPZeroShotClassifier):
-            if texts is not None or templates is not None or tokenizer is not None:
-                raise ValueError(
-                    "texts: give texts, templates and tokenizer to the CLIPZeroShotClassifier, "
-                    "not to the attribution built on it (or pass texts= per attribute call)"
-                )
-            classifier = forward_func
-        else:
-            if texts is None:
-                raise ValueError(
-                    "texts: required when a model (not a CLIPZeroShotClassifier) is given"
-                )
-            classifier = CLIPZeroShotClassifier(forward_func, texts, templates, tokenizer)
+        classifier = as_classifier(forward_func, texts, templates, tokenizer)
         super().__init__(classifier)
         self.classifier = classifier
 
@@ -122,7 +111,8 @@ class TokenMapAttribution(Attribution, abc.ABC):
                 Default: this attribution's own default.
 
         Returns:
-            Tensor: ``[B, T, h, w]``.
+            Tensor: ``[B, T, h, w]``; the grid covers the input padded at the
+            bottom / right to a multiple of the patch (stride), see :meth:`attribute`.
         """
         texts_ = self._texts(texts)
         mode = self.default_feature_surgery if feature_surgery is None else feature_surgery
@@ -155,7 +145,11 @@ class TokenMapAttribution(Attribution, abc.ABC):
                 cached); default the classifier's texts.
             feature_surgery (str or Tensor, optional): see :meth:`similarity`.
             upsample_to_input (bool): bilinearly upsample to the input's ``H×W``
-                (default); ``False`` returns the token grid ``[B, 1, h, w]``.
+                (default); ``False`` returns the token grid ``[B, 1, h, w]``. An
+                input whose sides are not a multiple of the patch (stride) is
+                padded at the bottom / right to the next multiple: the grid then
+                covers the padding too, and the upsampled map leaves it out, so
+                each map pixel lines up with the input pixel the model saw.
 
         Returns:
             Tensor or tuple[Tensor]: ``[B, 1, H, W]`` maps in ``[0, 1]`` (min-max
@@ -167,6 +161,7 @@ class TokenMapAttribution(Attribution, abc.ABC):
             torch.Size([8, 1, 224, 224])
         """
         images, is_tuple = unpack_inputs(inputs)
+        check_bool("upsample_to_input", upsample_to_input)
         texts_ = self._texts(texts)
         prepared = prepare_images(self.adapter, images)
         index = resolve_target(target, prepared.shape[0], texts_)
@@ -174,8 +169,28 @@ class TokenMapAttribution(Attribution, abc.ABC):
         s, (h, w) = self._scores(prepared, texts_, mode)
         b = s.shape[0]
         picked = s[torch.arange(b, device=s.device), 1:, index.to(s.device)]
-        maps = minmax_normalize(picked.reshape(b, 1, h, w))
-        if upsample_to_input:
-            maps = upsample(maps, (images.shape[-2], images.shape[-1]))
-        maps = maps.to(device=images.device, dtype=images.dtype)
+        maps = self.maps_from_scores(picked.reshape(b, 1, h, w), images, upsample_to_input)
         return (maps,) if is_tuple else maps
+
+    def maps_from_scores(
+        self, scores: Tensor, images: Tensor, upsample_to_input: bool = True
+    ) -> Tensor:
+        r"""Token-grid scores to maps, as :meth:`attribute` does: min-max per map (in
+        float32), then upsampled to the images' pixels (padding left out).
+
+        With :meth:`similarity` this explains one image for many texts from a single
+        forward: ``explainer.maps_from_scores(explainer.similarity(images)[i, ks][None],
+        images[i : i + 1])`` equals ``attribute`` for each text ``k`` of ``ks``.
+
+        Args:
+            scores (Tensor): ``[B, K, h, w]`` scores of :meth:`similarity` (any rows).
+            images (Tensor): the images the scores belong to (for size, device, dtype).
+            upsample_to_input (bool): as in :meth:`attribute`.
+
+        Returns:
+            Tensor: ``[B, K, H, W]`` (or ``[B, K, h, w]``) maps in ``[0, 1]``.
+        """
+        maps = minmax_normalize(scores)
+        if upsample_to_input:
+            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
+        return maps.to(device=images.device, dtype=images.dtype)

@@ -1,4 +1,4 @@
-r"""Text side (METHOD §5): prompt templates, prompt-ensembled text features, cache."""
+r"""Text side (``docs/method.md`` §5): prompt templates, prompt-ensembled text features, cache."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
+from captum_clip_surgery._validation import check_bool, check_int
 from captum_clip_surgery.adapters._common import tokenize
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 
-__all__ = ["DEFAULT_TEMPLATES", "SCENE_TEMPLATES", "TextFeatureCache", "validate_texts"]
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "SCENE_TEMPLATES",
+    "TextFeatureCache",
+    "check_token_ids",
+    "validate_texts",
+]
 
 #: The five scene templates the CLIP Surgery release adds to CLIP's ImageNet set.
 SCENE_TEMPLATES: Tuple[str, ...] = (
@@ -60,6 +67,31 @@ def validate_templates(templates: object) -> Tuple[str, ...]:
     return tuple(items)
 
 
+def check_token_ids(ids: object, count: int, context_length: Optional[int] = None) -> Tensor:
+    r"""Check a tokenizer's output for ``count`` strings: an integer ``[count, L]`` tensor
+    of non-negative ids, ``1 <= L <= context_length`` (when the tower has one)."""
+    if not isinstance(ids, Tensor) or ids.ndim != 2:
+        raise TypeError(
+            "tokenizer: expected token ids as a 2-D tensor [N, L], got "
+            f"{type(ids).__name__}{'' if not isinstance(ids, Tensor) else list(ids.shape)}"
+        )
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"tokenizer: expected integer token ids, got {ids.dtype}")
+    if ids.shape[0] != count or ids.shape[1] == 0:
+        raise ValueError(
+            f"tokenizer: expected one row of token ids per string ({count} rows, at least one "
+            f"column), got shape {list(ids.shape)}"
+        )
+    if isinstance(context_length, int) and ids.shape[1] > context_length:
+        raise ValueError(
+            f"tokenizer: expected at most {context_length} tokens per row (the text tower's "
+            f"context length), got {ids.shape[1]}"
+        )
+    if bool((ids < 0).any()):
+        raise ValueError(f"tokenizer: expected non-negative token ids, got {int(ids.min())}")
+    return ids
+
+
 class TextFeatureCache:
     r"""Prompt-ensembled text features with a per-(text, templates) cache.
 
@@ -91,6 +123,8 @@ class TextFeatureCache:
                 f"tokenizer: expected a callable mapping a list of strings to token ids, or a "
                 f"Hugging Face tokenizer or processor, got {type(tokenizer).__name__}"
             )
+        check_bool("truncate", truncate)
+        check_int("chunk_size", chunk_size, minimum=1)
         self.adapter = adapter
         self.tokenizer = tokenizer if tokenizer is not None else adapter.text.default_tokenizer()
         self.truncate = truncate
@@ -112,7 +146,8 @@ class TextFeatureCache:
             TypeError: naming ``tokenizer`` when it does not give ``N`` rows of
                 integer token ids.
         """
-        ids = tokenize(self.tokenizer, texts, self.adapter.text.context_length)
+        context = self.adapter.text.context_length
+        ids = check_token_ids(tokenize(self.tokenizer, texts, context), len(texts), context)
         return ids.to(self.adapter.device)
 
     def features(self, texts: Sequence[str], templates: Tuple[str, ...]) -> Tensor:

@@ -2,14 +2,66 @@ r"""Input checks shared by every public entry point; each error names its argume
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple, Union
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery.adapters.base import CLIPAdapter
 
-__all__ = ["min_image_size", "prepare_images", "resolve_target", "unpack_inputs"]
+__all__ = [
+    "check_bool",
+    "check_int",
+    "check_positive_number",
+    "check_unit_interval",
+    "min_image_size",
+    "padded_size",
+    "prepare_images",
+    "resolve_target",
+    "unpack_inputs",
+]
+
+
+def check_bool(name: str, value: Any) -> bool:
+    r"""Return ``value`` if it is a bool, else raise a ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def check_int(name: str, value: Any, minimum: Optional[int] = None,
+              maximum: Optional[int] = None) -> int:
+    r"""Return ``value`` as an int in ``[minimum, maximum]`` or raise a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} ({value!r})")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            bound = f"in [{minimum}, {maximum}]"
+        else:
+            bound = f">= {minimum}" if minimum is not None else f"<= {maximum}"
+        raise ValueError(f"{name}: expected an int {bound}, got {value}")
+    return int(value)
+
+
+def check_positive_number(name: str, value: Any, allow_zero: bool = False) -> float:
+    r"""Return ``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``)."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number {bound}, got {type(value).__name__}")
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+    return float(value)
+
+
+def check_unit_interval(name: str, value: Any) -> float:
+    r"""Return ``value`` as a float in ``[0, 1]`` or raise a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+    return float(value)
 
 
 def min_image_size(adapter: CLIPAdapter) -> Tuple[int, int]:
@@ -29,12 +81,27 @@ def unpack_inputs(inputs: Any) -> Tuple[Tensor, bool]:
     return inputs, False
 
 
-def prepare_images(adapter: CLIPAdapter, images: Any, name: str = "inputs") -> Tensor:
-    r"""Validate images and move them to the model's device and dtype.
+def padded_size(adapter: CLIPAdapter, size: Tuple[int, int]) -> Tuple[int, int]:
+    r"""``size`` rounded up to a multiple of the grid cell (patch, or total stride)."""
+    ph, pw = min_image_size(adapter)
+    return (-(-int(size[0]) // ph) * ph, -(-int(size[1]) // pw) * pw)
+
+
+def prepare_images(
+    adapter: CLIPAdapter, images: Any, name: str = "inputs", pad: bool = True
+) -> Tensor:
+    r"""Validate images, move them to the model's device and dtype, and pad them.
 
     Rule: floating-point images on any device are moved to the model's device
     and cast to its dtype (gradients flow back through the move); integer
     images, wrong shapes and non-finite values are refused.
+
+    Any image size: with ``pad`` (default) an image whose sides are not a multiple
+    of the grid cell (the patch size, or a conv trunk's total stride) is padded
+    with zeros at the bottom and right up to the next multiple — zero is the mean
+    colour of normalised inputs — so that every pixel lies in a grid cell. Maps
+    are brought back to the input's pixels by :func:`~captum_clip_surgery._maps.to_pixels`,
+    which drops the padding again.
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
@@ -60,7 +127,13 @@ def prepare_images(adapter: CLIPAdapter, images: Any, name: str = "inputs") -> T
         )
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{name}: images contain NaN or infinite values")
-    return images.to(device=adapter.device, dtype=adapter.dtype)
+    images = images.to(device=adapter.device, dtype=adapter.dtype)
+    if pad:
+        h, w = images.shape[-2], images.shape[-1]
+        hp, wp = padded_size(adapter, (h, w))
+        if (hp, wp) != (h, w):
+            images = F.pad(images, (0, wp - w, 0, hp - h))
+    return images
 
 
 def _one_target(item: Any, texts: Sequence[str], where: str) -> int:

@@ -2,19 +2,25 @@ r"""Chefer et al. (ICCV 2021) gradient-weighted attention relevance for CLIP ViT
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from captum.attr import Attribution
 from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 
-from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._maps import minmax_normalize, to_pixels
 from captum_clip_surgery._text import validate_texts
-from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
+from captum_clip_surgery._validation import (
+    check_bool,
+    check_int,
+    prepare_images,
+    resolve_target,
+    unpack_inputs,
+)
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier, as_classifier
 
 __all__ = ["CLIPAttentionRelevance"]
 
@@ -30,9 +36,13 @@ class CLIPAttentionRelevance(Attribution):
     patch tokens is the map; it is min-max normalised and bilinearly upsampled.
 
     Args:
-        forward_func (CLIPZeroShotClassifier): the classifier; its image tower must
-            be a ViT.
+        forward_func (CLIPZeroShotClassifier or nn.Module): the classifier, or a CLIP
+            model (then ``texts`` is needed); its image tower needs attention blocks
+            and a class-token head (a ViT).
         start_block (int): first block included in the accumulation (default 0).
+        texts (list[str], optional): texts, when a model is given.
+        templates (list[str], optional): prompt templates, when a model is given.
+        tokenizer (Callable, optional): tokenizer, when a model is given.
 
     Examples::
 
@@ -41,12 +51,15 @@ class CLIPAttentionRelevance(Attribution):
         torch.Size([8, 1, 224, 224])
     """
 
-    def __init__(self, forward_func: CLIPZeroShotClassifier, start_block: int = 0) -> None:
-        if not isinstance(forward_func, CLIPZeroShotClassifier):
-            raise TypeError(
-                "forward_func: expected a CLIPZeroShotClassifier, got "
-                f"{type(forward_func).__name__}"
-            )
+    def __init__(
+        self,
+        forward_func: Union[CLIPZeroShotClassifier, nn.Module],
+        start_block: int = 0,
+        texts: Optional[Sequence[str]] = None,
+        templates: Optional[Sequence[str]] = None,
+        tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+    ) -> None:
+        forward_func = as_classifier(forward_func, texts, templates, tokenizer)
         image = forward_func.adapter.image
         if image.kind != "token" or not image.blocks:
             raise TypeError(
@@ -55,10 +68,7 @@ class CLIPAttentionRelevance(Attribution):
                 f"a {image.kind!r} head"
             )
         depth = len(forward_func.adapter.image.blocks)
-        if isinstance(start_block, bool) or not isinstance(start_block, int):
-            raise TypeError(f"start_block: expected an int, got {type(start_block).__name__}")
-        if not 0 <= start_block < depth:
-            raise ValueError(f"start_block: expected an int in [0, {depth - 1}], got {start_block}")
+        check_int("start_block", start_block, minimum=0, maximum=depth - 1)
         super().__init__(forward_func)
         self.classifier = forward_func
         self.start_block = start_block
@@ -143,8 +153,9 @@ class CLIPAttentionRelevance(Attribution):
             Tensor or tuple[Tensor]: ``[B, 1, H, W]`` in ``[0, 1]``, inputs' device/dtype.
         """
         images, is_tuple = unpack_inputs(inputs)
+        check_bool("upsample_to_input", upsample_to_input)
         maps = minmax_normalize(self.relevance(images, target, texts))
         if upsample_to_input:
-            maps = upsample(maps, (images.shape[-2], images.shape[-1]))
+            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
         maps = maps.to(device=images.device, dtype=images.dtype)
         return (maps,) if is_tuple else maps

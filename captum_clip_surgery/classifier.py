@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from captum_clip_surgery._architecture import image_depth, pooled_image_features
 from captum_clip_surgery._text import TextFeatureCache, validate_templates, validate_texts
-from captum_clip_surgery._validation import prepare_images
+from captum_clip_surgery._validation import check_bool, prepare_images
 from captum_clip_surgery.adapters.base import CLIPAdapter, get_adapter, inference_mode_of
 
-__all__ = ["CLIPZeroShotClassifier", "TokenGrid"]
+__all__ = ["CLIPZeroShotClassifier"]
 
 
 class TokenGrid(nn.Module):
@@ -43,7 +43,7 @@ class CLIPZeroShotClassifier(nn.Module):
 
     ``clf(images)`` returns the logits of the **unmodified** model:
     ``logit_scale.exp() * cos(image embedding, text feature)``, shape ``[B, T]``.
-    Text features are prompt-ensembled (METHOD §5) and cached per
+    Text features are prompt-ensembled (``docs/method.md`` §5) and cached per
     (text, templates), so changing or repeating text sets does not re-encode.
 
     The user's model is held by reference, not registered as a submodule:
@@ -87,6 +87,7 @@ class CLIPZeroShotClassifier(nn.Module):
         super().__init__()
         adapter = get_adapter(model)
         texts = validate_texts(texts)
+        check_bool("truncate_text", truncate_text)
         # plain attributes: the user's model must not become a registered submodule
         self.__dict__["adapter"] = adapter
         self.__dict__["model"] = adapter.model
@@ -203,3 +204,26 @@ class CLIPZeroShotClassifier(nn.Module):
     def device(self) -> torch.device:
         r"""The model's device."""
         return self.adapter.device
+
+
+def as_classifier(
+    forward_func: Any,
+    texts: Optional[Sequence[str]] = None,
+    templates: Optional[Sequence[str]] = None,
+    tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+) -> CLIPZeroShotClassifier:
+    r"""The classifier an attribution explains: ``forward_func`` itself, or one built on
+    a bare CLIP model with ``texts`` (and optional ``templates`` / ``tokenizer``).
+
+    Every attribution of the package accepts both forms through this function.
+    """
+    if isinstance(forward_func, CLIPZeroShotClassifier):
+        if texts is not None or templates is not None or tokenizer is not None:
+            raise ValueError(
+                "texts: give texts, templates and tokenizer to the CLIPZeroShotClassifier, "
+                "not to the attribution built on it (or pass texts= per attribute call)"
+            )
+        return forward_func
+    if texts is None:
+        raise ValueError("texts: required when a model (not a CLIPZeroShotClassifier) is given")
+    return CLIPZeroShotClassifier(forward_func, texts, templates, tokenizer)

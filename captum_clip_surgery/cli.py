@@ -22,6 +22,55 @@ class UserError(Exception):
     r"""A mistake in the command's arguments: printed as one line, exit status 2."""
 
 
+#: Methods ``clip-surgery evaluate`` runs when ``--methods`` is not given (those defined for
+#: the model's image tower).
+EVALUATE_METHODS = ("surgery", "raw", "maskclip", "gradcam", "chefer", "ig")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        torch.empty(0, device=torch.device(name))
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        raise UserError(f"--device: cannot use device {name!r} ({_first_line(exc)})") from None
+
+
+def _check_positive(option: str, value: Optional[float], minimum: float = 1) -> None:
+    if value is not None and value < minimum:
+        raise UserError(f"{option}: expected a value of at least {minimum:g}, got {value:g}")
+
+
+def _classifier(model: Any, texts: List[str], tokenizer: Any) -> Any:
+    r"""The classifier on the loaded model; an unsupported model is a one-line error."""
+    from captum_clip_surgery import CLIPZeroShotClassifier
+
+    try:
+        return CLIPZeroShotClassifier(model, texts, tokenizer=tokenizer)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--model: {_first_line(exc)}") from None
+
+
+def _input_size(clf: Any, size: Optional[int]) -> int:
+    r"""The square input size: ``--size`` or the model's own, at least one grid cell."""
+    from captum_clip_surgery._validation import min_image_size
+
+    native = clf.adapter.input_size()
+    chosen = size or int(native[0])
+    least = max(8, *min_image_size(clf.adapter))
+    if chosen < least:
+        raise UserError(
+            f"--size: expected a size of at least {least} pixels (one grid cell of this "
+            f"model), got {chosen}"
+        )
+    return chosen
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clip-surgery",
@@ -53,8 +102,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="square input size (default: the model's own)")
     ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     ex.add_argument("--surgery-blocks", type=int, default=None, metavar="S",
-                    help="last attention blocks with the surgery path (default: the release's "
-                    "6; towers without attention blocks take none)")
+                    help="last attention blocks with the surgery path (default: the release's 6, "
+                         "every block of a shallower tower; towers without attention blocks "
+                         "take none)")
     ex.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
 
     ev = sub.add_parser(
@@ -64,8 +114,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--dataset", choices=("scenes", "voc", "folder"), default="scenes")
     ev.add_argument("--root", default=None, help="dataset folder (voc: holds VOCdevkit)")
-    ev.add_argument("--methods", default="surgery,raw,maskclip,gradcam,chefer,ig",
-                    help="comma-separated method names (default: %(default)s)")
+    ev.add_argument("--methods", default=None,
+                    help="comma-separated method names (default: those of "
+                         f"{','.join(EVALUATE_METHODS)} defined for the model)")
     ev.add_argument("--limit", type=int, default=None, help="first N images only")
     ev.add_argument("--out", default="evaluation", help="output folder (default evaluation)")
     ev.add_argument("--model", default=None,
@@ -123,22 +174,17 @@ def _square_transform(model: Any, size: Optional[int]) -> Any:
 def _explain(args: argparse.Namespace) -> str:
     import torch
 
-    from captum_clip_surgery import (
-        CLIPSimilarityMap,
-        CLIPSurgeryAttribution,
-        CLIPZeroShotClassifier,
-    )
-    from captum_clip_surgery.comparison import plot_text_grid
+    from captum_clip_surgery import CLIPSimilarityMap, CLIPSurgeryAttribution, plot_text_grid
 
     if args.pretrained and not args.model:
         raise UserError("--pretrained: give --model too (an open_clip model name)")
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        raise UserError(f"--device: cannot use device {args.device!r} ({exc})") from None
+    _check_device(args.device)
     if args.size is not None and args.size < 8:
         raise UserError(f"--size: expected a size of at least 8 pixels, got {args.size}")
+    out = os.path.abspath(args.out)
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise UserError(f"--out: folder does not exist: {parent}")
 
     if args.model:
         model, preprocess, tokenizer = _load_model(args.model, args.pretrained, args.device)
@@ -164,17 +210,16 @@ def _explain(args: argparse.Namespace) -> str:
     if any(not t.strip() for t in texts):
         raise UserError("--text: texts must not be empty")
 
-    transform = _square_transform(model, args.size)
-    images = transform(image).unsqueeze(0)
-
     # class-set feature surgery needs a text set: the world's classes for a scene,
     # otherwise the given texts (>= 2) or the empty string (1 text)
     all_texts = list(dict.fromkeys((class_set or []) + list(texts)))
-    clf = CLIPZeroShotClassifier(model, all_texts, tokenizer=tokenizer)
+    clf = _classifier(model, all_texts, tokenizer)
+    transform = _square_transform(model, _input_size(clf, args.size))
+    images = transform(image).unsqueeze(0)
     try:
         surgery = CLIPSurgeryAttribution(clf, surgery_blocks=args.surgery_blocks)
-    except ValueError as exc:
-        raise UserError(f"--surgery-blocks: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--surgery-blocks: {_first_line(exc)}") from None
     raw = CLIPSimilarityMap(clf)
     with torch.no_grad():
         targets = [all_texts.index(t) for t in texts]
@@ -184,20 +229,65 @@ def _explain(args: argparse.Namespace) -> str:
             "CLIP Surgery": surgery.attribute(batch, target=targets),
         }
     fig = plot_text_grid(image, maps, texts)
-    out = os.path.abspath(args.out)
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise UserError(f"--out: folder does not exist: {parent}")
     fig.savefig(out, dpi=110)
     return out
+
+
+def _methods(option: Optional[str], clf: Any) -> List[str]:
+    r"""The ``--methods`` list checked against the names and the model's tower."""
+    from captum_clip_surgery.comparison import METHOD_NAMES, build_method, supported_methods
+
+    defined = supported_methods(clf)
+    if option is None:
+        return [m for m in EVALUATE_METHODS if m in defined]
+    methods = list(dict.fromkeys(m.strip() for m in option.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if not methods or unknown:
+        raise UserError(
+            f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+            f"expected some of {', '.join(METHOD_NAMES)}"
+        )
+    undefined = [m for m in methods if m not in defined]
+    if undefined:
+        kind = clf.adapter.image.kind
+        raise UserError(
+            f"--methods: {', '.join(undefined)} not defined for this model's image tower "
+            f"({kind!r} head, {len(clf.adapter.image.blocks)} attention blocks); methods "
+            f"defined for it: {', '.join(defined)}"
+        )
+    for m in methods:  # a method that cannot be built on this model is a one-line error too
+        try:
+            build_method(m, clf)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"--methods: {m}: {_first_line(exc)}") from None
+    return methods
+
+
+class _CheckedDataset:
+    r"""A dataset whose unreadable items end the command with a one-line error."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.class_names = dataset.class_names
+        self.class_kinds = getattr(dataset, "class_kinds", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except (OSError, ValueError) as exc:  # missing / unreadable files of the dataset
+            message = _first_line(exc)
+            if message.startswith("root:"):
+                raise UserError(f"--{message}") from None
+            raise UserError(f"--root: cannot read item {index} ({message})") from None
 
 
 def _evaluate(args: argparse.Namespace) -> Optional[str]:
     import torch
     import torch.distributed as dist
 
-    from captum_clip_surgery import CLIPZeroShotClassifier
-    from captum_clip_surgery.comparison import METHOD_NAMES
     from captum_clip_surgery.evaluation import (
         FolderSegmentation,
         ScenesSegmentation,
@@ -205,17 +295,17 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
         evaluate,
     )
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHOD_NAMES]
-    if not methods or unknown:
-        raise UserError(
-            f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
-            f"expected some of {', '.join(METHOD_NAMES)}"
-        )
     if args.pretrained and not args.model:
         raise UserError("--pretrained: give --model too (an open_clip model name)")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: expected a positive number of images, got {args.limit}")
+    if args.size is not None and args.size < 8:
+        raise UserError(f"--size: expected a size of at least 8 pixels, got {args.size}")
+    _check_positive("--batch-size", args.batch_size)
+    _check_positive("--deletion-steps", args.deletion_steps)
+    _check_positive("--ig-steps", args.ig_steps)
+    _check_positive("--tolerance", args.tolerance, 0)
+    _check_device(args.device)
     try:
         if args.dataset == "scenes":
             dataset = ScenesSegmentation(size=args.limit or 200)
@@ -227,8 +317,9 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
             if not args.root:
                 raise UserError("--root: required for --dataset folder")
             dataset = FolderSegmentation(args.root)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        message = _first_line(exc)
+        raise UserError(f"--{message}" if message.startswith("root:") else f"--root: {message}") from None
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = args.device
@@ -244,10 +335,11 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
         from captum_clip_surgery.scenes import load_scenes_clip
 
         model, preprocess, tokenizer = load_scenes_clip(device=device)
-    transform = _square_transform(model, args.size)
-    clf = CLIPZeroShotClassifier(model, dataset.class_names, tokenizer=tokenizer)
+    clf = _classifier(model, list(dataset.class_names), tokenizer)
+    methods = _methods(args.methods, clf)
+    transform = _square_transform(model, _input_size(clf, args.size))
     result = evaluate(
-        methods, dataset, clf, preprocess=transform, batch_size=args.batch_size,
+        methods, _CheckedDataset(dataset), clf, preprocess=transform, batch_size=args.batch_size,
         limit=args.limit, tolerance=args.tolerance, faithfulness=not args.no_faithfulness,
         deletion_steps=args.deletion_steps, baseline=args.baseline,
         method_kwargs={"ig": {"n_steps": args.ig_steps}},
@@ -256,6 +348,9 @@ def _evaluate(args: argparse.Namespace) -> Optional[str]:
     if not dist.is_initialized() or dist.get_rank() == 0:
         result.write(out)
         print(result.to_markdown(), end="")
+        if len({r["kind"] for r in result.records}) > 1:
+            print()
+            print(result.breakdown_markdown("kind"), end="")
     else:
         out = None  # only rank 0 writes and reports
     if dist.is_initialized():
@@ -287,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "evaluate":
             written = _evaluate(args)
             if written is not None:
-                print(f"wrote {written}/results.md, results.csv and figures in "
+                print(f"wrote {written}/results.md, results.csv, breakdown.md and figures in "
                       f"{time.perf_counter() - start:.1f} s")
             return 0
     except UserError as exc:

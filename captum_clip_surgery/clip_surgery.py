@@ -20,11 +20,11 @@ __all__ = ["CLIPSurgeryAttribution"]
 class CLIPSurgeryAttribution(TokenMapAttribution):
     r"""CLIP Surgery maps: architecture surgery plus feature surgery.
 
-    Architecture surgery (``docs/method.md``) adds a value-value attention path
+    Architecture surgery (``docs/method.md`` §3) adds a value-value attention path
     over the last ``surgery_blocks`` attention blocks of the image tower,
     computed functionally from the model's own weights; the pooled feature is
     the unmodified model's embedding, and dense features are the pooling head
-    applied per token (rules per head kind in ``docs/method.md``; a CLIP ResNet's
+    applied per token (rules per head kind in ``docs/method.md`` §4; a CLIP ResNet's
     attention pool gets the release's value-value pool). Feature surgery
     removes the redundant features shared by the texts. Scores are min-max
     normalised per map and upsampled bilinearly to the input.

@@ -18,8 +18,14 @@ from captum.attr import visualization as viz
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from captum_clip_surgery._maps import minmax_normalize, upsample
-from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
+from captum_clip_surgery._maps import minmax_normalize, to_pixels, upsample
+from captum_clip_surgery._validation import (
+    check_int,
+    check_unit_interval,
+    prepare_images,
+    resolve_target,
+    unpack_inputs,
+)
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
@@ -32,6 +38,7 @@ __all__ = [
     "build_method",
     "channel_reduce",
     "compare",
+    "footing",
     "plot_comparison",
     "plot_text_grid",
     "supported_methods",
@@ -83,6 +90,7 @@ def channel_reduce(attributions: Tensor, reduction: str = "abs_sum") -> Tensor:
         raise ValueError(
             f"attributions: expected [B, K, H, W], got shape {list(attributions.shape)}"
         )
+    check_reduction(reduction)
     if attributions.shape[1] == 1:
         return attributions
     if reduction == "abs_sum":
@@ -91,11 +99,33 @@ def channel_reduce(attributions: Tensor, reduction: str = "abs_sum") -> Tensor:
         return attributions.sum(dim=1, keepdim=True)
     if reduction == "l2":
         return attributions.norm(dim=1, keepdim=True)
-    if reduction == "max_abs":
-        return attributions.abs().amax(dim=1, keepdim=True)
-    raise ValueError(
-        f"reduction: expected 'abs_sum', 'sum', 'l2' or 'max_abs', got {reduction!r}"
-    )
+    return attributions.abs().amax(dim=1, keepdim=True)
+
+
+REDUCTIONS = ("abs_sum", "sum", "l2", "max_abs")
+
+
+def check_reduction(reduction: Any) -> str:
+    r"""Check a channel ``reduction`` name."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(
+            f"reduction: expected one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}"
+        )
+    return reduction
+
+
+def check_method_kwargs(method_kwargs: Any) -> Dict[str, Dict[str, Any]]:
+    r"""``method_kwargs`` as a dict of dicts (``None`` is empty)."""
+    if method_kwargs is None:
+        return {}
+    if not isinstance(method_kwargs, Mapping) or not all(
+        isinstance(v, Mapping) for v in method_kwargs.values()
+    ):
+        raise TypeError(
+            "method_kwargs: expected a dict from method names to dicts of keyword arguments, "
+            f"got {method_kwargs!r}"
+        )
+    return {str(k): dict(v) for k, v in method_kwargs.items()}
 
 
 def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
@@ -188,8 +218,9 @@ def compare(
 
     Every output is brought to one footing: pixel attributions are reduced over
     channels with :func:`channel_reduce`, layer / token maps are bilinearly
-    upsampled to the input size, and each map is min-max normalised to
-    ``[0, 1]`` (float32).
+    upsampled to the input size (a grid of the input padded to a multiple of the
+    patch leaves the padding out, so the maps line up with the pixels), and each
+    map is min-max normalised to ``[0, 1]`` (float32).
 
     Args:
         classifier (CLIPZeroShotClassifier): the classifier explained.
@@ -219,7 +250,8 @@ def compare(
             f"classifier: expected a CLIPZeroShotClassifier, got {type(classifier).__name__}"
         )
     images, _ = unpack_inputs(images)
-    prepared = prepare_images(classifier.adapter, images, "images")
+    # moved to the model's device and dtype; each method pads for its own forward
+    prepared = prepare_images(classifier.adapter, images, "images", pad=False)
     index = resolve_target(target, prepared.shape[0], classifier.texts).to(prepared.device)
     if methods is None:
         methods = [m for m in DEFAULT_METHODS if m in supported_methods(classifier)]
@@ -228,7 +260,10 @@ def compare(
     specs: Dict[str, MethodSpec] = (
         dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
     )
-    extra = dict(method_kwargs or {})
+    if not specs:
+        raise ValueError("methods: expected at least one method, got none")
+    extra = check_method_kwargs(method_kwargs)
+    check_reduction(reduction)
     out: Dict[str, Tensor] = {}
     size = (prepared.shape[-2], prepared.shape[-1])
     for name, spec in specs.items():
@@ -246,9 +281,18 @@ def compare(
             )
         if isinstance(raw, tuple):
             raw = raw[0]
-        raw = channel_reduce(raw.detach().float(), reduction)
-        out[name] = minmax_normalize(upsample(raw, size))
+        out[name] = footing(raw, classifier, size, reduction)
     return out
+
+
+def footing(
+    raw: Tensor, classifier: CLIPZeroShotClassifier, size: Any, reduction: str = "abs_sum"
+) -> Tensor:
+    r"""One method's output brought to :func:`compare`'s footing: reduced over channels,
+    upsampled to ``size`` (a grid of the padded input leaves the padding out) and min-max
+    normalised per map, float32 ``[B, 1, H, W]``."""
+    raw = channel_reduce(raw.detach().float(), reduction)
+    return minmax_normalize(to_pixels(raw, classifier.adapter.image.patch_size, size))
 
 
 def _display_image(image: Any) -> np.ndarray:
@@ -332,6 +376,14 @@ def plot_comparison(
     base = _display_image(image)
     if not maps:
         raise ValueError("maps: expected at least one map")
+    check_unit_interval("alpha", alpha)
+    check_int("index", index, minimum=0)
+    for name, m in maps.items():
+        if isinstance(m, Tensor) and m.ndim == 4 and index >= m.shape[0]:
+            raise ValueError(
+                f"index: expected an example index below {m.shape[0]} (the batch of "
+                f"maps[{name!r}]), got {index}"
+            )
     n = len(maps) + 1
     fig = Figure(figsize=(2.6 * n, 3.0))
     axes = fig.subplots(1, n, squeeze=False)[0]
@@ -375,6 +427,14 @@ def plot_text_grid(
     base = _display_image(image)
     if not maps or not texts:
         raise ValueError("maps, texts: expected at least one method and one text")
+    check_unit_interval("alpha", alpha)
+    for name, m in maps.items():
+        if not isinstance(m, Tensor) or m.ndim != 4 or m.shape[0] != len(texts):
+            got = list(m.shape) if isinstance(m, Tensor) else type(m).__name__
+            raise ValueError(
+                f"maps: expected maps[{name!r}] of shape [{len(texts)}, 1, H, W] (one row per "
+                f"text), got {got}"
+            )
     rows, cols = len(texts), len(maps) + 1
     fig = Figure(figsize=(2.6 * cols, 2.7 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)

@@ -1,4 +1,4 @@
-r"""Feature surgery: removal of the redundant features shared by all texts (METHOD §6)."""
+r"""Feature surgery: removal of the redundant features shared by all texts (``docs/method.md`` §6)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["feature_surgery"]
+from captum_clip_surgery._validation import check_positive_number
+
+__all__ = ["feature_surgery_scores"]
 
 
-def feature_surgery(
+def feature_surgery_scores(
     image_features: Tensor,
     text_features: Tensor,
     mode: str = "classes",
@@ -19,7 +21,7 @@ def feature_surgery(
 ) -> Tensor:
     r"""Similarity of every image token with every text after feature surgery.
 
-    Batched closed forms of METHOD §6, computed in float32 with memory
+    Batched closed forms of ``docs/method.md`` §6, computed in float32 with memory
     O(B·N·T) (the element-wise ``B×N×T×C`` product of the release is never
     built):
 
@@ -46,29 +48,58 @@ def feature_surgery(
 
         >>> f = torch.nn.functional.normalize(torch.randn(2, 50, 64), dim=-1)
         >>> e = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
-        >>> feature_surgery(f, e).shape
+        >>> feature_surgery_scores(f, e).shape
         torch.Size([2, 50, 3])
     """
+    _check_features(image_features, text_features)
+    if not isinstance(mode, str) or mode not in ("classes", "redundant", "none"):
+        raise ValueError(f"mode: expected 'classes', 'redundant' or 'none', got {mode!r}")
     f = image_features.float()
-    e = text_features.float()
+    e = text_features.float().to(f.device)
     if mode == "none":
         return f @ e.t()
     if mode == "redundant":
         if redundant_features is None:
             raise ValueError("redundant_features: required when mode='redundant'")
+        if not isinstance(redundant_features, Tensor):
+            raise TypeError(
+                f"redundant_features: expected a Tensor, got {type(redundant_features).__name__}"
+            )
         r = redundant_features.float().to(e.device)
         if r.ndim == 1:
             r = r.unsqueeze(0)
-        if r.shape[-1] != e.shape[-1] or r.shape[0] not in (1, e.shape[0]):
+        if r.ndim != 2 or r.shape[-1] != e.shape[-1] or r.shape[0] not in (1, e.shape[0]):
             raise ValueError(
                 f"redundant_features: expected shape [{e.shape[-1]}] or "
                 f"[{e.shape[0]}, {e.shape[-1]}], got {list(redundant_features.shape)}"
             )
         return f @ (e - r).t()
-    if mode == "classes":
-        s = f @ e.t()
-        p = torch.softmax(temperature * s[:, 0, :], dim=-1)
-        w = p / p.mean(dim=-1, keepdim=True)
-        weighted = s * w.unsqueeze(1)
-        return weighted - weighted.mean(dim=-1, keepdim=True)
-    raise ValueError(f"mode: expected 'classes', 'redundant' or 'none', got {mode!r}")
+    t = check_positive_number("temperature", temperature)
+    s = f @ e.t()
+    p = torch.softmax(t * s[:, 0, :], dim=-1)
+    w = p / p.mean(dim=-1, keepdim=True)
+    weighted = s * w.unsqueeze(1)
+    return weighted - weighted.mean(dim=-1, keepdim=True)
+
+
+def _check_features(image_features: object, text_features: object) -> None:
+    for name, x, ndim, shape in (("image_features", image_features, 3, "[B, N, C]"),
+                                 ("text_features", text_features, 2, "[T, C]")):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: expected a Tensor {shape}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+        if x.ndim != ndim or 0 in x.shape:
+            raise ValueError(f"{name}: expected a non-empty {shape} tensor, got shape "
+                             f"{list(x.shape)}")
+    if image_features.shape[-1] != text_features.shape[-1]:  # type: ignore[union-attr]
+        raise ValueError(
+            f"text_features: expected {image_features.shape[-1]} channels like image_features, "  # type: ignore[union-attr]
+            f"got shape {list(text_features.shape)}"  # type: ignore[union-attr]
+        )
+
+
+#: The same function under the module's name, for code that imports it from this module.
+#: The package exports it as :func:`feature_surgery_scores` so that
+#: ``captum_clip_surgery.feature_surgery`` stays this module.
+feature_surgery = feature_surgery_scores

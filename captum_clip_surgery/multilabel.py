@@ -1,16 +1,15 @@
 r"""Multi-label recognition with feature surgery on the class token, and a presence gate.
 
-METHOD §9: applying feature surgery to the class feature ``f_cls`` (in place of a
+``docs/method.md`` §9: applying feature surgery to the class feature ``f_cls`` (in place of a
 patch feature ``f_i``) gives one score per class that is better suited to
 multi-label ranking than CLIP's raw cosine. The class feature is the
 **unmodified** model's image embedding: CLIP Surgery's dual path keeps the class
-token on the original stream (METHOD §2), so the same scores come out whichever
+token on the original stream (``docs/method.md`` §3), so the same scores come out whichever
 explainer (or plain classifier) is given.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, List, Optional, Sequence, Union
 
 import torch
@@ -18,10 +17,11 @@ from torch import Tensor
 
 from captum_clip_surgery._map_attribution import TokenMapAttribution
 from captum_clip_surgery._text import validate_texts
+from captum_clip_surgery._validation import check_positive_number, check_unit_interval
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.feature_surgery import feature_surgery as _feature_surgery
+from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 
-__all__ = ["multilabel_scores", "text_presence"]
+__all__ = ["check_unit_interval", "multilabel_scores", "text_presence"]
 
 ClassifierLike = Union[CLIPZeroShotClassifier, TokenMapAttribution]
 
@@ -37,15 +37,6 @@ def resolve_classifier(obj: Any, name: str = "classifier") -> CLIPZeroShotClassi
         f"{name}: expected a CLIPZeroShotClassifier or an attribution built on one (e.g. "
         f"CLIPSurgeryAttribution), got {type(obj).__name__}"
     )
-
-
-def check_unit_interval(name: str, value: Any) -> float:
-    r"""Return ``value`` as a float in ``[0, 1]`` or raise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
-    return float(value)
 
 
 def _needs_grad(images: Tensor) -> bool:
@@ -78,7 +69,7 @@ def multilabel_scores(
     which CLIP Surgery leaves untouched) and ``e_t`` the unit prompt-ensembled
     text features, ``s_t = f·e_t``:
 
-    - ``"classes"`` (METHOD §6 class-set mode with ``f_cls`` in place of
+    - ``"classes"`` (``docs/method.md`` §6 class-set mode with ``f_cls`` in place of
       ``f_i``, §9): ``w_t = p_t / mean(p)``, ``p = softmax(temperature · s)``
       over the texts; ``score_t = w_t s_t − mean_t'(w_t' s_t')``. Needs at
       least 2 texts; the scores of one image sum to zero.
@@ -114,10 +105,7 @@ def multilabel_scores(
         raise ValueError(
             f"feature_surgery: expected 'classes', 'empty' or 'none', got {feature_surgery!r}"
         )
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature: expected a positive number, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a positive finite number, got {temperature}")
+    temperature = check_positive_number("temperature", temperature)
     if feature_surgery == "classes" and len(texts_) < 2:
         raise ValueError(
             f"texts: class-set feature surgery needs at least 2 texts, got {len(texts_)}; "
@@ -149,7 +137,7 @@ def text_presence(
     per-text ``sigmoid(logit_scale · cos + logit_bias)``), are compared with
     ``threshold``. This is the gate the
     CLIP Surgery authors suggest before turning a map into point prompts
-    (METHOD §8): min-max normalised maps always have a maximum, even for an
+    (``docs/method.md`` §8): min-max normalised maps always have a maximum, even for an
     absent object, so a text is first checked against the whole image.
 
     The softmax is relative to the set: give the full class set of the task

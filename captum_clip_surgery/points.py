@@ -1,4 +1,4 @@
-r"""Text to point prompts for Segment Anything (METHOD §8), and the SAM call."""
+r"""Text to point prompts for Segment Anything (``docs/method.md`` §8), and the SAM call."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from captum_clip_surgery._map_attribution import FeatureSurgery, TokenMapAttribution
-from captum_clip_surgery._maps import minmax_normalize, upsample
+from captum_clip_surgery._maps import grid_extent, minmax_normalize, upsample
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery.multilabel import check_unit_interval, text_probabilities
 
@@ -70,13 +70,27 @@ def _count(cells: Tensor, threshold: float) -> int:
 
 
 def _centres(
-    index: Tensor, grid: Tuple[int, int], size: Tuple[int, int], round_to_pixels: bool
+    index: Tensor,
+    grid: Tuple[int, int],
+    size: Tuple[int, int],
+    round_to_pixels: bool,
+    extent: Tuple[float, float] = (1.0, 1.0),
 ) -> Tensor:
-    r"""Cell centres ``(x, y)`` of flat cell indices, scaled to an ``H×W`` image."""
+    r"""Cell centres ``(x, y)`` of flat cell indices, scaled to an ``H×W`` image.
+
+    ``extent`` is the fraction of the grid's span the image covers (less than one
+    when the input was padded to a multiple of the patch); a centre that falls in
+    the padding is moved onto the image's last pixel centre.
+    """
     gh, gw = grid
     height, width = size
-    x = (index % gw).double().add(0.5).mul(width / gw)
-    y = (index // gw).double().add(0.5).mul(height / gh)
+    fy, fx = extent
+    x = (index % gw).double().add(0.5).mul(width / (gw * fx))
+    y = (index // gw).double().add(0.5).mul(height / (gh * fy))
+    if fx < 1:
+        x = x.clamp(max=width - 0.5)
+    if fy < 1:
+        y = y.clamp(max=height - 0.5)
     if round_to_pixels:  # the release: clamp to the last pixel and truncate to ints
         x = x.clamp(max=width - 1).floor()
         y = y.clamp(max=height - 1).floor()
@@ -132,7 +146,7 @@ def text_to_points(
     separator: str = "+",
     round_to_pixels: bool = False,
 ) -> List[List[PointPrompts]]:
-    r"""Turn texts into positive and negative point prompts (METHOD §8).
+    r"""Turn texts into positive and negative point prompts (``docs/method.md`` §8).
 
     For one text and one image, the text's token-grid scores ``[h, w]`` (the
     explainer's :meth:`~TokenMapAttribution.similarity`, before normalisation)
@@ -146,7 +160,10 @@ def text_to_points(
     4. the ``n`` highest cells are positive points (label 1, highest first), the
        ``n`` lowest negative points (label 0, lowest first);
     5. each point is its cell's centre, ``x = (col + 0.5) · W / w'``,
-       ``y = (row + 0.5) · H / h'`` for an ``H×W`` image of ``image_size``.
+       ``y = (row + 0.5) · H / h'`` for an ``H×W`` image of ``image_size``
+       (for an input padded to a multiple of the patch, the grid's span is the
+       padded input: centres are placed on that span and those in the padding
+       moved onto the last pixel centre).
 
     This is the release's ``similarity_map_to_points`` except that the centres
     are kept as floats (``round_to_pixels=True`` clamps them to the last pixel
@@ -240,6 +257,8 @@ def text_to_points(
         scores = explainer.similarity(images, all_texts, feature_surgery).cpu()
     b = scores.shape[0]
     sizes = _image_sizes(image_size, b, (images.shape[-2], images.shape[-1]))
+    extent = grid_extent(tuple(scores.shape[-2:]), explainer.adapter.image.patch_size,
+                         (images.shape[-2], images.shape[-1]))
     present = torch.ones(b, len(all_texts), dtype=torch.bool)
     if gate_thr is not None:
         with torch.no_grad():
@@ -252,7 +271,8 @@ def text_to_points(
         row = []
         for text, text_parts in zip(texts_, parts):
             kept = [index[p] for p in text_parts if bool(present[i, index[p]])]
-            row.append(_prompts(text, scores[i], kept, downsample, thr, sizes[i], round_to_pixels))
+            row.append(_prompts(text, scores[i], kept, downsample, thr, sizes[i], round_to_pixels,
+                                extent))
         out.append(row)
     return out
 
@@ -265,6 +285,7 @@ def _prompts(
     threshold: float,
     size: Tuple[int, int],
     round_to_pixels: bool,
+    extent: Tuple[float, float] = (1.0, 1.0),
 ) -> PointPrompts:
     if not kept:
         return PointPrompts(text, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), False)
@@ -274,7 +295,7 @@ def _prompts(
         n = _count(cells, threshold)
         rank = torch.argsort(cells.flatten(), stable=True)
         top = rank[rank.numel() - n :].flip(0)
-        points.append(_centres(top, tuple(cells.shape), size, round_to_pixels))
+        points.append(_centres(top, tuple(cells.shape), size, round_to_pixels, extent))
         labels.append(torch.ones(n, dtype=torch.long))
     if len(kept) == 1:
         negative_map = scores[kept[0]]
@@ -283,7 +304,7 @@ def _prompts(
     cells = _cells(negative_map, downsample)
     n = _count(cells, threshold)
     low = torch.argsort(cells.flatten(), stable=True)[:n]
-    points.append(_centres(low, tuple(cells.shape), size, round_to_pixels))
+    points.append(_centres(low, tuple(cells.shape), size, round_to_pixels, extent))
     labels.append(torch.zeros(n, dtype=torch.long))
     return PointPrompts(text, torch.cat(points), torch.cat(labels), True)
 

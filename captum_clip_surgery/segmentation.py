@@ -1,4 +1,4 @@
-r"""Open-vocabulary semantic segmentation from token maps (METHOD §9)."""
+r"""Open-vocabulary semantic segmentation from token maps (``docs/method.md`` §9)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from captum_clip_surgery._map_attribution import FeatureSurgery, TokenMapAttribution
-from captum_clip_surgery._maps import upsample
+from captum_clip_surgery._maps import to_pixels
 from captum_clip_surgery.multilabel import check_unit_interval
 
 __all__ = ["segment"]
@@ -51,7 +51,7 @@ def segment(
     (:meth:`~TokenMapAttribution.similarity`, before any normalisation) are
     upsampled bilinearly (``align_corners=False``) to the input size (or
     ``output_size``) and each pixel gets the class with the highest score.
-    Following METHOD §9, no feature surgery is applied by default: the
+    Following ``docs/method.md`` §9, no feature surgery is applied by default: the
     empty-string surgery subtracts a per-token bias common to all classes and
     leaves the argmax unchanged, so ``"none"`` and ``"empty"`` give the same
     labels. ``"classes"`` (class-set surgery) reweights the classes and can
@@ -71,7 +71,7 @@ def segment(
 
     Works with every token-map explainer (:class:`CLIPSurgeryAttribution`,
     :class:`CLIPSimilarityMap`, :class:`MaskCLIPAttribution`); the label quality
-    is the explainer's (raw CLIP maps segment poorly, METHOD §1).
+    is the explainer's (raw CLIP maps segment poorly, ``docs/method.md`` §1).
 
     Args:
         explainer (TokenMapAttribution): the explainer whose maps are used.
@@ -127,13 +127,15 @@ def segment(
         bg = background_index
     with torch.no_grad():  # labels are discrete: no graph is needed
         scores = explainer.similarity(images, names, feature_surgery)
-    target = size if size is not None else (images.shape[-2], images.shape[-1])
+    in_size = (images.shape[-2], images.shape[-1])
+    target = size if size is not None else in_size
+    cell = explainer.adapter.image.patch_size
     scale = math.nan
     if threshold is not None:
         scale = float(explainer.adapter.logit_scale().detach().float())
     labels = []
     for b in range(scores.shape[0]):  # one image at a time bounds the [K, H, W] memory
-        up = upsample(scores[b : b + 1], target)[0]
+        up = to_pixels(scores[b : b + 1], cell, in_size, target)[0]
         best = up.argmax(dim=0)
         if threshold is not None:
             confidence = torch.softmax(scale * up, dim=0).amax(dim=0)

@@ -1,4 +1,4 @@
-r"""Text-token explanations: which words of a caption match the image (METHOD §9)."""
+r"""Text-token explanations: which words of a caption match the image (``docs/method.md`` §9)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from captum_clip_surgery.adapters.base import inference_mode_of
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.feature_surgery import feature_surgery as _feature_surgery
+from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 from captum_clip_surgery.multilabel import resolve_classifier
 
 __all__ = ["TextTokenExplanation", "explain_text_tokens", "plot_text_tokens"]
@@ -80,7 +80,7 @@ def explain_text_tokens(
     ``f`` the unit image embedding of the unmodified model and ``s_j = f·g_j``
     for the tokens strictly between start-of-text and EOT:
 
-    - ``"classes"`` (default): METHOD §6 class-set feature surgery with the
+    - ``"classes"`` (default): ``docs/method.md`` §6 class-set feature surgery with the
       caption's tokens as the set and the image embedding as the class feature:
       ``w_j = p_j / mean(p)``, ``p = softmax(temperature · s)`` over the
       tokens, ``score_j = w_j s_j − mean_k(w_k s_k)``. The component shared by

@@ -1,4 +1,4 @@
-r"""A deliberately plain re-implementation of METHOD §2–7 for the tests.
+r"""A deliberately plain re-implementation of ``docs/method.md`` §2–7 for the tests.
 
 It reads the open_clip model's parameters directly (no adapter, no package
 code), writes attention with einsum per head, runs the dual path exactly as the
@@ -128,7 +128,7 @@ def text_features(model: open_clip.CLIP, texts: List[str], templates: List[str])
 def feature_surgery(
     f: Tensor, e: Tensor, mode: str, redundant: Optional[Tensor] = None
 ) -> Tensor:
-    r"""METHOD §6 in the element-wise form, ``[B, N, T]``."""
+    r"""``docs/method.md`` §6 in the element-wise form, ``[B, N, T]``."""
     if mode == "none":
         return torch.einsum("bnc,tc->bnt", f, e)
     if mode == "redundant":
@@ -140,15 +140,31 @@ def feature_surgery(
     return (m - r).sum(dim=-1)
 
 
-def maps(scores: Tensor, grid: Tuple[int, int], size: Tuple[int, int]) -> Tensor:
-    r"""Min-max per (image, text) over patch tokens, reshape, bilinear up: ``[B, T, H, W]``."""
+def pad(images: Tensor, stride: int) -> Tensor:
+    r"""Zero padding at the bottom and right up to a multiple of ``stride``."""
+    h, w = images.shape[-2:]
+    return F.pad(images, (0, -w % stride, 0, -h % stride))
+
+
+def maps(
+    scores: Tensor, grid: Tuple[int, int], size: Tuple[int, int], stride: Optional[int] = None
+) -> Tensor:
+    r"""Min-max per (image, text) over patch tokens, reshape, bilinear up: ``[B, T, H, W]``.
+
+    With ``stride`` the grid covers the input padded to a multiple of it: the maps are
+    upsampled to the padded size and the padding is cut off.
+    """
     s = scores[:, 1:, :]
     lo = s.min(dim=1, keepdim=True).values
     hi = s.max(dim=1, keepdim=True).values
     s = (s - lo) / (hi - lo)
     b, _, t = s.shape
     s = s.permute(0, 2, 1).reshape(b, t, grid[0], grid[1])
-    return F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+    if stride is None:
+        return F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+    full = F.interpolate(s, size=(grid[0] * stride, grid[1] * stride), mode="bilinear",
+                         align_corners=False)
+    return full[..., : size[0], : size[1]]
 
 
 def maskclip_tokens(model: open_clip.CLIP, images: Tensor) -> Tensor:

@@ -44,5 +44,18 @@ def test_relevance_needs_a_vit():
     clf = CLIPZeroShotClassifier(tiny_resnet(), TEXTS, templates=FEW_TEMPLATES)
     with pytest.raises(TypeError, match="needs attention blocks and a class-token head"):
         CLIPAttentionRelevance(clf)
-    with pytest.raises(TypeError, match="forward_func: expected a CLIPZeroShotClassifier"):
+    with pytest.raises(ValueError, match="texts: required when a model"):
         CLIPAttentionRelevance(tiny_vit())
+
+
+def test_bare_model_equals_classifier(snapshot):
+    model = tiny_vit()
+    snap = snapshot(model)
+    images = images_for(model, b=2)
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    bare = CLIPAttentionRelevance(model, texts=TEXTS, templates=FEW_TEMPLATES)
+    torch.testing.assert_close(bare.attribute(images, target=[0, 3]),
+                               CLIPAttentionRelevance(clf).attribute(images, target=[0, 3]))
+    with pytest.raises(ValueError, match="texts: give texts, templates and tokenizer"):
+        CLIPAttentionRelevance(clf, texts=TEXTS)
+    snap.assert_unchanged()

@@ -120,6 +120,74 @@ def test_error_paths(tmp_path, capsys, monkeypatch):
         assert message in line, (message, line)
 
 
+def _fake_loader(model):
+    r"""A ``_load_model`` stand-in returning ``model`` with the scenes preprocessing."""
+    from captum_clip_surgery.scenes.model import scenes_preprocess
+
+    def load(name, pretrained, device):
+        return model, scenes_preprocess(64), None
+
+    return load
+
+
+def test_unsupported_models_and_methods_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    import captum_clip_surgery.cli as cli
+    from tests.models import tiny_resnet
+
+    monkeypatch.setattr(cli, "_load_model", _fake_loader(torch.nn.Linear(2, 2)))
+    for command in ("explain", "evaluate"):
+        line = _error([command, "--model", "anything", "--out", str(tmp_path / "x")], capsys)
+        assert line.startswith(f"clip-surgery {command}: error: --model: model: unsupported model"), line
+
+    monkeypatch.setattr(cli, "_load_model", _fake_loader(tiny_resnet()))
+    line = _error(["evaluate", "--model", "rn", "--methods", "surgery,chefer", "--limit", "1"], capsys)
+    assert "--methods: chefer not defined for this model's image tower" in line, line
+    line = _error(["explain", "--model", "rn", "--size", "16"], capsys)
+    assert "--size: expected a size of at least 32 pixels" in line, line
+    line = _error(["explain", "--model", "rn", "--surgery-blocks", "2"], capsys)
+    assert "--surgery-blocks: surgery_blocks: this image tower has no attention blocks" in line
+    # the default needs no --surgery-blocks on a tower without blocks
+    assert main(["explain", "--model", "rn", "--out", str(tmp_path / "rn.png")]) == 0
+    assert _is_png(tmp_path / "rn.png")
+
+
+def test_evaluate_default_methods_are_those_defined_for_the_model():
+    from captum_clip_surgery import CLIPZeroShotClassifier
+    from captum_clip_surgery.cli import EVALUATE_METHODS, _methods
+    from tests.models import tiny_resnet, tiny_vit
+
+    vit = CLIPZeroShotClassifier(tiny_vit(), ["a", "b"], templates=["{}"])
+    resnet = CLIPZeroShotClassifier(tiny_resnet(), ["a", "b"], templates=["{}"])
+    assert _methods(None, vit) == list(EVALUATE_METHODS)
+    assert _methods(None, resnet) == [m for m in EVALUATE_METHODS if m != "chefer"]
+    assert _methods("raw, surgery,raw", resnet) == ["raw", "surgery"]
+
+
+def test_evaluate_error_paths(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["evaluate", "--device", "tpu9"], "--device: cannot use device 'tpu9'"),
+        (["evaluate", "--batch-size", "0"], "--batch-size: expected a value of at least 1"),
+        (["evaluate", "--ig-steps", "0"], "--ig-steps: expected a value of at least 1"),
+        (["evaluate", "--deletion-steps", "0"], "--deletion-steps: expected a value of at least 1"),
+        (["evaluate", "--tolerance", "-1"], "--tolerance: expected a value of at least 0"),
+        (["evaluate", "--limit", "0"], "--limit: expected a positive number"),
+        (["evaluate", "--size", "2"], "--size: expected a size of at least 8"),
+        (["evaluate", "--methods", "surgery,nope"], "--methods: unknown method(s) nope"),
+        (["evaluate", "--methods", ","], "--methods: unknown method(s) (none given)"),
+        (["evaluate", "--dataset", "voc"], "--root: required for --dataset voc"),
+        (["evaluate", "--dataset", "voc", "--root", str(tmp_path)], "--root: PASCAL VOC 2012 not found"),
+        (["evaluate", "--dataset", "folder"], "--root: required for --dataset folder"),
+        (["evaluate", "--dataset", "folder", "--root", str(tmp_path / "empty")],
+         "--root: " + str(tmp_path / "empty" / "images") + " not found"),
+        (["evaluate", "--pretrained", "openai"], "--pretrained: give --model too"),
+    ]
+    for argv, message in cases:
+        line = _error(argv, capsys)
+        assert line.startswith("clip-surgery evaluate: error: "), line
+        assert message in line, (message, line)
+
+
 def test_unavailable_hub_weights_are_one_line_error(tmp_path):
     # A subprocess, so that huggingface_hub reads HF_HUB_OFFLINE at import time
     # and fails at once instead of retrying a network that is not there.

@@ -15,18 +15,25 @@ from tests.conftest import FEW_TEMPLATES, TEXTS, images_for, native_size
 from tests.models import tiny_resnet, tiny_vit
 
 
+def _stride(model):
+    return 32 if model.visual.__class__.__name__ == "ModifiedResNet" else 8
+
+
 def _reference_tokens(model, images, surgery_blocks):
+    # any image size: the input is padded with zeros (bottom / right) to a multiple of the stride
+    images = ref.pad(images, _stride(model))
     if model.visual.__class__.__name__ == "ModifiedResNet":
         return ref.resnet_tokens(model, images, surgery_blocks != 0)
     return ref.vit_tokens(model, images, surgery_blocks)
 
 
 def _grid(model, images):
-    stride = 32 if model.visual.__class__.__name__ == "ModifiedResNet" else 8
-    return images.shape[-2] // stride, images.shape[-1] // stride
+    stride = _stride(model)
+    return -(-images.shape[-2] // stride), -(-images.shape[-1] // stride)
 
 
-@pytest.mark.parametrize("scale", [(1, 1), (1.5, 1.5), (1, 1.75)], ids=["native", "larger", "nonsquare"])
+@pytest.mark.parametrize("scale", [(1, 1), (1.5, 1.5), (1, 1.75), (1.1, 1.3)],
+                         ids=["native", "larger", "nonsquare", "nonmultiple"])
 @pytest.mark.parametrize("mode", ["classes", "empty", "none"])
 def test_matches_plain_reference(any_model, scale, mode):
     model = any_model
@@ -42,7 +49,7 @@ def test_matches_plain_reference(any_model, scale, mode):
         r = ref.text_features(model, [""], FEW_TEMPLATES)[0]
         scores = ref.feature_surgery(f, e, "redundant" if mode == "empty" else mode, r)
         grid = _grid(model, images)
-        expected_maps = ref.maps(scores, grid, tuple(images.shape[-2:]))
+        expected_maps = ref.maps(scores, grid, tuple(images.shape[-2:]), _stride(model))
 
     sim = explainer.similarity(images, feature_surgery=mode)
     expected_sim = scores[:, 1:, :].permute(0, 2, 1).reshape(sim.shape)
@@ -50,7 +57,7 @@ def test_matches_plain_reference(any_model, scale, mode):
     # the map pipeline (min-max per map, bilinear up) is exact on our own scores ...
     b, t_count = sim.shape[:2]
     own_scores = torch.cat([torch.zeros(b, 1, t_count), sim.flatten(2).transpose(1, 2)], dim=1)
-    own_maps = ref.maps(own_scores, grid, tuple(images.shape[-2:]))
+    own_maps = ref.maps(own_scores, grid, tuple(images.shape[-2:]), _stride(model))
     for t in range(len(TEXTS)):
         got = explainer.attribute(images, target=t, feature_surgery=mode)
         torch.testing.assert_close(got[:, 0], own_maps[:, t], atol=1e-5, rtol=1e-5)
@@ -106,7 +113,7 @@ def test_raw_map_matches_reference(any_model):
     with torch.no_grad():
         f = torch.nn.functional.normalize(_reference_tokens(model, images, 0), dim=-1)
         e = ref.text_features(model, TEXTS, FEW_TEMPLATES)
-        expected = ref.maps(ref.feature_surgery(f, e, "none"), _grid(model, images), (images.shape[-2], images.shape[-1]))
+        expected = ref.maps(ref.feature_surgery(f, e, "none"), _grid(model, images), (images.shape[-2], images.shape[-1]), _stride(model))
     torch.testing.assert_close(raw.attribute(images, target=2)[:, 0], expected[:, 2], atol=1e-4, rtol=1e-4)
 
 

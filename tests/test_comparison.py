@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from captum_clip_surgery import (
     DEFAULT_METHODS,
     METHOD_NAMES,
+    CLIPSimilarityMap,
     CLIPZeroShotClassifier,
     channel_reduce,
     compare,
@@ -48,6 +49,34 @@ def test_every_gradient_method_finds_the_one_patch_the_logit_depends_on(k):
     for name, m in maps.items():
         per_patch = F.avg_pool2d(m, 8).flatten(1)
         assert per_patch.argmax(dim=1).tolist() == [k, k], f"{name} missed patch {k}: {per_patch}"
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_maps_line_up_with_the_pixels_at_a_non_multiple_size(k):
+    # 13x14 pixels: padded to 16x16 (a 2x2 grid of 8-px patches) at the bottom / right;
+    # patch k covers rows [8r, min(8r + 8, 13)) and columns [8c, min(8c + 8, 14)) of the image
+    clf = _one_patch_classifier(k)
+    images = torch.rand(2, 3, 13, 14, generator=torch.Generator().manual_seed(k))
+    regions = torch.zeros(4, 13, 14, dtype=torch.bool)
+    for j in range(4):
+        r, c = divmod(j, 2)
+        regions[j, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8] = True
+    # only the pixels of patch k reach the logits (the padding is not an input)
+    grad = torch.autograd.functional.jacobian(lambda x: clf(x)[:, 0].sum(), images)
+    assert bool(grad.abs().sum(dim=(0, 1))[~regions[k]].eq(0).all())
+    assert bool(grad.abs().sum(dim=(0, 1))[regions[k]].gt(0).any())
+
+    methods = GRADIENT_METHODS + ["raw", "surgery", "maskclip"]
+    maps = compare(clf, images, target="dog", methods=methods)
+    for name, m in maps.items():
+        assert m.shape == (2, 1, 13, 14), name
+        means = torch.stack([m[:, 0, regions[j]].mean(dim=1) for j in range(4)], dim=1)
+        assert means.argmax(dim=1).tolist() == [k, k], f"{name} missed patch {k}: {means}"
+    # the token maps themselves: the upsampled grid leaves the padding out
+    grid = CLIPSimilarityMap(clf).attribute(images, target="dog", upsample_to_input=False)
+    full = F.interpolate(grid, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(CLIPSimilarityMap(clf).attribute(images, target="dog"),
+                               full[..., :13, :14])
 
 
 def _hand_gradcam(model, clf, images, target):

@@ -39,3 +39,28 @@ def test_float64_inputs_are_cast_to_the_model_dtype():
     out64 = explainer.attribute(images.double(), target=0)
     assert out64.dtype == torch.float64
     torch.testing.assert_close(out64.float(), explainer.attribute(images, target=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_feature_surgery_and_min_max_run_in_float32(dtype):
+    # a half model's maps are the float32 min-max of its float32 scores (no rounding to
+    # the half dtype between the token features and the map)
+    from captum_clip_surgery import feature_surgery_scores, minmax_normalize
+
+    model = tiny_vit().to(dtype)
+    explainer = CLIPSurgeryAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=2)
+    scores = explainer.similarity(images)
+    assert scores.dtype == torch.float32
+    grid = explainer.attribute(images, target=[1, 2], upsample_to_input=False)
+    expected = minmax_normalize(torch.stack([scores[0, 1], scores[1, 2]])[:, None])
+    assert grid.dtype == torch.float32
+    torch.testing.assert_close(grid, expected, atol=0, rtol=0)
+    # the closed forms upcast half inputs before any arithmetic
+    f = torch.nn.functional.normalize(torch.randn(2, 5, 24), dim=-1)
+    e = torch.nn.functional.normalize(torch.randn(3, 24), dim=-1)
+    for mode in ("classes", "none"):
+        got = feature_surgery_scores(f.to(dtype), e.to(dtype), mode)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, feature_surgery_scores(f.to(dtype).float(),
+                                                               e.to(dtype).float(), mode))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _elementwise(f: torch.Tensor, e: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    r"""METHOD §6 element-wise class-set form with ``f_cls`` as the only feature: ``[B, T]``."""
+    r"""``docs/method.md`` §6 element-wise class-set form with ``f_cls`` as the only feature: ``[B, T]``."""
     p = torch.softmax(temperature * f @ e.t(), dim=-1)
     w = p / p.mean(dim=-1, keepdim=True)
     m = f[:, None, :] * e[None, :, :] * w[:, :, None]  # [B, T, C]
@@ -59,7 +59,7 @@ def test_the_class_feature_is_the_same_for_every_explainer():
     expected = multilabel_scores(clf, images)
     for cls in (CLIPSurgeryAttribution, CLIPSimilarityMap, MaskCLIPAttribution):
         torch.testing.assert_close(multilabel_scores(cls(clf), images), expected)
-    # the dual path's class token is the same feature (METHOD §2)
+    # the dual path's class token is the same feature (docs/method.md §3)
     with torch.no_grad():
         tokens, _ = CLIPSurgeryAttribution(clf).token_features(images)
         e = clf.text_features

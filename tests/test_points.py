@@ -1,4 +1,4 @@
-r"""Text to point prompts (METHOD §8), the a+b rule, the gate, and the SAM call."""
+r"""Text to point prompts (docs/method.md §8), the a+b rule, the gate, and the SAM call."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _centre(k: int, grid: Sequence[int], size: Sequence[int]) -> List[float]:
 
 
 def _expected(grid_map: np.ndarray, size, downsample=2, threshold=0.8, negatives_from=None):
-    r"""Hand-written METHOD §8: returns (points [n, 2], labels [n])."""
+    r"""Hand-written ``docs/method.md`` §8: returns (points [n, 2], labels [n])."""
     cells = _norm(_cells(grid_map.astype(np.float64), downsample))
     flat = cells.ravel()
     n = min(int((flat >= threshold).sum()), flat.size // 2)
@@ -270,7 +270,7 @@ def test_scenes_gate_drops_absent_texts(scenes):
     with torch.no_grad():
         ungated = text_to_points(explainer, images[:1], texts)[0]
         gated = text_to_points(explainer, images[:1], texts, gate=True)[0]
-    # without the gate, min-max maps give positives even for absent texts (METHOD §8)
+    # without the gate, min-max maps give positives even for absent texts (docs/method.md §8)
     assert all(int((p.labels == 1).sum()) > 0 for p in ungated)
     assert gated[0].present and len(gated[0]) > 0
     torch.testing.assert_close(gated[0].points, ungated[0].points)

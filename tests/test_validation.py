@@ -144,3 +144,86 @@ def test_model_unchanged_after_every_public_call(any_model, cls, snapshot):
     out = explainer.attribute(grads, target=0)
     torch.autograd.grad(out.sum(), grads)
     snap.assert_unchanged()
+
+
+def _bad_argument_cases():
+    import captum_clip_surgery as cs
+    from captum_clip_surgery.evaluation import ScenesSegmentation, evaluate, square_preprocess
+
+    model = tiny_vit()
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    explainer = CLIPSurgeryAttribution(clf)
+    images = torch.randn(2, 3, 32, 32)
+    f = torch.nn.functional.normalize(torch.randn(2, 5, 24), dim=-1)
+    e = torch.nn.functional.normalize(torch.randn(3, 24), dim=-1)
+
+    def tokenizer_giving(ids):
+        return lambda texts: ids(len(texts))
+
+    def clf_with(tokenizer):
+        return CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES, tokenizer=tokenizer)
+
+    scenes = ScenesSegmentation(size=1)
+    return [
+        (lambda: CLIPZeroShotClassifier(model, TEXTS, truncate_text="yes"), TypeError,
+         "truncate_text: expected True or False, got str"),
+        (lambda: clf_with(tokenizer_giving(lambda n: torch.zeros(n, 5))).text_features, TypeError,
+         r"tokenizer: expected integer token ids.*got torch.float32"),
+        (lambda: clf_with(tokenizer_giving(lambda n: torch.ones(1, 5, dtype=torch.long))).text_features,
+         ValueError, r"tokenizer: expected one row of token ids per string \(12 rows"),
+        (lambda: clf_with(tokenizer_giving(lambda n: torch.ones(n, 99, dtype=torch.long))).text_features,
+         ValueError, "tokenizer: expected at most 24 tokens per row"),
+        (lambda: clf_with(tokenizer_giving(lambda n: -torch.ones(n, 5, dtype=torch.long))).text_features,
+         ValueError, "tokenizer: expected non-negative token ids"),
+        (lambda: cs.feature_surgery_scores(f, e, "classes", temperature=0), ValueError,
+         "temperature: expected a finite number > 0, got 0"),
+        (lambda: cs.feature_surgery_scores(f, e, "classes", temperature="2"), TypeError,
+         "temperature: expected a number > 0, got str"),
+        (lambda: cs.feature_surgery_scores(f[0], e), ValueError,
+         r"image_features: expected a non-empty \[B, N, C\] tensor, got shape \[5, 24\]"),
+        (lambda: cs.feature_surgery_scores(f, e[:, :5]), ValueError,
+         "text_features: expected 24 channels like image_features"),
+        (lambda: cs.feature_surgery_scores(f, e, "bogus"), ValueError, "mode: expected 'classes'"),
+        (lambda: cs.feature_surgery_scores(f, e, "redundant", [0.0]), TypeError,
+         "redundant_features: expected a Tensor, got list"),
+        (lambda: explainer.attribute(images, target=0, upsample_to_input="no"), TypeError,
+         "upsample_to_input: expected True or False"),
+        (lambda: cs.minmax_normalize(torch.zeros(2, 3, 4)), ValueError,
+         r"maps: expected a non-empty \[B, K, h, w\] tensor"),
+        (lambda: cs.minmax_normalize([1.0]), TypeError, "maps: expected a Tensor"),
+        (lambda: cs.compare(clf, images, 0, methods=["raw"], reduction="mean"), ValueError,
+         "reduction: expected one of 'abs_sum'"),
+        (lambda: cs.compare(clf, images, 0, methods=["raw"], method_kwargs=[("raw", 1)]), TypeError,
+         "method_kwargs: expected a dict from method names to dicts"),
+        (lambda: cs.compare(clf, images, 0, methods=[]), ValueError,
+         "methods: expected at least one method"),
+        (lambda: cs.multilabel_scores(clf, images, temperature=-1), ValueError,
+         "temperature: expected a finite number > 0, got -1"),
+        (lambda: cs.plot_comparison(images[0], {"a": torch.rand(2, 1, 32, 32)}, alpha=5), ValueError,
+         r"alpha: expected a number in \[0, 1\], got 5"),
+        (lambda: cs.plot_comparison(images[0], {"a": torch.rand(2, 1, 32, 32)}, index=7), ValueError,
+         "index: expected an example index below 2"),
+        (lambda: cs.plot_text_grid(images[0], {"a": torch.rand(1, 1, 32, 32)}, ["a", "b"]), ValueError,
+         r"maps: expected maps\['a'\] of shape \[2, 1, H, W\]"),
+        (lambda: cs.CLIPAttentionRelevance(clf, start_block=7), ValueError,
+         r"start_block: expected an int in \[0, 6\], got 7"),
+        (lambda: cs.CLIPAttentionRelevance(clf, start_block=1.0), TypeError,
+         "start_block: expected an int, got float"),
+        (lambda: square_preprocess(0, None, None), ValueError, "size: expected an int >= 1"),
+        (lambda: evaluate(["raw"], scenes, clf, batch_size="8"), TypeError,
+         "batch_size: expected an int, got str"),
+        (lambda: evaluate(["raw"], scenes, clf, tolerance=-1), ValueError,
+         "tolerance: expected a finite number >= 0"),
+        (lambda: evaluate(["raw"], scenes, clf, deletion_steps=0), ValueError,
+         "deletion_steps: expected an int >= 1"),
+        (lambda: evaluate(["raw"], scenes, clf, preprocess="square"), TypeError,
+         "preprocess: expected a callable"),
+    ]
+
+
+def test_every_bad_argument_is_named(snapshot):
+    # each case's message starts with the argument's name and says what was given
+    cases = _bad_argument_cases()
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()

@@ -92,8 +92,8 @@ def tokenize(tokenizer: Any, texts: Sequence[str], context_length: int) -> Tenso
             "pass a callable returning a LongTensor [N, L], or a Hugging Face tokenizer/processor"
         )
     if ids.shape[0] != len(texts):
-        raise TypeError(
-            f"tokenizer: expected one row of token ids per text ({len(texts)}), got "
+        raise ValueError(
+            f"tokenizer: expected one row of token ids per string ({len(texts)} rows), got "
             f"{ids.shape[0]} rows"
         )
     return ids.long()

@@ -52,6 +52,9 @@ def square_preprocess(
     """
     from torchvision import transforms as T
 
+    from captum_clip_surgery._validation import check_int
+
+    check_int("size", size, minimum=1)
     steps: List[Any] = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
                         T.ToTensor()]
     if mean is not None and std is not None:

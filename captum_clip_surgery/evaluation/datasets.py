@@ -2,7 +2,9 @@ r"""Datasets for the evaluation harness.
 
 Every dataset yields items ``{"image": PIL.Image (RGB), "masks": BoolTensor [K, H, W],
 "present": BoolTensor [K], "index": int}`` over its ``class_names`` (``K`` names,
-usable as CLIP texts). A class is *present* when its mask is not empty.
+usable as CLIP texts). A class is *present* when its mask is not empty. A dataset may
+also give ``class_kinds`` (class name → kind, e.g. ``"object"`` / ``"background"``),
+by which :meth:`EvaluationResult.breakdown` groups the records.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from captum_clip_surgery._validation import check_bool, check_int
 
 __all__ = [
     "FolderSegmentation",
@@ -91,14 +95,18 @@ class ScenesSegmentation(_MaskDataset):
     ) -> None:
         from captum_clip_surgery.scenes.world import HELD_OUT_START, ScenesWorld
 
+        check_int("size", size, minimum=1)
+        if start is not None:
+            check_int("start", start, minimum=0)
+        check_int("seed", seed)
         if world is None:
             world = ScenesWorld(seed=seed)
-        if size < 1:
-            raise ValueError(f"size: expected at least 1 scene, got {size}")
         self.world = world
         self.size = size
         self.start = HELD_OUT_START if start is None else start
         self.class_names = list(world.object_classes) + list(world.background_classes)
+        self.class_kinds = {**{c: "object" for c in world.object_classes},
+                            **{c: "background" for c in world.background_classes}}
 
     def __len__(self) -> int:
         return self.size
@@ -127,48 +135,76 @@ class VOCSegmentationMasks(_MaskDataset):
         include_background (bool): keep the ``"background"`` class.
 
     Raises:
-        FileNotFoundError: when the VOC folder is missing, naming the path.
+        FileNotFoundError: when the VOC folder, its split file or (on access) an
+            image or mask file listed in the split is missing, naming the path.
     """
+
+    YEARS = tuple(str(y) for y in range(2007, 2013))
+    IMAGE_SETS = ("train", "trainval", "val")
 
     def __init__(
         self, root: str, year: str = "2012", image_set: str = "val", include_background: bool = True
     ) -> None:
         from torchvision.datasets import VOCSegmentation
 
+        if year not in self.YEARS:
+            raise ValueError(f"year: expected one of {', '.join(self.YEARS)}, got {year!r}")
+        if image_set not in self.IMAGE_SETS:
+            raise ValueError(
+                f"image_set: expected one of {', '.join(self.IMAGE_SETS)}, got {image_set!r}"
+            )
+        check_bool("include_background", include_background)
         folder = os.path.join(str(root), "VOCdevkit", f"VOC{year}")
         if not os.path.isdir(folder):
             raise FileNotFoundError(
                 f"root: PASCAL VOC {year} not found: expected the folder {folder} "
                 "(download VOCtrainval and extract it under root; nothing is downloaded here)"
             )
+        split = os.path.join(folder, "ImageSets", "Segmentation", f"{image_set}.txt")
+        if not os.path.isfile(split):
+            raise FileNotFoundError(f"root: the split file {split} is missing")
         self.voc = VOCSegmentation(str(root), year=year, image_set=image_set, download=False)
         self.offset = 0 if include_background else 1
         self.class_names = list(VOC_CLASSES[self.offset :])
+        self.class_kinds = {c: "background" if c == "background" else "object"
+                            for c in self.class_names}
 
     def __len__(self) -> int:
         return len(self.voc)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        for path in (self.voc.images[index], self.voc.targets[index]):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"root: {path} is missing (listed in the split file)")
         image, target = self.voc[index]
-        masks = masks_from_index_map(np.asarray(target), len(VOC_CLASSES))[self.offset :]
+        labels = np.asarray(target)
+        _check_mask(labels, image, self.voc.targets[index], len(VOC_CLASSES), 255)
+        masks = masks_from_index_map(labels, len(VOC_CLASSES))[self.offset :]
         return self._item(image, masks, index)
 
 
 class FolderSegmentation(_MaskDataset):
     r"""A generic folder: ``images/``, index-mask PNGs in ``masks/`` with the same file
-    stem, and ``classes.txt`` (one class name per line; line ``i`` is label ``i``).
+    stem, and ``classes.txt`` (one class name per line; the first line is label 0).
+
+    Masks are single-channel label maps (palette or grey PNGs; for RGB files the first
+    channel is read) of the image's size; pixels labelled ``ignore_index`` belong to
+    no class.
 
     Args:
         root (str): the folder.
         ignore_index (int): label of unlabelled pixels (default 255).
 
     Raises:
-        FileNotFoundError: when a part is missing, naming it.
+        FileNotFoundError: when a part or an image's mask is missing, naming it.
+        ValueError: for an empty or duplicated class name, and (on access) a mask of
+            another size than its image or with a label that names no class.
     """
 
     IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
     def __init__(self, root: str, ignore_index: int = 255) -> None:
+        check_int("ignore_index", ignore_index)
         root = str(root)
         for part in ("images", "masks", "classes.txt"):
             if not os.path.exists(os.path.join(root, part)):
@@ -176,10 +212,27 @@ class FolderSegmentation(_MaskDataset):
                     f"root: {os.path.join(root, part)} not found; a folder dataset needs "
                     "images/, masks/ and classes.txt"
                 )
-        with open(os.path.join(root, "classes.txt"), encoding="utf-8") as fh:
-            self.class_names = [line.strip() for line in fh if line.strip()]
-        if not self.class_names:
-            raise ValueError(f"root: {os.path.join(root, 'classes.txt')} lists no class")
+        names_file = os.path.join(root, "classes.txt")
+        with open(names_file, encoding="utf-8") as fh:
+            lines = [line.strip() for line in fh.read().splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        if not lines:
+            raise ValueError(f"root: {names_file} lists no class")
+        for i, name in enumerate(lines):
+            if not name:
+                raise ValueError(
+                    f"root: line {i + 1} of {names_file} is empty; each line names one class "
+                    "(line 1 is label 0)"
+                )
+            if name in lines[:i]:
+                raise ValueError(f"root: class {name!r} appears twice in {names_file}")
+        if 0 <= ignore_index < len(lines):
+            raise ValueError(
+                f"ignore_index: {ignore_index} is the label of class {lines[ignore_index]!r}; "
+                f"expected a label outside 0..{len(lines) - 1}"
+            )
+        self.class_names = lines
         self.root = root
         self.ignore_index = ignore_index
         masks = {os.path.splitext(f)[0]: f for f in os.listdir(os.path.join(root, "masks"))}
@@ -198,12 +251,41 @@ class FolderSegmentation(_MaskDataset):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         image_file, mask_file = self.items[index]
-        image = Image.open(os.path.join(self.root, "images", image_file))
-        labels = np.asarray(Image.open(os.path.join(self.root, "masks", mask_file)))
+        image = _open(os.path.join(self.root, "images", image_file))
+        mask_path = os.path.join(self.root, "masks", mask_file)
+        labels = np.asarray(_open(mask_path))
         if labels.ndim == 3:
             labels = labels[..., 0]
+        _check_mask(labels, image, mask_path, len(self.class_names), self.ignore_index)
         masks = masks_from_index_map(labels, len(self.class_names), self.ignore_index)
         return self._item(image, masks, index)
+
+
+def _open(path: str) -> Image.Image:
+    r"""Open an image file or raise an error naming it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"root: {path} is missing")
+    try:
+        return Image.open(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"root: cannot read {path} as an image ({exc})") from None
+
+
+def _check_mask(labels: np.ndarray, image: Image.Image, path: str, num_classes: int,
+                ignore_index: int) -> None:
+    r"""A label map must have the image's size and only class labels or ``ignore_index``."""
+    if labels.ndim != 2 or labels.shape != (image.height, image.width):
+        raise ValueError(
+            f"root: mask {path} is {'x'.join(map(str, labels.shape))}, expected the image's "
+            f"{image.height}x{image.width} labels"
+        )
+    values = np.unique(labels)
+    bad = [int(v) for v in values if not (0 <= v < num_classes or v == ignore_index)]
+    if bad:
+        raise ValueError(
+            f"root: mask {path} has label(s) {', '.join(map(str, bad[:5]))} outside the "
+            f"{num_classes} classes (labels 0..{num_classes - 1}, {ignore_index} = ignore)"
+        )
 
 
 def collate_items(items: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -1,4 +1,4 @@
-r"""Localization metrics of explanation maps against ground-truth masks (METHOD §10).
+r"""Localization metrics of explanation maps against ground-truth masks (``docs/method.md`` §11).
 
 All functions take explanation maps ``[B, 1, H, W]`` with values in ``[0, 1]``
 (per-map min-max normalised, e.g. the output of

@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -16,9 +16,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from captum_clip_surgery._map_attribution import TokenMapAttribution
+from captum_clip_surgery._validation import check_bool, check_int, check_positive_number
 from captum_clip_surgery.adapters.loading import square_preprocess
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.comparison import TITLES, MethodSpec, compare
+from captum_clip_surgery.comparison import (
+    METHOD_NAMES,
+    TITLES,
+    MethodSpec,
+    _default_kwargs,
+    build_method,
+    check_method_kwargs,
+    compare,
+    footing,
+)
 from captum_clip_surgery.evaluation.datasets import collate_items
 from captum_clip_surgery.evaluation.faithfulness import deletion_insertion
 from captum_clip_surgery.evaluation.localization import (
@@ -49,19 +60,22 @@ class EvaluationResult:
 
     Attributes:
         records (list[dict]): one per method and (image, present class) pair:
-            ``method, index, class, msc, pointing, energy, iou`` (list over
-            ``thresholds``), ``deletion_auc``, ``insertion_auc`` (NaN when not
-            computed) and their curves, ``seconds`` (the method's time for that
-            pair's share of its batch).
+            ``method, index, class, kind`` (the dataset's ``class_kinds`` entry for
+            the class, e.g. ``"object"`` / ``"background"``; ``""`` when the dataset
+            has none), ``msc, pointing, energy, iou`` (list over ``thresholds``),
+            ``deletion_auc``, ``insertion_auc`` (NaN when not computed) and their
+            curves, ``seconds`` (the method's time for that pair's share of its batch).
         thresholds (Tensor): the IoU threshold grid (the same for every method).
         methods (list[str]): method names in order.
         num_images (int): images evaluated.
+        class_names (list[str]): the dataset's classes (orders :meth:`breakdown`).
     """
 
     records: List[Dict[str, Any]]
     thresholds: Tensor
     methods: List[str]
     num_images: int
+    class_names: List[str] = field(default_factory=list)
 
     @property
     def curves(self) -> Dict[str, Dict[str, Tensor]]:
@@ -104,6 +118,7 @@ class EvaluationResult:
             images = len({r["index"] for r in rows}) or 1
             out[method] = {
                 "msc": mean("msc"),
+                "negative_share": _negative_share(rows),
                 "miou": float(best["miou"]),
                 "threshold": float(best["threshold"]),
                 "pointing": mean("pointing"),
@@ -114,6 +129,68 @@ class EvaluationResult:
                 "pairs": float(len(rows)),
             }
         return out
+
+    def breakdown(self, by: str = "kind") -> Dict[str, Dict[str, Dict[str, float]]]:
+        r"""The metrics per group of pairs: ``{method: {group: {metric: value}}}``.
+
+        Args:
+            by (str): ``"kind"`` (the dataset's class kinds, e.g. object / background
+                for the scenes world) or ``"class"``.
+
+        Returns:
+            dict: per method and group (in order of first appearance): ``pairs``,
+            ``msc``, ``negative_share`` (the share of pairs whose map is lower inside
+            the mask than outside, ``msc < 0``: the paper's "opposite visualization"),
+            ``iou`` (the mean IoU at the method's mIoU threshold, chosen over all
+            pairs), ``pointing``, ``energy``, ``deletion_auc``, ``insertion_auc``.
+        """
+        if by not in ("kind", "class"):
+            raise ValueError(f"by: expected 'kind' or 'class', got {by!r}")
+        summary = self.summary()
+        out: Dict[str, Dict[str, Dict[str, float]]] = {}
+        for method in self.methods:
+            rows = self._by_method(method)
+            best = int((self.thresholds - summary[method]["threshold"]).abs().argmin())
+            groups: Dict[str, List[Dict[str, Any]]] = {}
+            for r in rows:
+                groups.setdefault(str(r.get(by, "")), []).append(r)
+            if by == "class" and self.class_names:
+                order = {c: i for i, c in enumerate(self.class_names)}
+                groups = dict(sorted(groups.items(), key=lambda g: order.get(g[0], len(order))))
+            out[method] = {}
+            for group, members in groups.items():
+                def mean(key: str, rows: List[Dict[str, Any]] = members) -> float:
+                    values = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
+                    return float(values.nanmean()) if len(values) else float("nan")
+
+                ious = torch.tensor([r["iou"][best] for r in members], dtype=torch.float64)
+                out[method][group] = {
+                    "pairs": float(len(members)),
+                    "msc": mean("msc"),
+                    "negative_share": _negative_share(members),
+                    "iou": float(ious.nanmean()),
+                    "pointing": mean("pointing"),
+                    "energy": mean("energy"),
+                    "deletion_auc": mean("deletion_auc"),
+                    "insertion_auc": mean("insertion_auc"),
+                }
+        return out
+
+    def breakdown_markdown(self, by: str = "kind", digits: int = 3) -> str:
+        r""":meth:`breakdown` as a markdown table (one row per method and group)."""
+        table = self.breakdown(by)
+        head = (f"| method | {by} | pairs | mSC ↑ | mSC < 0 | IoU at thr. ↑ | pointing ↑ | "
+                "energy PG ↑ | deletion AUC ↓ | insertion AUC ↑ |")
+        lines = [head, "|---|---|" + "---:|" * 8]
+        keys = ("msc", "negative_share", "iou", "pointing", "energy", "deletion_auc",
+                "insertion_auc")
+        for method, groups in table.items():
+            for group, row in groups.items():
+                cells = [f"{int(row['pairs'])}"] + [
+                    "–" if math.isnan(row[k]) else f"{row[k]:.{digits}f}" for k in keys]
+                lines.append(f"| {TITLES.get(method, method)} | {group or '–'} | "
+                             + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
 
     def to_markdown(self, digits: int = 3) -> str:
         r"""The summary as a markdown table (one row per method)."""
@@ -131,18 +208,35 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str) -> Dict[str, str]:
-        r"""Write ``results.md``, ``results.csv`` (summary), ``records.csv`` (per pair) and
-        the figures (``metrics.png``, ``iou_threshold.png``, ``deletion_insertion.png``)."""
+        r"""Write ``results.md``, ``results.csv`` (summary), ``breakdown.md`` /
+        ``breakdown.csv`` (:meth:`breakdown` by kind and by class), ``records.csv`` (per
+        pair) and the figures (``metrics.png``, ``iou_threshold.png``,
+        ``deletion_insertion.png``)."""
         os.makedirs(out_dir, exist_ok=True)
         paths = {
             "markdown": os.path.join(out_dir, "results.md"),
             "csv": os.path.join(out_dir, "results.csv"),
+            "breakdown": os.path.join(out_dir, "breakdown.md"),
+            "breakdown_csv": os.path.join(out_dir, "breakdown.csv"),
             "records": os.path.join(out_dir, "records.csv"),
         }
         with open(paths["markdown"], "w", encoding="utf-8") as fh:
             fh.write(self.to_markdown())
+        with open(paths["breakdown"], "w", encoding="utf-8") as fh:
+            fh.write("## By kind\n\n" + self.breakdown_markdown("kind") + "\n## By class\n\n"
+                     + self.breakdown_markdown("class"))
+        with open(paths["breakdown_csv"], "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            metric_keys = ["pairs", "msc", "negative_share", "iou", "pointing", "energy",
+                           "deletion_auc", "insertion_auc"]
+            writer.writerow(["by", "method", "group"] + metric_keys)
+            for by in ("kind", "class"):
+                for method, groups in self.breakdown(by).items():
+                    for group, row in groups.items():
+                        writer.writerow([by, method, group]
+                                        + [repr(float(row[k])) for k in metric_keys])
         summary = self.summary()
-        keys = [k for k, _ in COLUMNS] + ["pairs"]
+        keys = [k for k, _ in COLUMNS] + ["negative_share", "pairs"]
         with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["method"] + keys)
@@ -150,8 +244,8 @@ class EvaluationResult:
                 writer.writerow([method] + [repr(float(row[k])) for k in keys])
         with open(paths["records"], "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            cols = ["method", "index", "class", "msc", "pointing", "energy", "deletion_auc",
-                    "insertion_auc", "seconds"]
+            cols = ["method", "index", "class", "kind", "msc", "pointing", "energy",
+                    "deletion_auc", "insertion_auc", "seconds"]
             writer.writerow(cols + [f"iou@{float(t):.2f}" for t in self.thresholds])
             for r in self.records:
                 writer.writerow([r[c] for c in cols] + list(r["iou"]))
@@ -210,9 +304,38 @@ class EvaluationResult:
         return paths
 
 
+def _negative_share(rows: List[Dict[str, Any]]) -> float:
+    r"""The share of pairs with a defined mSC below zero (NaN without any)."""
+    values = [float(r["msc"]) for r in rows if not math.isnan(float(r["msc"]))]
+    return sum(v < 0 for v in values) / len(values) if values else float("nan")
+
+
 def _default_preprocess(classifier: CLIPZeroShotClassifier) -> Callable[[Any], Tensor]:
     adapter = classifier.adapter
-    return square_preprocess(adapter.input_size()[0], adapter.image_mean, adapter.image_std)
+    return square_preprocess(int(adapter.input_size()[0]), adapter.image_mean, adapter.image_std)
+
+
+def _token_map_methods(
+    specs: Mapping[str, MethodSpec],
+    classifier: CLIPZeroShotClassifier,
+    method_kwargs: Mapping[str, Mapping[str, Any]],
+) -> Dict[str, Any]:
+    r"""The methods that score every text from one forward (token-map attributions
+    asked for no ``attribute`` option other than ``feature_surgery``), with their mode."""
+    out: Dict[str, Any] = {}
+    for name, spec in specs.items():
+        if isinstance(spec, str):
+            if spec not in METHOD_NAMES:
+                continue
+            method: Any = build_method(spec, classifier)
+            kwargs = dict(_default_kwargs(spec, classifier, torch.zeros(1)))
+        else:
+            method, kwargs = spec, {}
+        kwargs.update(method_kwargs.get(name, {}))
+        if isinstance(method, TokenMapAttribution) and set(kwargs) <= {"feature_surgery"} \
+                and method.classifier is classifier:
+            out[name] = (method, kwargs.get("feature_surgery"))
+    return out
 
 
 def evaluate(
@@ -229,6 +352,7 @@ def evaluate(
     baseline: Union[str, Tensor] = "blur",
     method_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
     progress: bool = True,
+    per_pair: bool = False,
 ) -> EvaluationResult:
     r"""Score explanation methods on a dataset with the paper's metrics.
 
@@ -251,7 +375,8 @@ def evaluate(
         dataset (Dataset): items as in :mod:`captum_clip_surgery.evaluation.datasets`.
         classifier (CLIPZeroShotClassifier): built on ``dataset.class_names``.
         preprocess (Callable, optional): PIL → ``[3, h, w]``; default a square
-            resize to the model's input size with the OpenAI normalisation.
+            resize to the model's input size with the model's normalisation
+            (the adapter's ``image_mean`` / ``image_std``).
         batch_size (int): images per batch.
         limit (int, optional): evaluate the first ``limit`` images only.
         tolerance (float): pointing-game tolerance in pixels of the original image.
@@ -261,6 +386,11 @@ def evaluate(
         baseline (str or Tensor): deletion / insertion baseline.
         method_kwargs (dict, optional): per-method ``attribute`` keyword arguments.
         progress (bool): show a tqdm progress bar (rank 0 only).
+        per_pair (bool): explain every (image, class) pair in its own batch row with
+            every method. Default ``False``: token-map methods (CLIP Surgery, raw,
+            MaskCLIP, ...) run one forward per image and score all its classes from
+            it (:meth:`~TokenMapAttribution.similarity`), giving the same maps;
+            gradient methods always need one row (one backward) per pair, batched.
 
     Returns:
         EvaluationResult: records, summary table, writers and figures.
@@ -279,14 +409,27 @@ def evaluate(
         raise TypeError(
             f"classifier: expected a CLIPZeroShotClassifier, got {type(classifier).__name__}"
         )
+    check_int("batch_size", batch_size, minimum=1)
+    if limit is not None:
+        check_int("limit", limit, minimum=1)
+    check_positive_number("tolerance", tolerance, allow_zero=True)
+    check_bool("faithfulness", faithfulness)
+    check_int("deletion_steps", deletion_steps, minimum=1)
+    check_bool("progress", progress)
+    check_bool("per_pair", per_pair)
+    method_kwargs = check_method_kwargs(method_kwargs)
+    if preprocess is not None and not callable(preprocess):
+        raise TypeError(
+            f"preprocess: expected a callable PIL image -> [3, h, w] tensor, got "
+            f"{type(preprocess).__name__}"
+        )
     class_names = list(getattr(dataset, "class_names", []))
+    kinds = dict(getattr(dataset, "class_kinds", None) or {})
     if class_names != list(classifier.texts):
         raise ValueError(
             "classifier: its texts must be the dataset's class_names "
             f"({len(class_names)} names), got {len(classifier.texts)} texts"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     preprocess = preprocess or _default_preprocess(classifier)
     specs = dict(methods) if isinstance(methods, Mapping) else {m: m for m in methods}
     if not specs:
@@ -298,8 +441,6 @@ def evaluate(
 
     subset: Dataset = dataset
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit: expected >= 1, got {limit}")
         subset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))  # type: ignore[arg-type]
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
@@ -308,37 +449,53 @@ def evaluate(
                         collate_fn=collate_items)
     records: List[Dict[str, Any]] = []
     device = classifier.adapter.device
+    once = {} if per_pair else _token_map_methods(specs, classifier, method_kwargs)
     for batch in tqdm(loader, desc="evaluate", disable=not progress or rank != 0):
-        pairs = [(item, int(c)) for item in batch for c in torch.nonzero(item["present"]).flatten()]
+        pairs = [(p, int(c)) for p, item in enumerate(batch)
+                 for c in torch.nonzero(item["present"]).flatten()]
         if not pairs:
             continue
-        images = torch.stack([preprocess(item["image"]) for item, _ in pairs]).to(device)
+        # each image is preprocessed once; row r of a pair tensor is pair r's image
+        used = sorted({p for p, _ in pairs})
+        row = {p: r for r, p in enumerate(used)}
+        images = torch.stack([preprocess(batch[p]["image"]) for p in used]).to(device)
+        image_rows = torch.tensor([row[p] for p, _ in pairs], device=device)
         targets = [c for _, c in pairs]
+        pair_images = images[image_rows]
         for name, spec in specs.items():
             start = time.perf_counter()
-            maps = compare(classifier, images, targets, methods={name: spec},
-                           method_kwargs={name: dict((method_kwargs or {}).get(name, {}))})[name]
+            if name in once:  # one forward per image scores all its classes at once
+                method, mode = once[name]
+                scores = method.similarity(images, feature_surgery=mode)
+                picked = scores[image_rows, torch.tensor(targets, device=scores.device)]
+                raw = method.maps_from_scores(picked[:, None], pair_images)
+                maps = footing(raw, classifier, images.shape[-2:])
+            else:  # one row per (image, class) pair, the targets batched
+                maps = compare(classifier, pair_images, targets, methods={name: spec},
+                               method_kwargs={name: dict(method_kwargs.get(name, {}))})[name]
             seconds = (time.perf_counter() - start) / len(pairs)  # the batch's time, shared
             faith = None
             if faithfulness:
-                faith = deletion_insertion(classifier, images, maps.to(images.dtype), targets,
+                faith = deletion_insertion(classifier, pair_images, maps.to(images.dtype), targets,
                                            steps=deletion_steps, baseline=baseline)
-            for p, (item, c) in enumerate(pairs):
+            for r, (p, c) in enumerate(pairs):
+                item = batch[p]
                 mask = item["masks"][c][None, None]
-                m = F.interpolate(maps[p : p + 1].float().cpu(), size=mask.shape[-2:],
+                m = F.interpolate(maps[r : r + 1].float().cpu(), size=mask.shape[-2:],
                                   mode="bilinear", align_corners=False).clamp(0, 1)
                 records.append({
                     "method": name,
                     "index": int(item["index"]),
                     "class": class_names[c],
+                    "kind": str(kinds.get(class_names[c], "")),
                     "msc": float(mean_score_contrast(m, mask, "none")[0]),
                     "pointing": float(pointing_game(m, mask, tolerance, "none")[0]),
                     "energy": float(energy_pointing_game(m, mask, "none")[0]),
                     "iou": [float(v) for v in iou.per_example(m, mask)[0]],
-                    "deletion_auc": float(faith["deletion_auc"][p]) if faith else float("nan"),
-                    "insertion_auc": float(faith["insertion_auc"][p]) if faith else float("nan"),
-                    "deletion_curve": faith["deletion_curve"][p].tolist() if faith else [],
-                    "insertion_curve": faith["insertion_curve"][p].tolist() if faith else [],
+                    "deletion_auc": float(faith["deletion_auc"][r]) if faith else float("nan"),
+                    "insertion_auc": float(faith["insertion_auc"][r]) if faith else float("nan"),
+                    "deletion_curve": faith["deletion_curve"][r].tolist() if faith else [],
+                    "insertion_curve": faith["insertion_curve"][r].tolist() if faith else [],
                     "seconds": seconds,
                 })
     if distributed:
@@ -353,4 +510,4 @@ def evaluate(
     records.sort(key=lambda r: (list(specs).index(r["method"]), r["index"],
                                 class_names.index(r["class"])))
     return EvaluationResult(records=records, thresholds=thresholds, methods=list(specs),
-                            num_images=len(subset))
+                            num_images=len(subset), class_names=class_names)

@@ -1,5 +1,5 @@
 r"""Task metrics: open-vocabulary semantic segmentation mIoU and multi-label mAP
-(METHOD §9–10), backed by torchmetrics."""
+(``docs/method.md`` §9, §11), backed by torchmetrics."""
 
 from __future__ import annotations
 

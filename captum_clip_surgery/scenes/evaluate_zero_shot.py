@@ -1,12 +1,14 @@
 r"""Zero-shot accuracy of the shipped scenes CLIP on held-out scenes.
 
-``python -m captum_clip_surgery.scenes.evaluate_zero_shot [--n 500]`` prints
-object-presence top-1 on single-object scenes (texts: the object classes) and
-background top-1 (texts: the background classes), both with the package's
-default 85-template prompt ensemble (every template embedded, L2-normalised,
-averaged, L2-normalised again). Held-out scenes start at
-:data:`~captum_clip_surgery.scenes.world.HELD_OUT_START` and are drawn with
-``n_objects=1``, so they never coincide with a training scene.
+``python -m captum_clip_surgery.scenes.evaluate_zero_shot [--n 500] [--n-multi 400]``
+prints object-presence top-1 on single-object scenes (texts: the object classes),
+background top-1 (texts: the background classes) and multi-object top-1 on scenes
+with 1–3 objects (a hit when the ``k`` highest-scoring object classes are exactly the
+scene's ``k`` objects), all with the package's default 85-template prompt ensemble
+(every template embedded, L2-normalised, averaged, L2-normalised again). Held-out
+scenes start at :data:`~captum_clip_surgery.scenes.world.HELD_OUT_START` (indices the
+training never draws), with ``n_objects=1`` for the single-object tasks and the
+world's own random count for the multi-object task.
 ``--checkpoint DIR/checkpoint.safetensors`` evaluates a training checkpoint instead.
 """
 
@@ -54,6 +56,7 @@ def zero_shot_accuracy(
     weights: Optional[str] = None,
     batch_size: int = 100,
     model: Optional[nn.Module] = None,
+    n_multi: int = 0,
 ) -> Dict[str, float]:
     r"""Held-out zero-shot top-1 accuracies of the shipped model.
 
@@ -65,9 +68,12 @@ def zero_shot_accuracy(
         batch_size (int): images per forward.
         model (nn.Module, optional): evaluate this open_clip ``CLIP`` (e.g. from
             :func:`load_checkpoint`) instead of loading weights.
+        n_multi (int): multi-object scenes (1–3 objects) for ``"multi_object_top1"``;
+            0 skips the task.
 
     Returns:
-        dict: ``{"object_top1": ..., "background_top1": ...}`` in ``[0, 1]``.
+        dict: ``{"object_top1": ..., "background_top1": ...}`` in ``[0, 1]``, and
+        ``"multi_object_top1"`` when ``n_multi > 0``.
 
     Examples::
 
@@ -91,13 +97,25 @@ def zero_shot_accuracy(
         bg = torch.tensor([world.background_classes.index(s["background"]) for s in scenes])
         hits["object_top1"] += int((objects(images).argmax(-1) == obj).sum())
         hits["background_top1"] += int((backgrounds(images).argmax(-1) == bg).sum())
-    return {k: v / n for k, v in hits.items()}
+    out = {k: v / n for k, v in hits.items()}
+    if n_multi > 0:
+        multi = 0
+        for lo in range(0, n_multi, batch_size):
+            scenes = [world.sample(start + i) for i in range(lo, min(n_multi, lo + batch_size))]
+            logits = objects(torch.stack([preprocess(s["image"]) for s in scenes]))
+            for row, s in zip(logits, scenes):
+                top = row.topk(len(s["objects"])).indices.tolist()
+                multi += {world.object_classes[i] for i in top} == set(s["objects"])
+        out["multi_object_top1"] = multi / n_multi
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     r"""Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--n-multi", type=int, default=400,
+                        help="multi-object scenes (0 skips the task; default 400)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default=None, help="weights in the shipped format")
     parser.add_argument("--checkpoint", default=None, help="a training checkpoint.safetensors")
@@ -105,9 +123,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint) if args.checkpoint else None
-    acc = zero_shot_accuracy(n=args.n, seed=args.seed, weights=args.weights, model=model)
-    print(f"object presence top-1 (single-object scenes, n={args.n}): {acc['object_top1']:.3f}")
-    print(f"background top-1 (n={args.n}): {acc['background_top1']:.3f}")
+    acc = zero_shot_accuracy(n=args.n, seed=args.seed, weights=args.weights, model=model,
+                             n_multi=args.n_multi)
+    print(f"object presence top-1 (single-object scenes, n={args.n}): {acc['object_top1']:.4f}")
+    print(f"background top-1 (n={args.n}): {acc['background_top1']:.4f}")
+    if "multi_object_top1" in acc:
+        print(f"multi-object top-1 (1-3 objects, top-k classes = the present set, "
+              f"n={args.n_multi}): {acc['multi_object_top1']:.4f}")
 
 
 if __name__ == "__main__":

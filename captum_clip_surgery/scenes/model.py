@@ -17,6 +17,7 @@ __all__ = [
     "MODEL_CONFIG",
     "WEIGHTS_PATH",
     "build_scenes_clip",
+    "describe_weights",
     "export_weights",
     "load_scenes_clip",
     "scenes_preprocess",
@@ -143,3 +144,33 @@ def load_scenes_clip(
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
     size = int(config["vision_cfg"]["image_size"])
     return model, scenes_preprocess(size), scenes_tokenizer(int(config["text_cfg"]["context_length"]))
+
+
+def describe_weights(path: Optional[str] = None) -> Dict[str, Any]:
+    r"""Facts about a weights file of the shipped format (read with safetensors only).
+
+    Args:
+        path (str, optional): default the shipped weights.
+
+    Returns:
+        dict: ``parameters`` (of the loaded model), ``embedding_parameters`` (the full
+        token-embedding table), ``stored_embedding_rows``, ``file_bytes``,
+        ``logit_scale`` (the learnt temperature, exponentiated) and the training
+        ``metadata`` stored in the file (steps, seed, batch size, train seconds).
+    """
+    from safetensors import safe_open
+
+    path = path or WEIGHTS_PATH
+    model, _, _ = load_scenes_clip(weights=path)
+    with safe_open(path, "pt") as fh:
+        metadata = dict(fh.metadata() or {})
+        rows = int(fh.get_tensor("token_embedding.ids").numel())
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "embedding_parameters": model.state_dict()[_EMBEDDING].numel(),
+        "stored_embedding_rows": rows,
+        "file_bytes": os.path.getsize(path),
+        "logit_scale": float(model.logit_scale.detach().exp()),
+        "metadata": metadata,
+    }
+

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -149,6 +150,12 @@ def _read_records(path):
     return rows
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
     data, clf, transform = scenes
     args = ["evaluate", "--dataset", "scenes", "--limit", "5", "--methods", "surgery,raw",
@@ -161,7 +168,8 @@ def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
     # 5 images over 2 ranks: the sampler pads rank 1 with a repeated image.
     torchrun = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29517", "-m", "captum_clip_surgery", *args,
+         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+         "-m", "captum_clip_surgery", *args,
          "--out", str(tmp_path / "two")],
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert torchrun.returncode == 0, torchrun.stderr
@@ -169,9 +177,10 @@ def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
     one, two = _read_records(tmp_path / "one"), _read_records(tmp_path / "two")
     assert len(one) == len(two) > 0
     for a, b in zip(one, two):
-        assert (a["method"], a["index"], a["class"]) == (b["method"], b["index"], b["class"])
+        assert (a["method"], a["index"], a["class"], a["kind"]) == (
+            b["method"], b["index"], b["class"], b["kind"])
         for k in a:
-            if k not in ("method", "class"):
+            if k not in ("method", "class", "kind"):
                 assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-5, nan_ok=True), k
 
     api = evaluate(["surgery", "raw"], ScenesSegmentation(size=5), clf, transform, batch_size=2,
@@ -182,7 +191,10 @@ def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
         for key in ("msc", "miou", "threshold", "pointing", "energy", "pairs"):
             assert float(cli[method][key]) == pytest.approx(api[method][key], abs=1e-6), key
     table = open(tmp_path / "one" / "results.md", encoding="utf-8").read()
-    assert table in single.stdout  # the CLI prints the table it writes
+    assert table in single.stdout  # the CLI prints the table it writes ...
+    breakdown = open(tmp_path / "one" / "breakdown.md", encoding="utf-8").read()
+    by_kind = breakdown.split("## By kind\n\n")[1].split("\n## By class")[0]
+    assert by_kind in single.stdout  # ... and the breakdown by kind
 
 
 def test_seconds_per_image_is_the_time_per_image(scenes, monkeypatch):
@@ -197,3 +209,63 @@ def test_seconds_per_image_is_the_time_per_image(scenes, monkeypatch):
                       faithfulness=False, progress=False)
     for method in ("raw", "surgery"):
         assert result.summary()[method]["seconds_per_image"] == pytest.approx(2 / 6)
+
+
+def test_one_forward_per_image_equals_the_per_pair_path(scenes, monkeypatch):
+    # token-map methods score every class of an image from one forward; the records equal
+    # those of one batch row per (image, class) pair, as before
+    data, clf, transform = scenes
+    methods = ["surgery", "surgery_empty", "raw", "maskclip", "gradcam"]
+    kwargs = dict(batch_size=3, limit=5, deletion_steps=3, progress=False)
+    old = evaluate(methods, data, clf, transform, per_pair=True, **kwargs)
+    rows = []
+    original = CLIPSurgeryAttribution.token_features
+    monkeypatch.setattr(CLIPSurgeryAttribution, "token_features",
+                        lambda self, x: rows.append(x.shape[0]) or original(self, x))
+    new = evaluate(methods, data, clf, transform, **kwargs)
+    _assert_same_records(old.records, new.records, tol=1e-4)
+    # surgery and surgery_empty: one row per image (5 images in batches of 3 and 2)
+    assert rows == [3, 3, 2, 2]
+    pairs = sum(int(data[i]["present"].sum()) for i in range(5))
+    assert pairs > 5 and len(new.records) == len(methods) * pairs
+
+
+def test_breakdown_by_kind_and_class_reaggregates_the_records(scenes, tmp_path):
+    data, clf, transform = scenes
+    result = evaluate(["surgery", "raw"], data, clf, transform, batch_size=4, limit=6,
+                      tolerance=0, faithfulness=False, progress=False)
+    assert {r["kind"] for r in result.records} == {"object", "background"}
+    for r in result.records:
+        assert r["kind"] == data.class_kinds[r["class"]]
+    summary = result.summary()
+    for by in ("kind", "class"):
+        table = result.breakdown(by)
+        for method in ("surgery", "raw"):
+            best = int((result.thresholds - summary[method]["threshold"]).abs().argmin())
+            total = 0
+            for group, row in table[method].items():
+                rows = [r for r in result.records if r["method"] == method and r[by] == group]
+                total += len(rows)
+                assert row["pairs"] == len(rows)
+                assert row["msc"] == pytest.approx(sum(r["msc"] for r in rows) / len(rows))
+                assert row["negative_share"] == pytest.approx(
+                    sum(r["msc"] < 0 for r in rows) / len(rows))
+                assert row["pointing"] == pytest.approx(
+                    sum(r["pointing"] for r in rows) / len(rows))
+                assert row["iou"] == pytest.approx(sum(r["iou"][best] for r in rows) / len(rows))
+            assert total == summary[method]["pairs"]
+    assert list(result.breakdown("class")["raw"]) == [
+        c for c in data.class_names if c in {r["class"] for r in result.records}]
+    assert summary["raw"]["negative_share"] == pytest.approx(
+        sum(r["msc"] < 0 for r in result.records if r["method"] == "raw")
+        / summary["raw"]["pairs"])
+    paths = result.write(str(tmp_path))
+    with open(paths["breakdown_csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["by"], r["method"], r["group"]) for r in rows} == {
+        (by, m, g) for by in ("kind", "class") for m, groups in
+        ((m, result.breakdown(by)[m]) for m in ("surgery", "raw")) for g in groups}
+    text = open(paths["breakdown"], encoding="utf-8").read()
+    assert result.breakdown_markdown("kind") in text and result.breakdown_markdown("class") in text
+    with pytest.raises(ValueError, match="by: expected 'kind' or 'class'"):
+        result.breakdown("image")

@@ -114,3 +114,40 @@ def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
     for k in a:
         assert torch.equal(a[k], b[k]), k  # resuming continues bit-for-bit
     assert not torch.equal(a["logit_scale"], build_scenes_clip().state_dict()["logit_scale"])
+
+
+def test_describe_prints_the_facts_of_the_weights_file(shipped: Any, capsys: Any) -> None:
+    from safetensors import safe_open
+
+    from captum_clip_surgery.scenes.describe import main as describe_main
+    from captum_clip_surgery.scenes.model import describe_weights
+
+    model, _, _ = shipped
+    info = describe_weights()
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["embedding_parameters"] == model.token_embedding.weight.numel()
+    assert info["file_bytes"] == os.path.getsize(WEIGHTS_PATH)
+    with safe_open(WEIGHTS_PATH, "pt") as fh:
+        assert info["stored_embedding_rows"] == fh.get_tensor("token_embedding.ids").numel()
+    assert info["logit_scale"] == pytest.approx(float(model.logit_scale.detach().exp()))
+    describe_main([])
+    out = capsys.readouterr().out
+    assert f"parameters: {info['parameters']:,}" in out and f"{info['file_bytes']:,} bytes" in out
+
+
+def test_multi_object_top1_is_the_top_k_set_rule(shipped: Any) -> None:
+    from captum_clip_surgery.scenes.evaluate_zero_shot import zero_shot_accuracy
+
+    model, preprocess, tokenizer = shipped
+    acc = zero_shot_accuracy(n=4, n_multi=12, batch_size=5)
+    world = ScenesWorld(seed=0, size=model.visual.image_size[0])
+    scenes = [world.sample(HELD_OUT_START + i) for i in range(12)]
+    assert {len(s["objects"]) for s in scenes} > {1}  # the task has multi-object scenes
+    clf = CLIPZeroShotClassifier(model, world.object_classes, tokenizer=tokenizer)
+    with torch.no_grad():
+        logits = clf(torch.stack([preprocess(s["image"]) for s in scenes]))
+    hits = 0
+    for row, s in zip(logits, scenes):
+        ranked = [world.object_classes[i] for i in row.argsort(descending=True).tolist()]
+        hits += sorted(ranked[: len(s["objects"])]) == sorted(s["objects"])
+    assert acc["multi_object_top1"] == pytest.approx(hits / 12)

@@ -1,0 +1,38 @@
+r"""The public namespace: flat, exported names only, and submodules stay modules."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+
+import captum_clip_surgery as cs
+
+
+def test_every_exported_name_exists_and_is_public():
+    assert len(cs.__all__) == len(set(cs.__all__))
+    for name in cs.__all__:
+        assert hasattr(cs, name), name
+        assert not name.startswith("_"), name
+    assert "TokenGrid" not in cs.__all__ and not hasattr(cs, "TokenGrid")
+    assert "plot_text_grid" in cs.__all__
+
+
+def test_feature_surgery_module_and_function_both_importable():
+    module = importlib.import_module("captum_clip_surgery.feature_surgery")
+    assert isinstance(module, types.ModuleType)
+    import captum_clip_surgery.feature_surgery as again
+
+    assert again is module  # the package attribute is the module, not a function
+    assert isinstance(cs.feature_surgery, types.ModuleType)
+    assert cs.feature_surgery_scores is module.feature_surgery_scores
+    assert inspect.isfunction(module.feature_surgery)
+
+
+def test_submodules_of_exported_functions_stay_modules():
+    # no exported name shadows a submodule of the package
+    import pkgutil
+
+    for info in pkgutil.iter_modules(cs.__path__):
+        attr = getattr(cs, info.name, None)
+        assert attr is None or isinstance(attr, types.ModuleType), info.name
