@@ -17,7 +17,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -71,10 +71,17 @@ class Row:
     kind: str = ""
     blocks: int = 0
     reason: str = ""
+    #: the adapter's input size, mean and std; and those of the model's preprocess config
+    input_size: Optional[Tuple[int, int]] = None
+    mean: Optional[Tuple[float, ...]] = None
+    std: Optional[Tuple[float, ...]] = None
+    preprocess: Optional[Dict[str, Any]] = None
 
 
 def coverage_row(name: str) -> Row:
     r"""Build one config and ask :func:`get_adapter` about it."""
+    import open_clip
+
     from captum_clip_surgery.adapters import get_adapter
 
     try:
@@ -91,7 +98,9 @@ def coverage_row(name: str) -> Row:
     if kind == "attention":
         kind += f" ({image.head.query_kind})"
     return Row(name, built=True, accepted=True, adapter=type(adapter).__name__, kind=kind,
-               blocks=len(image.blocks))
+               blocks=len(image.blocks), input_size=tuple(adapter.input_size()),
+               mean=tuple(adapter.image_mean), std=tuple(adapter.image_std),
+               preprocess=dict(open_clip.get_model_preprocess_cfg(model)))
 
 
 def coverage_rows(names: Optional[List[str]] = None) -> List[Row]:
@@ -113,14 +122,15 @@ def summary(rows: List[Row]) -> Dict[str, Any]:
 
 
 def markdown(rows: List[Row], only_rejected: bool = False) -> str:
-    lines = ["| config | accepted | adapter | head kind | attention blocks | reason |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| config | accepted | adapter | head kind | attention blocks | input | reason |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r.built or (only_rejected and r.accepted):
             continue
         reason = r.reason.replace("|", "\\|")
+        size = f"{r.input_size[0]}x{r.input_size[1]}" if r.input_size else ""
         lines.append(f"| {r.name} | {'yes' if r.accepted else 'no'} | {r.adapter} | {r.kind} | "
-                     f"{r.blocks if r.accepted else ''} | {reason} |")
+                     f"{r.blocks if r.accepted else ''} | {size} | {reason} |")
     missing = [r for r in rows if not r.built]
     if missing:
         lines.append("")

@@ -326,6 +326,9 @@ class _OpenCLIPViTView(ImageTowerView):
         self.native_grid = tuple(visual.grid_size)
         self.blocks = [_block_view(b) for b in visual.transformer.resblocks]
 
+    def input_size(self) -> Tuple[int, int]:
+        return tuple(int(s) for s in self.visual.image_size)  # type: ignore[return-value]
+
     def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         v = self.visual
         x = v.conv1(images)

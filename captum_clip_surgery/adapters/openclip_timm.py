@@ -428,6 +428,7 @@ class _TimmViTView(ImageTowerView):
         self.num_prefix_tokens = int(trunk.num_prefix_tokens)
         self.native_grid = tuple(int(g) for g in pe.grid_size)
         size = tuple(int(s) for s in pe.img_size)
+        self._size = size
         self.patch_size = (size[0] // self.native_grid[0], size[1] // self.native_grid[1])
         self._ropes: Dict[int, Optional[Tensor]] = {}
         self.native_only = isinstance(trunk, RelPosViT)
@@ -507,6 +508,11 @@ class _TimmViTView(ImageTowerView):
             f"model: the {type(trunk).__qualname__} trunk pools with global_pool={pool!r}; "
             "expected 'token', 'avg' or 'map'"
         )
+
+    def input_size(self) -> Tuple[int, int]:
+        r"""The size the patch embedding was built for (it may exceed grid × patch: a
+        patch-14 trunk at 384 px drops the last 6 pixels, as the model does)."""
+        return self._size  # type: ignore[return-value]
 
     def rope_for(self, num_tokens: int) -> Optional[Tensor]:
         r"""The rotary embedding of the last grid embedded with ``num_tokens`` tokens."""
