@@ -394,6 +394,10 @@ class _OpenCLIPResNetView(ImageTowerView):
         return self.visual.layer4
 
 
+#: Vocabulary size of the CLIP BPE tokenizer (open_clip's ``SimpleTokenizer``).
+CLIP_BPE_VOCAB = 49408
+
+
 class _OpenCLIPTextView(TextTowerView):
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -417,6 +421,16 @@ class _OpenCLIPTextView(TextTowerView):
         self._decoder: Optional[open_clip.SimpleTokenizer] = None
 
     def default_tokenizer(self) -> Callable[[List[str]], Tensor]:
+        r"""open_clip's CLIP BPE tokenizer; refused (``TypeError``) for text towers with
+        another vocabulary (SigLIP, multilingual towers), whose tokenizer the model does
+        not record: pass ``tokenizer=open_clip.get_tokenizer(name)`` for those."""
+        vocab = getattr(self.model, "vocab_size", None)
+        if vocab is not None and int(vocab) != CLIP_BPE_VOCAB:
+            raise TypeError(
+                f"tokenizer: this model's text tower has a {int(vocab)}-token vocabulary, not "
+                f"the CLIP BPE's {CLIP_BPE_VOCAB}; pass its own tokenizer, e.g. "
+                "tokenizer=open_clip.get_tokenizer('<model name>')"
+            )
         return open_clip.SimpleTokenizer(context_length=self.context_length)
 
     def _truncation_length(self, ids: Tensor) -> Optional[int]:

@@ -6,6 +6,7 @@ import open_clip
 import pytest
 import torch
 
+from captum_clip_surgery import CLIPZeroShotClassifier
 from captum_clip_surgery._architecture import image_token_features, pooled_image_features
 from captum_clip_surgery.adapters import (
     OpenCLIPAdapter,
@@ -118,3 +119,15 @@ def test_attentional_pool_tower_pools_like_the_model():
                                    model.encode_image(images), atol=1e-5, rtol=1e-5)
         raw, grid = image_token_features(adapter, images, 0, surgery=False)
     assert raw.shape == (2, 1 + 16, 32) and grid == (4, 4)
+
+
+def test_default_tokenizer_is_refused_for_another_vocabulary():
+    torch.manual_seed(0)
+    text = dict(context_length=8, vocab_size=100, width=16, heads=2, layers=1)
+    model = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=8, width=16,
+                                                         layers=1, head_width=8), text_cfg=text)
+    with pytest.raises(TypeError, match=r"^tokenizer: .*100-token vocabulary.*get_tokenizer"):
+        CLIPZeroShotClassifier(model, ["dog"])
+    clf = CLIPZeroShotClassifier(model, ["dog", "cat"], templates=["{}"],
+                                 tokenizer=lambda texts: open_clip.tokenize(texts, 8) % 100)
+    assert clf.text_features.shape == (2, 16)
