@@ -103,12 +103,14 @@ def test_unsupported_models_raise_type_error_naming_families():
     assert any("open_clip" in f for f in supported_families())
 
 
-def test_attentional_pool_tower_pools_like_the_model():
+@pytest.mark.parametrize("pool_type", ["tok", "avg"])
+def test_attentional_pool_tower_pools_like_the_model(pool_type):
     # tokens as wide as the pooler's queries: one fused in-projection, and grid tokens can
-    # query the pool (the raw map)
+    # query the pool (the raw map); 'tok' pools the first query, 'avg' the mean of the others
     torch.manual_seed(0)
     cfg = dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16,
-               attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2)
+               attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2,
+               pool_type=pool_type)
     model = open_clip.CLIP(embed_dim=32, vision_cfg=cfg, text_cfg=dict(context_length=8, vocab_size=100, width=16, heads=2, layers=1))
     assert model.visual.attn_pool.attn._qkv_same_embed_dim
     adapter = get_adapter(model)
