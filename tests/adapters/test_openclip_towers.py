@@ -226,12 +226,17 @@ def test_siglip_map_head_is_the_models_attention_pool():
 
 
 def test_eva_rope_follows_the_grid():
+    import timm
+
     model = BUILDERS["eva02"]()
     view = get_adapter(model).image
     rope = model.visual.trunk.rope
     assert torch.equal(view._rope(view.native_grid), rope.get_embed())
     wide = view._rope((4, 6))
-    assert wide.shape == (24, rope.get_embed().shape[-1])
+    # timm's own rule for other sizes: the same trunk built for dynamic image sizes
+    dynamic = timm.create_model(TOWERS["eva02"].trunk, dynamic_img_size=True).rope
+    torch.testing.assert_close(wide, dynamic.get_embed(shape=[4, 6]))
+    torch.testing.assert_close(view._rope(view.native_grid), dynamic.get_embed(shape=[4, 4]))
     with torch.no_grad():
         x, grid = view.embed(_images(model, b=1, extra=(0, 16)))
     assert grid == (4, 6) and torch.equal(view.rope_for(x.shape[1]), wide)
