@@ -51,8 +51,9 @@ __all__ = ["OpenCLIPTimmAdapter"]
 
 
 def _timm(module: str, name: str) -> Any:
-    r"""A timm class by module and name, or a placeholder class no object is an instance
-    of (older timm releases lack some classes; their towers are then refused)."""
+    r"""A timm class (or function) by module and name, or a placeholder class no object is
+    an instance of (timm missing, or an older release without it; those towers are then
+    refused)."""
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
@@ -78,7 +79,9 @@ SwinTransformer = _timm("timm.models.swin_transformer", "SwinTransformer")
 ClassifierHead = _timm("timm.layers", "ClassifierHead")
 NormMlpClassifierHead = _timm("timm.layers", "NormMlpClassifierHead")
 RotaryEmbeddingCat = _timm("timm.layers", "RotaryEmbeddingCat")
-_apply_rot_embed_cat = getattr(importlib.import_module("timm.layers"), "apply_rot_embed_cat", None)
+_apply_rot_embed_cat = _timm("timm.layers", "apply_rot_embed_cat")
+if isinstance(_apply_rot_embed_cat, type):  # a placeholder: this timm lacks the function
+    _apply_rot_embed_cat = None
 
 #: Average pool types of timm's ``SelectAdaptivePool2d``.
 _AVERAGE_POOLS = ("avg", "fast", "fastavg")
