@@ -13,7 +13,8 @@ r"""Core speed and memory ratios, measured side by side in one run.
    at each model's input size — open_clip ViT-B-16 (open_clip's own tower), open_clip
    ViT-B-16-SigLIP (timm ViT, MAP head), open_clip EVA02-B-16 (timm Eva, RoPE), and
    Hugging Face CLIP ViT-B/16 when ``captum_clip_surgery.adapters.huggingface`` exists
-   (skipped otherwise) — target <= 1.15 each.
+   (skipped otherwise) — target <= 1.15 each. On the CPU timed by process CPU time on
+   one thread (robust to other load on a shared machine), on CUDA by wall time.
 
 Run: ``python benchmarks/bench_core.py [--device cpu|cuda] [--repeats 5]``; the family
 table alone: ``--sections families --family-batch 2 --family-repeats 3``.
@@ -38,12 +39,12 @@ CLASSES = [
 ]
 
 
-def _time(fn, sync) -> float:
+def _time(fn, sync, clock=time.perf_counter) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     fn()
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def bench_attribute(device: str, repeats: int) -> dict:
@@ -178,8 +179,10 @@ FAMILIES: Dict[str, Callable[[], Any]] = {
 def bench_family(build: Callable[[], Any], device: str, batch: int, repeats: int) -> Optional[dict]:
     r"""``attribute`` ÷ the model's own image forward for one family, timed alternately.
 
-    The ratio is of the fastest run of each (other processes on a shared CPU only add
-    time); the ratio of the medians is reported beside it."""
+    On the CPU both are timed by the process's CPU time on one thread, which other
+    processes on a shared machine hardly change (wall time there varies several-fold with
+    the load); on CUDA by wall time. The ratio is of the fastest run of each; the ratio of
+    the medians is reported beside it."""
     from captum_clip_surgery import CLIPSurgeryAttribution, CLIPZeroShotClassifier
 
     torch.manual_seed(0)
@@ -193,21 +196,30 @@ def bench_family(build: Callable[[], Any], device: str, batch: int, repeats: int
     adapter = clf.adapter
     h, w = adapter.input_size()
     images = torch.randn(batch, 3, h, w, device=device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    with torch.no_grad():
-        _ = clf.text_features  # fill the cache
-        explainer.attribute(images, target=0)  # warm-up
-        adapter.encode_image(images)
-        plain, ours = [], []
-        for i in range(repeats):
-            target = i % len(CLASSES)
-            plain.append(_time(lambda: adapter.encode_image(images), sync))
-            ours.append(_time(lambda t=target: explainer.attribute(images, target=t), sync))
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = time.perf_counter if cuda else time.process_time
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            _ = clf.text_features  # fill the cache
+            explainer.attribute(images, target=0)  # warm-up
+            adapter.encode_image(images)
+            plain, ours = [], []
+            for i in range(repeats):
+                target = i % len(CLASSES)
+                plain.append(_time(lambda: adapter.encode_image(images), sync, clock))
+                ours.append(_time(lambda t=target: explainer.attribute(images, target=t), sync, clock))
+    finally:
+        torch.set_num_threads(threads)
     p, o = min(plain), min(ours)
     image = adapter.image
     return {"adapter": type(adapter).__name__, "head": image.kind, "blocks": len(image.blocks),
-            "input": f"{h}x{w}", "batch": batch, "encode_image_s": p, "attribute_s": o,
-            "ratio": o / p, "ratio_median": statistics.median(ours) / statistics.median(plain)}
+            "input": f"{h}x{w}", "batch": batch, "clock": "wall" if cuda else "cpu, 1 thread",
+            "encode_image_s": p, "attribute_s": o, "ratio": o / p,
+            "ratio_median": statistics.median(ours) / statistics.median(plain)}
 
 
 def bench_families(device: str, batch: int, repeats: int) -> Dict[str, Optional[dict]]:
@@ -248,16 +260,16 @@ def main() -> None:
         print(f"text encoding 20x85 prompts, full / truncated: {t['speedup']:.2f}x  "
               f"({t['full_s']:.2f} s / {t['truncated_s']:.2f} s)   target >= 3")
     if "families" in results:
-        print("\n| family | adapter | head | blocks | input | batch | encode_image s (min) | "
+        print("\n| family | adapter | head | blocks | input | batch | clock | encode_image s (min) | "
               "attribute s (min) | attribute / encode_image (target <= 1.15) | ratio of medians |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, r in results["families"].items():
             if r is None:
-                print(f"| {name} | skipped: adapter module not installed | | | | | | | | |")
+                print(f"| {name} | skipped: adapter module not installed | | | | | | | | | |")
                 continue
             print(f"| {name} | {r['adapter']} | {r['head']} | {r['blocks']} | {r['input']} | "
-                  f"{r['batch']} | {r['encode_image_s']:.3f} | {r['attribute_s']:.3f} | "
-                  f"{r['ratio']:.3f} | {r['ratio_median']:.3f} |")
+                  f"{r['batch']} | {r['clock']} | {r['encode_image_s']:.3f} | "
+                  f"{r['attribute_s']:.3f} | {r['ratio']:.3f} | {r['ratio_median']:.3f} |")
     if "memory" in results:
         m = results["memory"]
         print(f"feature surgery peak memory, closed / BxNxTxC: {m['ratio']:.5f}  "
