@@ -8,18 +8,28 @@ r"""Core speed and memory ratios, measured side by side in one run.
    the package's closed form ÷ the release's element-wise B×N×T×C form — target <= 1/100.
    Each form runs in its own subprocess (Linux); peak = growth of the resident set's
    high-water mark after resetting it once the inputs exist.
+4. Per model family, side by side: ``CLIPSurgeryAttribution.attribute`` (cached text) ÷
+   the model's own image forward (``adapter.encode_image``), same batch, random init,
+   at each model's input size — open_clip ViT-B-16 (open_clip's own tower), open_clip
+   ViT-B-16-SigLIP (timm ViT, MAP head), open_clip EVA02-B-16 (timm Eva, RoPE), and
+   Hugging Face CLIP ViT-B/16 when ``captum_clip_surgery.adapters.huggingface`` exists
+   (skipped otherwise) — target <= 1.15 each. On the CPU timed by process CPU time on
+   one thread (robust to other load on a shared machine), on CUDA by wall time.
 
-Run: ``python benchmarks/bench_core.py [--device cpu|cuda] [--repeats 5]``.
+Run: ``python benchmarks/bench_core.py [--device cpu|cuda] [--repeats 5]``; the family
+table alone: ``--sections families --family-batch 2 --family-repeats 3``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
 import sys
 import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -29,12 +39,12 @@ CLASSES = [
 ]
 
 
-def _time(fn, sync) -> float:
+def _time(fn, sync, clock=time.perf_counter) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     fn()
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def bench_attribute(device: str, repeats: int) -> dict:
@@ -119,30 +129,147 @@ def bench_memory() -> dict:
     return out
 
 
+def _valid_ids(model: Any, context_length: int) -> Callable[[List[str]], torch.Tensor]:
+    r"""CLIP BPE token ids folded into the text tower's vocabulary: the weights are random,
+    so the ids need only be valid (a SigLIP tokenizer would need the Hugging Face hub)."""
+    import open_clip
+
+    vocab = int(getattr(model, "vocab_size", 49408) or 49408)
+    tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+    return lambda texts: tokenizer(texts) % vocab
+
+
+def _open_clip_family(name: str) -> Callable[[], Tuple[Any, Callable[[List[str]], torch.Tensor]]]:
+    def build() -> Tuple[Any, Callable[[List[str]], torch.Tensor]]:
+        import open_clip
+
+        model = open_clip.create_model(name).eval()
+        return model, _valid_ids(model, int(model.context_length))
+
+    return build
+
+
+# ---- slot: Hugging Face CLIP ViT-B/16 ------------------------------------------------------
+# Runs when the Hugging Face adapter (captum_clip_surgery.adapters.huggingface, written in
+# another branch) is installed; returns None, and the row is skipped, otherwise.
+def _hf_clip_vit_b16() -> Optional[Tuple[Any, Callable[[List[str]], torch.Tensor]]]:
+    if importlib.util.find_spec("captum_clip_surgery.adapters.huggingface") is None:
+        return None
+    import open_clip
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, image_size=224, patch_size=16),
+        projection_dim=512,
+    )
+    model = CLIPModel(config).eval()
+    return model, open_clip.SimpleTokenizer(context_length=77)  # the same BPE as HF's CLIP
+
+
+#: family row -> builder of (random-init model, tokenizer); a builder may return None (skip)
+FAMILIES: Dict[str, Callable[[], Any]] = {
+    "open_clip ViT-B-16 (open_clip ViT)": _open_clip_family("ViT-B-16"),
+    "open_clip ViT-B-16-SigLIP (timm ViT, MAP)": _open_clip_family("ViT-B-16-SigLIP"),
+    "open_clip EVA02-B-16 (timm Eva, RoPE)": _open_clip_family("EVA02-B-16"),
+    "HF CLIP ViT-B/16 (transformers)": _hf_clip_vit_b16,
+}
+
+
+def bench_family(build: Callable[[], Any], device: str, batch: int, repeats: int) -> Optional[dict]:
+    r"""``attribute`` ÷ the model's own image forward for one family, timed alternately.
+
+    On the CPU both are timed by the process's CPU time on one thread, which other
+    processes on a shared machine hardly change (wall time there varies several-fold with
+    the load); on CUDA by wall time. The ratio is of the fastest run of each; the ratio of
+    the medians is reported beside it."""
+    from captum_clip_surgery import CLIPSurgeryAttribution, CLIPZeroShotClassifier
+
+    torch.manual_seed(0)
+    built = build()
+    if built is None:
+        return None
+    model, tokenizer = built
+    model = model.to(device)
+    clf = CLIPZeroShotClassifier(model, CLASSES, templates=["a photo of a {}."], tokenizer=tokenizer)
+    explainer = CLIPSurgeryAttribution(clf)
+    adapter = clf.adapter
+    h, w = adapter.input_size()
+    images = torch.randn(batch, 3, h, w, device=device)
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = time.perf_counter if cuda else time.process_time
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            _ = clf.text_features  # fill the cache
+            explainer.attribute(images, target=0)  # warm-up
+            adapter.encode_image(images)
+            plain, ours = [], []
+            for i in range(repeats):
+                target = i % len(CLASSES)
+                plain.append(_time(lambda: adapter.encode_image(images), sync, clock))
+                ours.append(_time(lambda t=target: explainer.attribute(images, target=t), sync, clock))
+    finally:
+        torch.set_num_threads(threads)
+    p, o = min(plain), min(ours)
+    image = adapter.image
+    return {"adapter": type(adapter).__name__, "head": image.kind, "blocks": len(image.blocks),
+            "input": f"{h}x{w}", "batch": batch, "clock": "wall" if cuda else "cpu, 1 thread",
+            "encode_image_s": p, "attribute_s": o, "ratio": o / p,
+            "ratio_median": statistics.median(ours) / statistics.median(plain)}
+
+
+def bench_families(device: str, batch: int, repeats: int) -> Dict[str, Optional[dict]]:
+    return {name: bench_family(build, device, batch, repeats) for name, build in FAMILIES.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--sections", default="attribute,text,memory,families",
+                        help="comma-separated subset of attribute,text,memory,families")
+    parser.add_argument("--family-batch", type=int, default=4)
+    parser.add_argument("--family-repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    results = {
-        "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "attribute": bench_attribute(args.device, args.repeats),
-        "text": bench_text(args.device),
-    }
-    if not args.skip_memory:
+    sections = set(args.sections.split(","))
+    results: Dict[str, Any] = {"device": args.device, "torch_threads": torch.get_num_threads()}
+    if "attribute" in sections:
+        results["attribute"] = bench_attribute(args.device, args.repeats)
+    if "text" in sections:
+        results["text"] = bench_text(args.device)
+    if "memory" in sections and not args.skip_memory:
         results["memory"] = bench_memory()
+    if "families" in sections:
+        results["families"] = bench_families(args.device, args.family_batch, args.family_repeats)
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    a, t = results["attribute"], results["text"]
-    print(f"device {args.device}, {results['torch_threads']} threads, ViT-B-16 random init, batch 8, 224 px")
-    print(f"attribute (cached text) / encode_image: {a['ratio']:.3f}  "
-          f"({a['attribute_s']:.3f} s / {a['encode_image_s']:.3f} s)   target <= 1.15")
-    print(f"text encoding 20x85 prompts, full / truncated: {t['speedup']:.2f}x  "
-          f"({t['full_s']:.2f} s / {t['truncated_s']:.2f} s)   target >= 3")
+    print(f"device {args.device}, {results['torch_threads']} threads, random init")
+    if "attribute" in results:
+        a = results["attribute"]
+        print(f"ViT-B-16 batch 8, 224 px: attribute (cached text) / encode_image: {a['ratio']:.3f}  "
+              f"({a['attribute_s']:.3f} s / {a['encode_image_s']:.3f} s)   target <= 1.15")
+    if "text" in results:
+        t = results["text"]
+        print(f"text encoding 20x85 prompts, full / truncated: {t['speedup']:.2f}x  "
+              f"({t['full_s']:.2f} s / {t['truncated_s']:.2f} s)   target >= 3")
+    if "families" in results:
+        print("\n| family | adapter | head | blocks | input | batch | clock | encode_image s (min) | "
+              "attribute s (min) | attribute / encode_image (target <= 1.15) | ratio of medians |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, r in results["families"].items():
+            if r is None:
+                print(f"| {name} | skipped: adapter module not installed | | | | | | | | | |")
+                continue
+            print(f"| {name} | {r['adapter']} | {r['head']} | {r['blocks']} | {r['input']} | "
+                  f"{r['batch']} | {r['clock']} | {r['encode_image_s']:.3f} | "
+                  f"{r['attribute_s']:.3f} | {r['ratio']:.3f} | {r['ratio_median']:.3f} |")
     if "memory" in results:
         m = results["memory"]
         print(f"feature surgery peak memory, closed / BxNxTxC: {m['ratio']:.5f}  "

@@ -1,4 +1,8 @@
-r"""Model adapters: the only place that knows model-family classes."""
+r"""Model adapters: the only place that knows model-family classes.
+
+Registration order matters only where two adapters could take the same model: the
+more specific one is registered first.
+"""
 
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
@@ -23,6 +27,10 @@ from captum_clip_surgery.adapters.huggingface import (
 )
 from captum_clip_surgery.adapters.openai_clip import OpenAICLIPAdapter
 from captum_clip_surgery.adapters.openclip import OpenCLIPAdapter
+from captum_clip_surgery.adapters.openclip_timm import OpenCLIPTimmAdapter
+
+register_adapter(OpenCLIPTimmAdapter)
+register_adapter(OpenCLIPAdapter)
 
 __all__ = [
     "AttentionPoolHead",
@@ -37,6 +45,7 @@ __all__ = [
     "ImageTowerView",
     "OpenAICLIPAdapter",
     "OpenCLIPAdapter",
+    "OpenCLIPTimmAdapter",
     "PoolingHead",
     "TextTowerView",
     "get_adapter",

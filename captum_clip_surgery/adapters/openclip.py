@@ -1,11 +1,14 @@
-r"""Adapter for open_clip 3.x models (``open_clip.CLIP`` and ``open_clip.CustomTextCLIP``).
+r"""Adapter for open_clip 3.x models with open_clip's own image towers.
 
-Image towers: ``VisionTransformer`` with either block kind open_clip builds
+Models: ``open_clip.CLIP``, ``CustomTextCLIP`` and ``CoCa``. Image towers:
+``VisionTransformer`` with either block kind open_clip builds
 (``ResidualAttentionBlock`` on ``nn.MultiheadAttention``, batch first, and
-``CustomResidualAttentionBlock`` on open_clip's own ``Attention``), class-token
-pooling; and ``ModifiedResNet`` with its attention pool. Text towers: open_clip's
-``TextTransformer`` (with the fast truncated encoding), and any other text
-tower through the model's own ``encode_text``.
+``CustomResidualAttentionBlock`` on open_clip's own ``Attention``) and class-token,
+average (CLIPA) or attentional-pooler (CoCa) heads; and ``ModifiedResNet`` with
+its attention pool. Towers built from timm (``TimmModel``) are handled by
+:mod:`captum_clip_surgery.adapters.openclip_timm`. Text towers: open_clip's
+``TextTransformer`` (with the fast truncated encoding), and any other text tower
+through the model's own ``encode_text``.
 """
 
 from __future__ import annotations
@@ -28,18 +31,19 @@ from torch import Tensor, nn
 
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
+    AveragePoolHead,
     BlockView,
     ClassTokenHead,
     CLIPAdapter,
     ImageTowerView,
+    PoolingHead,
     TextTowerView,
     merge_heads,
-    register_adapter,
     resize_positional_embedding,
     split_heads,
 )
 
-__all__ = ["OpenCLIPAdapter"]
+__all__ = ["OPEN_CLIP_MODELS", "OpenCLIPAdapter"]
 
 
 class _MHABlockView(BlockView):
@@ -156,35 +160,174 @@ def _block_view(block: nn.Module) -> BlockView:
     )
 
 
-class _OpenCLIPTokenHead(ClassTokenHead):
-    def __init__(self, visual: VisionTransformer) -> None:
-        self.visual = visual
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+class _TokenHead(ClassTokenHead):
+    r"""Class-token head from two callables: ``projection(post_norm(token))``."""
+
+    def __init__(
+        self, post_norm: Callable[[Tensor], Tensor], projection: Callable[[Tensor], Tensor]
+    ) -> None:
+        self._post_norm = post_norm
+        self._projection = projection
 
     def post_norm(self, x: Tensor) -> Tensor:
-        return self.visual.ln_post(x)
+        return self._post_norm(x)
 
     def projection(self, x: Tensor) -> Tensor:
-        return x @ self.visual.proj.to(x.dtype)
+        return self._projection(x)
+
+
+class _AverageHead(AveragePoolHead):
+    r"""Average pooling from callables: ``linear(norm(mean(token_norm(grid tokens))))``.
+
+    ``token_norm`` is a per-token norm the model applies *before* pooling (e.g. a
+    final norm on every token), ``norm`` one it applies to the pooled vector.
+    :meth:`dense` applies all three at every location. With ``include_prefix``
+    the prefix tokens take part in the mean, as in the model.
+    """
+
+    def __init__(
+        self,
+        linear: Callable[[Tensor], Tensor],
+        norm: Callable[[Tensor], Tensor] = _identity,
+        token_norm: Callable[[Tensor], Tensor] = _identity,
+        include_prefix: bool = False,
+    ) -> None:
+        self._linear = linear
+        self._norm = norm
+        self._token_norm = token_norm
+        self.include_prefix = include_prefix
+
+    def norm(self, x: Tensor) -> Tensor:
+        return self._norm(x)
+
+    def linear(self, x: Tensor) -> Tensor:
+        return self._linear(x)
+
+    def pool(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        x = tokens if self.include_prefix else tokens[:, num_prefix_tokens:]
+        mean = self._token_norm(x).mean(dim=1, keepdim=True)
+        return self.linear(self.norm(mean))[:, 0]
+
+    def dense(self, tokens: Tensor) -> Tensor:
+        return self.linear(self.norm(self._token_norm(tokens)))
+
+
+def _mha_projection(attn: nn.MultiheadAttention, index: int) -> Tuple[Tensor, Optional[Tensor]]:
+    r"""Weight and bias of the q (0), k (1) or v (2) projection of an ``nn.MultiheadAttention``."""
+    if attn._qkv_same_embed_dim:
+        weight = attn.in_proj_weight.chunk(3, dim=0)[index]
+    else:
+        weight = (attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight)[index]
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias.chunk(3, dim=0)[index]
+    return weight, bias
+
+
+class _AttentionalPoolerHead(AttentionPoolHead):
+    r"""open_clip's ``AttentionalPooler`` (CoCa): learned queries attend over every
+    stream token (class token included) after ``ln_k``; then ``ln_post`` and ``proj``.
+
+    The contrastive embedding is the first query's output (``pool_type='tok'``) or
+    the mean of the others (``'avg'``), as in ``VisionTransformer._pool``.
+    """
+
+    query_kind = "probe"
+
+    def __init__(self, visual: VisionTransformer) -> None:
+        self.visual = visual
+        self.pooler = visual.attn_pool
+        self.attn: nn.MultiheadAttention = self.pooler.attn
+        self.num_heads = self.attn.num_heads
+        self.head_dim = self.attn.embed_dim // self.attn.num_heads
+        self.pool_type = visual.pool_type
+
+    def prepare(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        return self.pooler.ln_k(tokens)
+
+    def query(self, keys: Tensor) -> Tensor:
+        queries = self.pooler.ln_q(self.pooler.query)
+        queries = queries[:1] if self.pool_type == "tok" else queries[1:]
+        return queries.to(keys.dtype).unsqueeze(0).expand(keys.shape[0], -1, -1)
+
+    def q(self, x: Tensor) -> Tensor:
+        return F.linear(x, *_mha_projection(self.attn, 0))
+
+    def k(self, x: Tensor) -> Tensor:
+        return F.linear(x, *_mha_projection(self.attn, 1))
+
+    def v(self, x: Tensor) -> Tensor:
+        return F.linear(x, *_mha_projection(self.attn, 2))
+
+    def out(self, x: Tensor) -> Tensor:
+        return self.attn.out_proj(x)
+
+    def finish(self, x: Tensor) -> Tensor:
+        return self.visual.ln_post(x) @ self.visual.proj.to(x.dtype)
+
+    def attend(self, queries: Tensor, keys: Tensor) -> Tensor:
+        if queries.shape[-1] != self.attn.embed_dim:
+            raise TypeError(
+                f"model: the CoCa attentional pooler takes {self.attn.embed_dim}-wide queries but "
+                f"the stream tokens are {queries.shape[-1]} wide, so grid tokens cannot query it "
+                "(no raw map for this tower; CLIP Surgery and MaskCLIP use its value path)"
+            )
+        return super().attend(queries, keys)
+
+    def pool(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        keys = self.prepare(tokens, num_prefix_tokens, grid)
+        pooled = self.attend(self.query(keys), keys)
+        return pooled[:, 0] if self.pool_type == "tok" else pooled.mean(dim=1)
+
+
+def _vit_head(visual: VisionTransformer) -> PoolingHead:
+    r"""The pooling head of an open_clip ``VisionTransformer``, or a ``TypeError`` saying why not."""
+    if visual.proj is None:
+        raise TypeError("model: the ViT tower has no output projection (pruned head)")
+
+    def projection(x: Tensor) -> Tensor:
+        return x @ visual.proj.to(x.dtype)
+
+    if visual.attn_pool is not None:
+        if getattr(visual, "attn_pool_contrastive", None) is not None:
+            raise TypeError(
+                f"model: open_clip ViT towers with attentional_pool={visual.attn_pool_type!r} "
+                "(work-in-progress pooling upstream) are not supported; the CoCa pooler "
+                "(attentional_pool=True) is"
+            )
+        if visual.pool_type not in ("tok", "avg"):
+            raise TypeError(
+                f"model: open_clip ViT tower with an attentional pool and pool_type="
+                f"{visual.pool_type!r} returns every query, not one image embedding; expected "
+                "'tok' or 'avg'"
+            )
+        return _AttentionalPoolerHead(visual)
+    if visual.pool_type == "tok":
+        return _TokenHead(visual.ln_post, projection)
+    if visual.pool_type == "avg":
+        if visual.final_ln_after_pool:
+            return _AverageHead(projection, norm=visual.ln_post)
+        return _AverageHead(projection, token_norm=visual.ln_post)
+    raise TypeError(
+        f"model: open_clip ViT tower with pool_type={visual.pool_type!r} returns every token, "
+        "not one image embedding; expected 'tok' or 'avg'"
+    )
 
 
 class _OpenCLIPViTView(ImageTowerView):
     num_prefix_tokens = 1
 
     def __init__(self, visual: VisionTransformer) -> None:
-        if visual.attn_pool is not None:
-            raise TypeError("model: open_clip ViT towers with an attentional pool are not supported")
-        if visual.pool_type != "tok" or visual.final_ln_after_pool:
-            raise TypeError(
-                f"model: open_clip ViT tower with pool_type={visual.pool_type!r} is not supported; "
-                "expected class-token pooling ('tok')"
-            )
-        if visual.proj is None:
-            raise TypeError("model: the ViT tower has no output projection (pruned head)")
         self.visual = visual
+        self.head = _vit_head(visual)
         self.patch_size = tuple(visual.patch_size)
         self.native_grid = tuple(visual.grid_size)
         self.blocks = [_block_view(b) for b in visual.transformer.resblocks]
-        self.head = _OpenCLIPTokenHead(visual)
+
+    def input_size(self) -> Tuple[int, int]:
+        return tuple(int(s) for s in self.visual.image_size)  # type: ignore[return-value]
 
     def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         v = self.visual
@@ -251,6 +394,10 @@ class _OpenCLIPResNetView(ImageTowerView):
         return self.visual.layer4
 
 
+#: Vocabulary size of the CLIP BPE tokenizer (open_clip's ``SimpleTokenizer``).
+CLIP_BPE_VOCAB = 49408
+
+
 class _OpenCLIPTextView(TextTowerView):
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -274,6 +421,16 @@ class _OpenCLIPTextView(TextTowerView):
         self._decoder: Optional[open_clip.SimpleTokenizer] = None
 
     def default_tokenizer(self) -> Callable[[List[str]], Tensor]:
+        r"""open_clip's CLIP BPE tokenizer; refused (``TypeError``) for text towers with
+        another vocabulary (SigLIP, multilingual towers), whose tokenizer the model does
+        not record: pass ``tokenizer=open_clip.get_tokenizer(name)`` for those."""
+        vocab = getattr(self.model, "vocab_size", None)
+        if vocab is not None and int(vocab) != CLIP_BPE_VOCAB:
+            raise TypeError(
+                f"tokenizer: this model's text tower has a {int(vocab)}-token vocabulary, not "
+                f"the CLIP BPE's {CLIP_BPE_VOCAB}; pass its own tokenizer, e.g. "
+                "tokenizer=open_clip.get_tokenizer('<model name>')"
+            )
         return open_clip.SimpleTokenizer(context_length=self.context_length)
 
     def _truncation_length(self, ids: Tensor) -> Optional[int]:
@@ -298,7 +455,7 @@ class _OpenCLIPTextView(TextTowerView):
     def encode(self, token_ids: Tensor, truncate: bool = True) -> Tensor:
         length = self._truncation_length(token_ids) if truncate else None
         if length is None:
-            return self.model.encode_text(token_ids)
+            return self.model.encode_text(token_ids, normalize=False)
         ids = token_ids[:, :length]
         x = text_global_pool(self._final_states(ids), ids, self._pool_type,
                              eos_token_id=self._eos_id)
@@ -364,9 +521,36 @@ class _OpenCLIPTextView(TextTowerView):
         return pieces
 
 
-@register_adapter
+#: The open_clip model classes (``CoCa`` is not a ``CLIP`` subclass).
+OPEN_CLIP_MODELS = (open_clip.CLIP, open_clip.CustomTextCLIP, open_clip.CoCa)
+
+
+def _preprocess_stats(model: nn.Module) -> Tuple[Optional[tuple], Optional[tuple]]:
+    r"""The model's own input normalisation ``(mean, std)`` from its preprocess config
+    (set by ``open_clip.create_model``), ``(None, None)`` when it has none."""
+    visual = model.visual
+    cfg = getattr(visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean", getattr(visual, "image_mean", None))
+    std = cfg.get("std", getattr(visual, "image_std", None))
+    as_triple = lambda v: None if v is None else tuple(float(c) for c in v)  # noqa: E731
+    return as_triple(mean), as_triple(std)
+
+
 class OpenCLIPAdapter(CLIPAdapter):
-    r"""Adapter for open_clip 3.x ``CLIP`` / ``CustomTextCLIP`` models.
+    r"""Adapter for open_clip 3.x models with open_clip's own image towers.
+
+    :meth:`supports` takes ``CLIP``, ``CustomTextCLIP`` and ``CoCa`` models whose image
+    tower is open_clip's ``VisionTransformer`` or ``ModifiedResNet`` (towers built
+    from timm belong to :class:`~captum_clip_surgery.adapters.openclip_timm.OpenCLIPTimmAdapter`).
+    ViT heads: class token (``pool_type='tok'``), average (``'avg'``, CLIPA) and
+    CoCa's attentional pooler (a probe head: the contrastive embedding is its first
+    query); ResNets: the mean-query attention pool. A configuration these views do
+    not cover is refused when the adapter is built, by a one-line ``TypeError``
+    saying why.
+
+    The input normalisation (:attr:`image_mean`, :attr:`image_std`) comes from the
+    model's preprocess config when ``open_clip.create_model`` set one; sigmoid-loss
+    models (a ``logit_bias``) report ``score_kind == "sigmoid"``.
 
     Args:
         model (nn.Module): the open_clip model; it is only read, never changed.
@@ -379,41 +563,58 @@ class OpenCLIPAdapter(CLIPAdapter):
         'attention'
     """
 
-    family = "open_clip (CLIP, CustomTextCLIP with a ViT or ModifiedResNet image tower)"
+    family = "open_clip (CLIP, CustomTextCLIP, CoCa) with open_clip's ViT or ModifiedResNet tower"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        visual = model.visual
-        if isinstance(visual, VisionTransformer):
-            self.image = _OpenCLIPViTView(visual)
-        elif isinstance(visual, ModifiedResNet):
-            self.image = _OpenCLIPResNetView(visual)
-        else:
+        if not isinstance(model, OPEN_CLIP_MODELS):
             raise TypeError(
-                f"model: unsupported open_clip image tower {type(visual).__qualname__}; expected "
-                "VisionTransformer or ModifiedResNet"
+                f"model: expected an open_clip CLIP, CustomTextCLIP or CoCa model, got "
+                f"{type(model).__qualname__}"
             )
+        self.image = self._image_view(model.visual)
         self.text = _OpenCLIPTextView(model)
-        cfg = getattr(visual, "preprocess_cfg", None) or {}
-        if cfg.get("mean") is not None and cfg.get("std") is not None:
-            self.image_mean = tuple(float(m) for m in cfg["mean"])  # type: ignore[assignment]
-            self.image_std = tuple(float(s) for s in cfg["std"])  # type: ignore[assignment]
+        mean, std = _preprocess_stats(model)
+        if mean is not None and std is not None:
+            self.image_mean, self.image_std = mean, std
+        self.score_kind = "softmax" if getattr(model, "logit_bias", None) is None else "sigmoid"
+
+    @classmethod
+    def _image_view(cls, visual: nn.Module) -> ImageTowerView:
+        r"""The view of ``model.visual`` (``TypeError`` with the reason when unsupported)."""
+        if isinstance(visual, VisionTransformer):
+            return _OpenCLIPViTView(visual)
+        if isinstance(visual, ModifiedResNet):
+            return _OpenCLIPResNetView(visual)
+        raise TypeError(
+            f"model: unsupported open_clip image tower {type(visual).__qualname__}; expected "
+            "open_clip's VisionTransformer or ModifiedResNet, or a timm tower (TimmModel)"
+        )
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        return isinstance(model, (open_clip.CLIP, open_clip.CustomTextCLIP))
+        return isinstance(model, OPEN_CLIP_MODELS) and isinstance(
+            getattr(model, "visual", None), (VisionTransformer, ModifiedResNet)
+        )
 
     def encode_image(self, images: Tensor) -> Tensor:
-        return self.model.encode_image(images)
+        return self.model.encode_image(images, normalize=False)
 
     def logit_scale(self) -> Tensor:
         return self.model.logit_scale.exp().reshape(())
 
+    def logit_bias(self) -> Optional[Tensor]:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else bias.reshape(())
+
+    def _input_weight(self) -> Tensor:
+        r"""The weight of the layer that takes the images (sets :attr:`dtype`, :attr:`device`)."""
+        return self.model.visual.conv1.weight
+
     @property
     def dtype(self) -> torch.dtype:
-        visual = self.model.visual
-        return visual.conv1.weight.dtype
+        return self._input_weight().dtype
 
     @property
     def device(self) -> torch.device:
-        return self.model.visual.conv1.weight.device
+        return self._input_weight().device

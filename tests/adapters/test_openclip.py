@@ -6,6 +6,8 @@ import open_clip
 import pytest
 import torch
 
+from captum_clip_surgery import CLIPZeroShotClassifier
+from captum_clip_surgery._architecture import image_token_features, pooled_image_features
 from captum_clip_surgery.adapters import (
     OpenCLIPAdapter,
     get_adapter,
@@ -101,10 +103,33 @@ def test_unsupported_models_raise_type_error_naming_families():
     assert any("open_clip" in f for f in supported_families())
 
 
-def test_attentional_pool_tower_is_refused():
+@pytest.mark.parametrize("pool_type", ["tok", "avg"])
+def test_attentional_pool_tower_pools_like_the_model(pool_type):
+    # tokens as wide as the pooler's queries: one fused in-projection, and grid tokens can
+    # query the pool (the raw map); 'tok' pools the first query, 'avg' the mean of the others
     torch.manual_seed(0)
     cfg = dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16,
-               attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2)
+               attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2,
+               pool_type=pool_type)
     model = open_clip.CLIP(embed_dim=32, vision_cfg=cfg, text_cfg=dict(context_length=8, vocab_size=100, width=16, heads=2, layers=1))
-    with pytest.raises(TypeError, match="attentional pool"):
-        get_adapter(model)
+    assert model.visual.attn_pool.attn._qkv_same_embed_dim
+    adapter = get_adapter(model)
+    assert adapter.image.kind == "attention" and adapter.image.head.query_kind == "probe"
+    images = images_for(model)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled_image_features(adapter, images),
+                                   model.encode_image(images), atol=1e-5, rtol=1e-5)
+        raw, grid = image_token_features(adapter, images, 0, surgery=False)
+    assert raw.shape == (2, 1 + 16, 32) and grid == (4, 4)
+
+
+def test_default_tokenizer_is_refused_for_another_vocabulary():
+    torch.manual_seed(0)
+    text = dict(context_length=8, vocab_size=100, width=16, heads=2, layers=1)
+    model = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=8, width=16,
+                                                         layers=1, head_width=8), text_cfg=text)
+    with pytest.raises(TypeError, match=r"^tokenizer: .*100-token vocabulary.*get_tokenizer"):
+        CLIPZeroShotClassifier(model, ["dog"])
+    clf = CLIPZeroShotClassifier(model, ["dog", "cat"], templates=["{}"],
+                                 tokenizer=lambda texts: open_clip.tokenize(texts, 8) % 100)
+    assert clf.text_features.shape == (2, 16)
