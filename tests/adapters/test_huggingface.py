@@ -270,19 +270,20 @@ def test_tokenizer_forms_give_the_same_features():
 
 
 @pytest.mark.parametrize(
-    "bad, message",
+    "bad, error, message",
     [
-        (lambda texts: [[1, 2, 3]] * len(texts), "got list"),
-        (lambda texts: torch.zeros(len(texts), 5), "float32 tensor"),
-        (lambda texts: torch.zeros(5, dtype=torch.long), "shape \\[5\\]"),
-        (lambda texts: torch.zeros(len(texts) + 1, 5, dtype=torch.long), "one row of token ids"),
-        (lambda texts: {"input_ids": [[1, 2]]}, "its input_ids"),
+        (lambda texts: [[1, 2, 3]] * len(texts), TypeError, "got list"),
+        (lambda texts: torch.zeros(len(texts), 5), TypeError, "float32 tensor"),
+        (lambda texts: torch.zeros(5, dtype=torch.long), TypeError, "shape \\[5\\]"),
+        (lambda texts: torch.zeros(len(texts) + 1, 5, dtype=torch.long), ValueError,
+         "one row of token ids"),
+        (lambda texts: {"input_ids": [[1, 2]]}, TypeError, "its input_ids"),
     ],
 )
-def test_bad_tokenizer_output_is_a_type_error_naming_tokenizer(bad, message):
+def test_bad_tokenizer_output_is_an_error_naming_tokenizer(bad, error, message):
     model, _ = build("clip-sdpa")
     clf = CLIPZeroShotClassifier(model, TEXTS, templates=["{}"], tokenizer=bad)
-    with pytest.raises(TypeError, match=f"^tokenizer: .*{message}"):
+    with pytest.raises(error, match=f"^tokenizer: .*{message}"):
         clf.encode_texts(TEXTS)
     with pytest.raises(TypeError, match="^tokenizer: expected a callable"):
         CLIPZeroShotClassifier(model, TEXTS, tokenizer="openai/clip-vit-base-patch32")
