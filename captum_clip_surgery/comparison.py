@@ -22,13 +22,20 @@ from captum_clip_surgery._maps import minmax_normalize, upsample
 from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.clearclip import ClearCLIPAttribution
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
+from captum_clip_surgery.gem import GEMAttribution
+from captum_clip_surgery.legrad import LeGradAttribution
 from captum_clip_surgery.maskclip import MaskCLIPAttribution
+from captum_clip_surgery.naclip import NACLIPAttribution
+from captum_clip_surgery.sclip import SCLIPAttribution
 from captum_clip_surgery.similarity_map import CLIPSimilarityMap
 
 __all__ = [
     "DEFAULT_METHODS",
+    "DENSE_METHODS",
     "METHOD_NAMES",
+    "TRAINING_FREE_METHODS",
     "build_method",
     "channel_reduce",
     "compare",
@@ -40,10 +47,17 @@ __all__ = [
 #: Methods :func:`compare` runs when none are named.
 DEFAULT_METHODS = ("surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig")
 
+#: The training-free family beside CLIP Surgery: GEM, SCLIP, ClearCLIP, NACLIP and LeGrad.
+TRAINING_FREE_METHODS = ("gem", "sclip", "clearclip", "naclip", "legrad")
+
 #: Every method name :func:`compare` understands.
 METHOD_NAMES = DEFAULT_METHODS + (
     "surgery_empty", "surgery_none", "inputxgradient", "smoothgrad", "occlusion",
-)
+) + TRAINING_FREE_METHODS
+
+#: Methods whose attribution is a token-map explainer (dense features, scores for every
+#: text at once): usable with :func:`~captum_clip_surgery.segment`.
+DENSE_METHODS = ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "naclip")
 
 #: Display names used as figure titles.
 TITLES = {
@@ -59,6 +73,11 @@ TITLES = {
     "inputxgradient": "Input x Gradient",
     "smoothgrad": "SmoothGrad",
     "occlusion": "Occlusion",
+    "gem": "GEM",
+    "sclip": "SCLIP",
+    "clearclip": "ClearCLIP",
+    "naclip": "NACLIP",
+    "legrad": "LeGrad",
 }
 
 
@@ -128,6 +147,16 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
         return NoiseTunnel(Saliency(classifier))
     if name == "occlusion":
         return Occlusion(classifier)
+    if name == "gem":
+        return GEMAttribution(classifier)
+    if name == "sclip":
+        return SCLIPAttribution(classifier)
+    if name == "clearclip":
+        return ClearCLIPAttribution(classifier)
+    if name == "naclip":
+        return NACLIPAttribution(classifier)
+    if name == "legrad":
+        return LeGradAttribution(classifier)
     raise ValueError(f"methods: unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
 
 
@@ -135,7 +164,16 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
 METHOD_HEAD_KINDS: Dict[str, tuple] = {
     "chefer": ("token",),
     "maskclip": ("token", "attention"),
+    "gem": ("token", "attention", "average"),
+    "sclip": ("token", "attention", "average"),
+    "clearclip": ("token", "attention", "average"),
+    "naclip": ("token", "attention", "average"),
+    "legrad": ("token", "attention", "average"),
 }
+
+#: Methods that change or differentiate attention blocks: not defined for towers
+#: without them (CLIP ResNets, conv trunks), whatever their head.
+METHODS_NEEDING_BLOCKS = ("chefer", "gem", "sclip", "clearclip", "naclip", "legrad")
 
 
 def supported_methods(classifier: CLIPZeroShotClassifier) -> tuple:
@@ -152,8 +190,13 @@ def supported_methods(classifier: CLIPZeroShotClassifier) -> tuple:
         >>> "chefer" in supported_methods(CLIPZeroShotClassifier(resnet_clip, ["dog"]))
         False
     """
-    kind = classifier.adapter.image.kind
-    return tuple(m for m in METHOD_NAMES if kind in METHOD_HEAD_KINDS.get(m, (kind,)))
+    image = classifier.adapter.image
+    kind = image.kind
+    return tuple(
+        m for m in METHOD_NAMES
+        if kind in METHOD_HEAD_KINDS.get(m, (kind,))
+        and (image.blocks or m not in METHODS_NEEDING_BLOCKS)
+    )
 
 
 def _default_kwargs(name: str, classifier: CLIPZeroShotClassifier, images: Tensor) -> Dict[str, Any]:

@@ -1,0 +1,133 @@
+r"""The training-free family on one footing: the contract every token-map method keeps
+(batching, any size, dtypes, gradients to inputs, the model never modified, also after an
+error) and its place in compare / build_method / supported_methods."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captum_clip_surgery import (
+    DENSE_METHODS,
+    METHOD_NAMES,
+    TRAINING_FREE_METHODS,
+    ClearCLIPAttribution,
+    CLIPZeroShotClassifier,
+    GEMAttribution,
+    LeGradAttribution,
+    NACLIPAttribution,
+    SCLIPAttribution,
+    build_method,
+    compare,
+    minmax_normalize,
+    plot_comparison,
+    segment,
+    supported_methods,
+)
+from captum_clip_surgery.comparison import TITLES
+from tests.conftest import FEW_TEMPLATES, TEXTS, images_for
+from tests.models import tiny_resnet, tiny_vit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOKEN_MAP = {
+    "gem": GEMAttribution,
+    "sclip": SCLIPAttribution,
+    "clearclip": ClearCLIPAttribution,
+    "naclip": NACLIPAttribution,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOKEN_MAP))
+def test_token_map_contract(name, snapshot):
+    model = tiny_vit()
+    snap = snapshot(model)
+    explainer = TOKEN_MAP[name](model, texts=TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=3, h=40, w=24, seed=1)
+    sim = explainer.similarity(images)
+    assert sim.shape == (3, len(TEXTS), 5, 3) and sim.dtype == torch.float32
+    single = torch.cat([explainer.similarity(images[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(sim, single, atol=1e-5, rtol=1e-5)
+    maps = explainer.attribute(images, target=[0, "grass", 3])
+    assert maps.shape == (3, 1, 40, 24) and maps.min() >= 0 and maps.max() <= 1
+    grid = explainer.attribute(images, target=1, upsample_to_input=False)
+    assert grid.shape == (3, 1, 5, 3)
+    feats, (h, w) = explainer.token_features(images)
+    assert feats.shape == (3, 1 + h * w, 24)
+    # gradients reach inputs that ask for them
+    x = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(explainer.similarity(x).sum(), x)
+    assert grad.abs().sum() > 0
+    # errors leave the model as it was
+    with pytest.raises(ValueError, match="target: unknown text"):
+        explainer.attribute(images, target="zebra")
+    with pytest.raises(ValueError, match="images: expected 3 colour channels"):
+        explainer.similarity(torch.zeros(1, 4, 32, 32))
+    # train mode is restored
+    model.train()
+    snap_train = snapshot(model)
+    explainer.similarity(images)
+    snap_train.assert_unchanged()
+    model.eval()
+    snap.assert_unchanged()
+
+
+def test_legrad_leaves_the_model_unchanged_also_after_an_error(snapshot):
+    model = tiny_vit()
+    snap = snapshot(model)
+    for p in model.parameters():  # a model the user is training: weights require grad
+        assert p.requires_grad
+    explainer = LeGradAttribution(CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES))
+    explainer.attribute(images_for(model), target=2)
+    with pytest.raises(ValueError, match="target: index 9"):
+        explainer.attribute(images_for(model), target=9)
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(TOKEN_MAP) + ["legrad"])
+def test_half_precision_close_to_float32(name, dtype):
+    images = images_for(tiny_vit(), b=2)
+
+    def build(model):
+        clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+        return build_method(name, clf)
+
+    full = build(tiny_vit()).attribute(images, target=1)
+    half = build(tiny_vit().to(dtype)).attribute(images.to(dtype), target=1)
+    assert half.dtype == dtype and torch.isfinite(half.float()).all()
+    assert (half.float() - full).abs().mean() < 0.08
+
+
+def test_methods_on_one_footing(snapshot):
+    model = tiny_vit()
+    snap = snapshot(model)
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    assert set(TRAINING_FREE_METHODS) <= set(METHOD_NAMES)
+    assert set(DENSE_METHODS) <= set(METHOD_NAMES)
+    assert all(m in TITLES for m in TRAINING_FREE_METHODS)
+    assert set(TRAINING_FREE_METHODS) <= set(supported_methods(clf))
+    images = images_for(model, b=2)
+    maps = compare(clf, images, target=["dog", "grass"], methods=list(TRAINING_FREE_METHODS))
+    assert list(maps) == list(TRAINING_FREE_METHODS)
+    for name, m in maps.items():
+        assert m.shape == (2, 1, 32, 32) and m.min() >= 0 and m.max() <= 1, name
+        direct = build_method(name, clf).attribute(images, target=[0, 2])
+        torch.testing.assert_close(m, minmax_normalize(direct), atol=1e-6, rtol=1e-5)
+    fig = plot_comparison(images[0], maps, texts="dog")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[1:6] == ["GEM", "SCLIP", "ClearCLIP", "NACLIP", "LeGrad"]
+    for name in DENSE_METHODS:  # every dense method segments
+        labels = segment(build_method(name, clf), images, sliding_window=(24, 8), pamr=2,
+                         pamr_dilations=(1, 2))
+        assert labels.shape == (2, 32, 32)
+    snap.assert_unchanged()
+
+
+def test_towers_without_attention_blocks_are_told_clearly():
+    clf = CLIPZeroShotClassifier(tiny_resnet(), TEXTS, templates=FEW_TEMPLATES)
+    supported = supported_methods(clf)
+    for name in TRAINING_FREE_METHODS:
+        assert name not in supported
+        with pytest.raises(TypeError, match="forward_func: .* no attention blocks"):
+            build_method(name, clf)
