@@ -155,8 +155,8 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
         return ClearCLIPAttribution(classifier)
     if name == "naclip":
         return NACLIPAttribution(classifier)
-    if name == "legrad":
-        return LeGradAttribution(classifier)
+    if name == "legrad":  # the authors' last 2 blocks (every block of a shallower tower)
+        return LeGradAttribution(classifier, layers=max(1, min(2, len(classifier.adapter.image.blocks))))
     raise ValueError(f"methods: unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
 
 

@@ -131,3 +131,82 @@ def test_towers_without_attention_blocks_are_told_clearly():
         assert name not in supported
         with pytest.raises(TypeError, match="forward_func: .* no attention blocks"):
             build_method(name, clf)
+
+
+# ---- a SigLIP MAP head (probe query, no class token), through the transformers adapter ----
+
+
+def _tiny_siglip():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.SiglipConfig(
+        text_config=dict(vocab_size=64, hidden_size=48, intermediate_size=64,
+                         num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=16,
+                         pad_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_attention_heads=3,
+                           num_hidden_layers=3, image_size=32, patch_size=8),
+        attn_implementation="sdpa",
+    )
+    model = transformers.SiglipModel(config).eval()
+    g = torch.Generator().manual_seed(4321)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * p.shape[-1] ** -0.5)
+            elif name not in ("logit_scale", "logit_bias"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g) if "weight" in name
+                        else 0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _word_ids(texts):
+    r"""A toy tokenizer: one id per word (3..63), then end-of-text (2), padded with 1."""
+    rows = []
+    for text in texts:
+        ids = [3 + sum(map(ord, w)) % 61 for w in text.split()][:15] + [2]
+        rows.append(ids + [1] * (16 - len(ids)))
+    return torch.tensor(rows)
+
+
+def test_map_head_methods_and_legrad_on_the_pool_attention(snapshot):
+    pytest.importorskip("captum_clip_surgery.adapters.huggingface")  # the transformers adapters
+    import torch.nn.functional as F
+
+    model = _tiny_siglip()
+    snap = snapshot(model)
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=["a photo of a {}."], tokenizer=_word_ids)
+    assert clf.adapter.image.num_prefix_tokens == 0 and clf.adapter.image.kind == "attention"
+    images = images_for(tiny_vit(), b=3, seed=2)
+    for name in TRAINING_FREE_METHODS:
+        explainer = build_method(name, clf)
+        batch = explainer.attribute(images, target=[0, 1, 2])
+        single = torch.cat([explainer.attribute(images[i : i + 1], target=i) for i in range(3)])
+        torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
+        assert batch.shape == (3, 1, 32, 32)
+    with torch.no_grad():  # no class token: row 0 is the model's own embedding
+        feats, _ = GEMAttribution(clf).token_features(images)
+        own = model.get_image_features(pixel_values=images)
+        own = getattr(own, "pooler_output", own)
+    torch.testing.assert_close(feats[:, 0], own, atol=1e-5, rtol=1e-5)
+    # LeGrad: the gradient of each layer's pooled score w.r.t. the MAP head's attention over
+    # that layer's tokens, written by hand on the transformers model's own hidden states
+    grads, grid, first = LeGradAttribution(clf).layer_gradients(images, target=1)
+    assert grid == (4, 4) and first == 0 and len(grads) == 2
+    snap.assert_unchanged()  # (transformers' own output_hidden_states below installs hooks)
+    with torch.no_grad():
+        states = model.vision_model(pixel_values=images, output_hidden_states=True).hidden_states
+    head, t = model.vision_model.head, clf.text_features[1]
+    mha = head.attention
+    c, heads = mha.embed_dim, mha.num_heads
+    w, b = mha.in_proj_weight.detach(), mha.in_proj_bias.detach()
+    for n, layer in enumerate((2, 3)):
+        x = model.vision_model.post_layernorm(states[layer]).detach()
+        q = (head.probe.detach() @ w[:c].t() + b[:c]).reshape(1, heads, 1, c // heads)
+        k = (x @ w[c : 2 * c].t() + b[c : 2 * c]).reshape(3, -1, heads, c // heads).transpose(1, 2)
+        v = (x @ w[2 * c :].t() + b[2 * c :]).reshape(3, -1, heads, c // heads).transpose(1, 2)
+        a = (torch.einsum("bhqd,bhkd->bhqk", q.expand(3, -1, -1, -1), k) * (c // heads) ** -0.5)
+        a = a.softmax(-1).requires_grad_(True)
+        o = mha.out_proj((a @ v).transpose(1, 2).reshape(3, 1, c))
+        o = o + head.mlp(head.layernorm(o))
+        (expected,) = torch.autograd.grad((F.normalize(o[:, 0], dim=-1) @ t).sum(), a)
+        torch.testing.assert_close(grads[n], expected, atol=1e-6, rtol=1e-4)
