@@ -20,6 +20,7 @@ from captum_clip_surgery.comparison import (
 )
 from captum_clip_surgery.feature_surgery import feature_surgery
 from captum_clip_surgery.gem import GEMAttribution
+from captum_clip_surgery.gradeclip import GradECLIPAttribution
 from captum_clip_surgery.legrad import LeGradAttribution
 from captum_clip_surgery.maskclip import MaskCLIPAttribution
 from captum_clip_surgery.multilabel import multilabel_scores, text_presence
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "DENSE_METHODS",
     "GEMAttribution",
+    "GradECLIPAttribution",
     "LeGradAttribution",
     "METHOD_NAMES",
     "MaskCLIPAttribution",

@@ -25,6 +25,7 @@ from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.clearclip import ClearCLIPAttribution
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
 from captum_clip_surgery.gem import GEMAttribution
+from captum_clip_surgery.gradeclip import GradECLIPAttribution
 from captum_clip_surgery.legrad import LeGradAttribution
 from captum_clip_surgery.maskclip import MaskCLIPAttribution
 from captum_clip_surgery.naclip import NACLIPAttribution
@@ -47,8 +48,9 @@ __all__ = [
 #: Methods :func:`compare` runs when none are named.
 DEFAULT_METHODS = ("surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig")
 
-#: The training-free family beside CLIP Surgery: GEM, SCLIP, ClearCLIP, NACLIP and LeGrad.
-TRAINING_FREE_METHODS = ("gem", "sclip", "clearclip", "naclip", "legrad")
+#: The training-free family beside CLIP Surgery: GEM, SCLIP, ClearCLIP, NACLIP, LeGrad and
+#: Grad-ECLIP.
+TRAINING_FREE_METHODS = ("gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip")
 
 #: Every method name :func:`compare` understands.
 METHOD_NAMES = DEFAULT_METHODS + (
@@ -78,6 +80,7 @@ TITLES = {
     "clearclip": "ClearCLIP",
     "naclip": "NACLIP",
     "legrad": "LeGrad",
+    "gradeclip": "Grad-ECLIP",
 }
 
 
@@ -157,6 +160,8 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
         return NACLIPAttribution(classifier)
     if name == "legrad":  # the authors' last 2 blocks (every block of a shallower tower)
         return LeGradAttribution(classifier, layers=max(1, min(2, len(classifier.adapter.image.blocks))))
+    if name == "gradeclip":
+        return GradECLIPAttribution(classifier)
     raise ValueError(f"methods: unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
 
 
@@ -169,11 +174,12 @@ METHOD_HEAD_KINDS: Dict[str, tuple] = {
     "clearclip": ("token", "attention", "average"),
     "naclip": ("token", "attention", "average"),
     "legrad": ("token", "attention", "average"),
+    "gradeclip": ("token",),
 }
 
 #: Methods that change or differentiate attention blocks: not defined for towers
 #: without them (CLIP ResNets, conv trunks), whatever their head.
-METHODS_NEEDING_BLOCKS = ("chefer", "gem", "sclip", "clearclip", "naclip", "legrad")
+METHODS_NEEDING_BLOCKS = ("chefer", "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip")
 
 
 def supported_methods(classifier: CLIPZeroShotClassifier) -> tuple:

@@ -427,3 +427,28 @@ def pamr(images: Tensor, logits: Tensor, iterations: int, dilations: List[int]) 
     for _ in range(iterations):
         m = (neighbours(m, shift) * aff).sum(dim=2)
     return m
+
+
+def gradeclip_map(model: open_clip.CLIP, image: Tensor, text_feature: Tensor) -> Tensor:
+    r"""Grad-ECLIP for ONE image: the last block with one full-width head, w = ∂S/∂o_cls,
+    λ = min-max over patches of cos(q_cls, k_i), H_i = ReLU(λ_i Σ_c w_c v_ic): ``[h, w]``."""
+    x, (h, w) = _vit_embed(model, image)
+    blocks = list(model.visual.transformer.resblocks)
+    for blk in blocks[:-1]:
+        x = _plain_block(blk, x)
+    last = blocks[-1]
+    attn = last.attn
+    y = _ln(last.ln_1, x)
+    q, k, v = (y @ attn.in_proj_weight.t() + attn.in_proj_bias).chunk(3, dim=-1)
+    width = q.shape[-1]
+    a = torch.einsum("bc,bnc->bn", q[:, 0], k) / width**0.5
+    o = torch.einsum("bn,bnc->bc", a.softmax(dim=-1), v).detach().requires_grad_(True)
+    cls = x[:, 0] + _ls(last.ls_1, _out(last, o))
+    cls = cls + _ls(last.ls_2, _mlp(last, _ln(last.ln_2, cls)))
+    z = _head(model, cls)
+    score = (z[0] / z[0].norm() * text_feature).sum()
+    (grad,) = torch.autograd.grad(score, o)
+    lam = torch.stack([F.cosine_similarity(q[0, 0], k[0, i], dim=0) for i in range(1, k.shape[1])])
+    lam = (lam - lam.min()) / (lam.max() - lam.min())
+    heat = torch.stack([torch.relu(lam[i] * (grad[0] * v[0, 1 + i]).sum()) for i in range(h * w)])
+    return heat.detach().reshape(h, w)

@@ -85,7 +85,7 @@ def test_legrad_leaves_the_model_unchanged_also_after_an_error(snapshot):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", sorted(TOKEN_MAP) + ["legrad"])
+@pytest.mark.parametrize("name", sorted(TOKEN_MAP) + ["legrad", "gradeclip"])
 def test_half_precision_close_to_float32(name, dtype):
     images = images_for(tiny_vit(), b=2)
 
@@ -116,7 +116,7 @@ def test_methods_on_one_footing(snapshot):
         torch.testing.assert_close(m, minmax_normalize(direct), atol=1e-6, rtol=1e-5)
     fig = plot_comparison(images[0], maps, texts="dog")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles[1:6] == ["GEM", "SCLIP", "ClearCLIP", "NACLIP", "LeGrad"]
+    assert titles[1:7] == ["GEM", "SCLIP", "ClearCLIP", "NACLIP", "LeGrad", "Grad-ECLIP"]
     for name in DENSE_METHODS:  # every dense method segments
         labels = segment(build_method(name, clf), images, sliding_window=(24, 8), pamr=2,
                          pamr_dilations=(1, 2))
@@ -177,7 +177,11 @@ def test_map_head_methods_and_legrad_on_the_pool_attention(snapshot):
     clf = CLIPZeroShotClassifier(model, TEXTS, templates=["a photo of a {}."], tokenizer=_word_ids)
     assert clf.adapter.image.num_prefix_tokens == 0 and clf.adapter.image.kind == "attention"
     images = images_for(tiny_vit(), b=3, seed=2)
-    for name in TRAINING_FREE_METHODS:
+    supported = supported_methods(clf)
+    assert "gradeclip" not in supported  # its score is read from a class token
+    with pytest.raises(TypeError, match="forward_func: Grad-ECLIP reads its score from the class"):
+        build_method("gradeclip", clf)
+    for name in (m for m in TRAINING_FREE_METHODS if m in supported):
         explainer = build_method(name, clf)
         batch = explainer.attribute(images, target=[0, 1, 2])
         single = torch.cat([explainer.attribute(images[i : i + 1], target=i) for i in range(3)])
