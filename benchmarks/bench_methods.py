@@ -27,7 +27,7 @@ import subprocess
 import sys
 
 METHODS = ["forward", "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig",
-           "gem", "sclip", "clearclip", "naclip", "legrad"]
+           "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip"]
 
 _CHILD = r"""
 import json, statistics, sys, time
@@ -35,7 +35,7 @@ import torch, open_clip
 from captum.attr import IntegratedGradients, LayerGradCam, Saliency
 from captum_clip_surgery import (CLIPAttentionRelevance, CLIPSimilarityMap, CLIPSurgeryAttribution,
                                  CLIPZeroShotClassifier, ClearCLIPAttribution, GEMAttribution,
-                                 LeGradAttribution, MaskCLIPAttribution, NACLIPAttribution,
+                                 GradECLIPAttribution, LeGradAttribution, MaskCLIPAttribution, NACLIPAttribution,
                                  SCLIPAttribution)
 
 method, device, repeats, ig_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -63,9 +63,9 @@ elif method in ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "nacl
 elif method == "gradcam":
     cam = LayerGradCam(clf, clf.gradcam_layer(-1))
     run = lambda: cam.attribute(images, target=target, relu_attributions=True)
-elif method == "legrad":
-    legrad = LeGradAttribution(clf)
-    run = lambda: legrad.attribute(images, target=target)
+elif method in ("legrad", "gradeclip"):
+    grad_method = {"legrad": LeGradAttribution, "gradeclip": GradECLIPAttribution}[method](clf)
+    run = lambda: grad_method.attribute(images, target=target)
 elif method == "chefer":
     rel = CLIPAttentionRelevance(clf)
     run = lambda: rel.attribute(images, target=target)
