@@ -39,6 +39,15 @@ def _output_size(output_size: object) -> Optional[Tuple[int, int]]:
     return (int(size[0]), int(size[1]))  # type: ignore[call-overload]
 
 
+def _check_explainer(explainer: object) -> None:
+    if not isinstance(explainer, TokenMapAttribution):
+        raise TypeError(
+            "explainer: expected a token-map attribution (CLIPSurgeryAttribution, "
+            "CLIPSimilarityMap, MaskCLIPAttribution, GEMAttribution, SCLIPAttribution, "
+            f"ClearCLIPAttribution, NACLIPAttribution), got {type(explainer).__name__}"
+        )
+
+
 def _pair_of_positive_ints(name: str, value: object) -> Tuple[int, int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
         raise TypeError(f"{name}: expected a (crop, stride) pair of ints, got {type(value).__name__}")
@@ -130,6 +139,7 @@ def sliding_window_scores(
 
         >>> scores = sliding_window_scores(explainer, images, crop=224, stride=112)
     """
+    _check_explainer(explainer)
     crop, stride = _pair_of_positive_ints("sliding_window", (crop, stride))
     names = explainer._texts(class_names)
     images = prepare_images(explainer.adapter, images, "images")
@@ -242,11 +252,7 @@ def segment(
         >>> labels.shape, int(labels.max()) <= len(names)
         (torch.Size([8, 224, 224]), True)
     """
-    if not isinstance(explainer, TokenMapAttribution):
-        raise TypeError(
-            "explainer: expected a token-map attribution (CLIPSurgeryAttribution, "
-            f"CLIPSimilarityMap, MaskCLIPAttribution), got {type(explainer).__name__}"
-        )
+    _check_explainer(explainer)
     names = explainer._texts(class_names)
     size = _output_size(output_size)
     threshold = (

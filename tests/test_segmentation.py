@@ -305,3 +305,14 @@ def test_protocol_errors_name_the_argument(kwargs, error, match):
     explainer = SCLIPAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
     with pytest.raises(error, match=match):
         segment(explainer, images_for(model), **kwargs)
+
+
+def test_gradient_methods_are_not_token_map_explainers():
+    from captum_clip_surgery import LeGradAttribution
+
+    model = tiny_vit()
+    legrad = LeGradAttribution(CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES))
+    with pytest.raises(TypeError, match="explainer: expected a token-map attribution"):
+        sliding_window_scores(legrad, images_for(model), 32, 16)
+    with pytest.raises(TypeError, match="explainer: expected a token-map attribution"):
+        segment(legrad, images_for(model))
