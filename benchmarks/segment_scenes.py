@@ -26,7 +26,8 @@ import torch
 from captum_clip_surgery import CLIPZeroShotClassifier, build_method, segment
 from captum_clip_surgery.comparison import DENSE_METHODS, TITLES
 from captum_clip_surgery.evaluation import ScenesSegmentation, SegmentationMIoU
-from captum_clip_surgery.scenes import load_scenes_clip, scenes_preprocess
+from captum_clip_surgery.scenes import load_scenes_clip
+from captum_clip_surgery.scenes.model import scenes_preprocess
 
 
 def _pairs(text: Optional[str], name: str) -> Optional[Tuple[int, ...]]:
