@@ -1,6 +1,6 @@
 r"""Time and peak memory of every explanation method ÷ a plain forward, in one run.
 
-open_clip ViT-B-16 (random init), batch 8, 224 px, 20 texts, CPU by default. Each
+open_clip ViT-B-16 (random init), batch 8 (``--batch``), 224 px, 20 texts, CPU by default. Each
 method runs in its own subprocess: model built the same way (seeded), text cache
 filled, then the peak resident memory is reset (``/proc/self/clear_refs``,
 Linux) and the method is timed over ``--repeats`` further calls
@@ -9,7 +9,14 @@ call (reset right before it, after the model is built and the text cache filled)
 so allocator caches from earlier calls cannot hide it; the timed calls follow. Ratios are against ``model.encode_image`` under ``torch.no_grad()``
 measured the same way.
 
-Run: ``python benchmarks/bench_methods.py [--device cpu] [--repeats 3] [--ig-steps 50]``.
+Targets of the training-free family (METHODS-FAMILY): GEM ≤ 1.5× the forward's time,
+SCLIP / ClearCLIP / NACLIP ≤ 1.1×, LeGrad ≤ 3× with peak memory ≤ GradCAM's. The time
+ratio is paired: each timed call follows a plain forward in the same process, and the
+median of the per-pair ratios is reported (robust to load changes on shared machines;
+IG, timed once, uses the forward's own median).
+
+Run: ``python benchmarks/bench_methods.py [--device cpu] [--batch 8] [--repeats 3] [--ig-steps 50]
+[--methods surgery,gem,...]``.
 """
 
 from __future__ import annotations
@@ -19,21 +26,25 @@ import json
 import subprocess
 import sys
 
-METHODS = ["forward", "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig"]
+METHODS = ["forward", "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig",
+           "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip"]
 
 _CHILD = r"""
 import json, statistics, sys, time
 import torch, open_clip
 from captum.attr import IntegratedGradients, LayerGradCam, Saliency
 from captum_clip_surgery import (CLIPAttentionRelevance, CLIPSimilarityMap, CLIPSurgeryAttribution,
-                                 CLIPZeroShotClassifier, MaskCLIPAttribution)
+                                 CLIPZeroShotClassifier, ClearCLIPAttribution, GEMAttribution,
+                                 GradECLIPAttribution, LeGradAttribution, MaskCLIPAttribution, NACLIPAttribution,
+                                 SCLIPAttribution)
 
 method, device, repeats, ig_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+batch = int(sys.argv[5])
 CLASSES = ["dog", "cat", "grass", "sky", "car", "tree", "person", "bench", "building", "road",
            "water", "horse", "bird", "boat", "chair", "table", "bottle", "plant", "sofa", "train"]
 torch.manual_seed(0)
 model = open_clip.create_model("ViT-B-16").to(device).eval()
-images = torch.randn(8, 3, 224, 224, device=device)
+images = torch.randn(batch, 3, 224, 224, device=device)
 clf = CLIPZeroShotClassifier(model, CLASSES)
 _ = clf.text_features
 target = 3
@@ -41,8 +52,10 @@ if method == "forward":
     def run():
         with torch.no_grad():
             return model.encode_image(images)
-elif method in ("surgery", "raw", "maskclip"):
-    cls = {"surgery": CLIPSurgeryAttribution, "raw": CLIPSimilarityMap, "maskclip": MaskCLIPAttribution}[method]
+elif method in ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "naclip"):
+    cls = {"surgery": CLIPSurgeryAttribution, "raw": CLIPSimilarityMap, "maskclip": MaskCLIPAttribution,
+           "gem": GEMAttribution, "sclip": SCLIPAttribution, "clearclip": ClearCLIPAttribution,
+           "naclip": NACLIPAttribution}[method]
     explainer = cls(clf)
     def run():
         with torch.no_grad():
@@ -50,6 +63,9 @@ elif method in ("surgery", "raw", "maskclip"):
 elif method == "gradcam":
     cam = LayerGradCam(clf, clf.gradcam_layer(-1))
     run = lambda: cam.attribute(images, target=target, relu_attributions=True)
+elif method in ("legrad", "gradeclip"):
+    grad_method = {"legrad": LeGradAttribution, "gradeclip": GradECLIPAttribution}[method](clf)
+    run = lambda: grad_method.attribute(images, target=target)
 elif method == "chefer":
     rel = CLIPAttentionRelevance(clf)
     run = lambda: rel.attribute(images, target=target)
@@ -75,16 +91,25 @@ sync(); t0 = time.perf_counter(); out = run(); sync(); first = time.perf_counter
 peak = status("VmHWM") - base
 if device.startswith("cuda"):
     peak = torch.cuda.max_memory_allocated() - base_gpu
+def plain():
+    with torch.no_grad():
+        return model.encode_image(images)
 times = [first] if method == "ig" else []
+ratios = []
 for _ in range(0 if method == "ig" else repeats):
+    # the plain forward timed right before each call: the ratio of the pair survives load
+    # changes on a shared machine
+    sync(); t0 = time.perf_counter(); plain(); sync(); base = time.perf_counter() - t0
     sync(); t0 = time.perf_counter(); out = run(); sync(); times.append(time.perf_counter() - t0)
-print(json.dumps({"seconds": statistics.median(times), "peak_bytes": peak, "shape": list(out.shape)}))
+    ratios.append(times[-1] / base)
+print(json.dumps({"seconds": statistics.median(times), "peak_bytes": peak, "shape": list(out.shape),
+                  "paired_ratio": statistics.median(ratios) if ratios else None}))
 """
 
 
-def run_method(method: str, device: str, repeats: int, ig_steps: int) -> dict:
+def run_method(method: str, device: str, repeats: int, ig_steps: int, batch: int) -> dict:
     res = subprocess.run(
-        [sys.executable, "-c", _CHILD, method, device, str(repeats), str(ig_steps)],
+        [sys.executable, "-c", _CHILD, method, device, str(repeats), str(ig_steps), str(batch)],
         capture_output=True, text=True,
     )
     if res.returncode != 0:
@@ -97,18 +122,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ig-steps", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--methods", default=",".join(METHODS[1:]))
     args = parser.parse_args()
-    results = {"forward": run_method("forward", args.device, args.repeats, args.ig_steps)}
+    results = {"forward": run_method("forward", args.device, args.repeats, args.ig_steps, args.batch)}
     for m in args.methods.split(","):
-        results[m] = run_method(m, args.device, args.repeats, args.ig_steps)
+        results[m] = run_method(m, args.device, args.repeats, args.ig_steps, args.batch)
     base = results["forward"]
     memory = "GPU memory allocated" if args.device.startswith("cuda") else "resident memory"
-    print(f"ViT-B-16 random init, batch 8, 224 px, 20 texts, device {args.device}; "
+    print(f"ViT-B-16 random init, batch {args.batch}, 224 px, 20 texts, device {args.device}; "
           f"peak = growth of {memory}")
+    print("time ratio: median over repeats of (method time / plain forward timed just before it, "
+          "same process)")
     print(f"{'method':<10} {'time s':>8} {'time ratio':>10} {'peak MiB':>9} {'mem ratio':>9}  output")
     for name, r in results.items():
-        print(f"{name:<10} {r['seconds']:8.2f} {r['seconds'] / base['seconds']:10.2f} "
+        ratio = r["paired_ratio"] if r["paired_ratio"] is not None else r["seconds"] / base["seconds"]
+        print(f"{name:<10} {r['seconds']:8.2f} {ratio:10.2f} "
               f"{r['peak_bytes'] / 2**20:9.0f} {r['peak_bytes'] / max(base['peak_bytes'], 1):9.2f}"
               f"  {r['shape']}")
 

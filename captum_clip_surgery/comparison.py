@@ -28,13 +28,21 @@ from captum_clip_surgery._validation import (
 )
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.clearclip import ClearCLIPAttribution
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
+from captum_clip_surgery.gem import GEMAttribution
+from captum_clip_surgery.gradeclip import GradECLIPAttribution
+from captum_clip_surgery.legrad import LeGradAttribution
 from captum_clip_surgery.maskclip import MaskCLIPAttribution
+from captum_clip_surgery.naclip import NACLIPAttribution
+from captum_clip_surgery.sclip import SCLIPAttribution
 from captum_clip_surgery.similarity_map import CLIPSimilarityMap
 
 __all__ = [
     "DEFAULT_METHODS",
+    "DENSE_METHODS",
     "METHOD_NAMES",
+    "TRAINING_FREE_METHODS",
     "build_method",
     "channel_reduce",
     "compare",
@@ -47,10 +55,18 @@ __all__ = [
 #: Methods :func:`compare` runs when none are named.
 DEFAULT_METHODS = ("surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig")
 
+#: The training-free family beside CLIP Surgery: GEM, SCLIP, ClearCLIP, NACLIP, LeGrad and
+#: Grad-ECLIP.
+TRAINING_FREE_METHODS = ("gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip")
+
 #: Every method name :func:`compare` understands.
 METHOD_NAMES = DEFAULT_METHODS + (
     "surgery_empty", "surgery_none", "inputxgradient", "smoothgrad", "occlusion",
-)
+) + TRAINING_FREE_METHODS
+
+#: Methods whose attribution is a token-map explainer (dense features, scores for every
+#: text at once): usable with :func:`~captum_clip_surgery.segment`.
+DENSE_METHODS = ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "naclip")
 
 #: Display names used as figure titles.
 TITLES = {
@@ -66,6 +82,12 @@ TITLES = {
     "inputxgradient": "Input x Gradient",
     "smoothgrad": "SmoothGrad",
     "occlusion": "Occlusion",
+    "gem": "GEM",
+    "sclip": "SCLIP",
+    "clearclip": "ClearCLIP",
+    "naclip": "NACLIP",
+    "legrad": "LeGrad",
+    "gradeclip": "Grad-ECLIP",
 }
 
 
@@ -158,6 +180,18 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
         return NoiseTunnel(Saliency(classifier))
     if name == "occlusion":
         return Occlusion(classifier)
+    if name == "gem":
+        return GEMAttribution(classifier)
+    if name == "sclip":
+        return SCLIPAttribution(classifier)
+    if name == "clearclip":
+        return ClearCLIPAttribution(classifier)
+    if name == "naclip":
+        return NACLIPAttribution(classifier)
+    if name == "legrad":  # the authors' last 2 blocks (every block of a shallower tower)
+        return LeGradAttribution(classifier, layers=max(1, min(2, len(classifier.adapter.image.blocks))))
+    if name == "gradeclip":
+        return GradECLIPAttribution(classifier)
     raise ValueError(f"methods: unknown method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
 
 
@@ -165,7 +199,17 @@ def build_method(name: str, classifier: CLIPZeroShotClassifier) -> Attribution:
 METHOD_HEAD_KINDS: Dict[str, tuple] = {
     "chefer": ("token",),
     "maskclip": ("token", "attention"),
+    "gem": ("token", "attention", "average"),
+    "sclip": ("token", "attention", "average"),
+    "clearclip": ("token", "attention", "average"),
+    "naclip": ("token", "attention", "average"),
+    "legrad": ("token", "attention", "average"),
+    "gradeclip": ("token",),
 }
+
+#: Methods that change or differentiate attention blocks: not defined for towers
+#: without them (CLIP ResNets, conv trunks), whatever their head.
+METHODS_NEEDING_BLOCKS = ("chefer", "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip")
 
 
 def supported_methods(classifier: CLIPZeroShotClassifier) -> tuple:
@@ -182,8 +226,13 @@ def supported_methods(classifier: CLIPZeroShotClassifier) -> tuple:
         >>> "chefer" in supported_methods(CLIPZeroShotClassifier(resnet_clip, ["dog"]))
         False
     """
-    kind = classifier.adapter.image.kind
-    return tuple(m for m in METHOD_NAMES if kind in METHOD_HEAD_KINDS.get(m, (kind,)))
+    image = classifier.adapter.image
+    kind = image.kind
+    return tuple(
+        m for m in METHOD_NAMES
+        if kind in METHOD_HEAD_KINDS.get(m, (kind,))
+        and (image.blocks or m not in METHODS_NEEDING_BLOCKS)
+    )
 
 
 def _default_kwargs(name: str, classifier: CLIPZeroShotClassifier, images: Tensor) -> Dict[str, Any]:

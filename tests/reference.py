@@ -233,3 +233,238 @@ def chefer_relevance(model: open_clip.CLIP, image: Tensor, text_feature: Tensor)
         cam = sum(heads_cam) / len(heads_cam)
         r = r + cam @ r
     return r[0, 1:].reshape(h, w)
+
+
+# ---------------------------------------------------------------------------------------
+# The training-free family (METHODS-FAMILY): GEM, SCLIP, ClearCLIP, NACLIP, LeGrad, PAMR.
+# Plain per-head einsum forms on the open_clip ViT's own parameters.
+# ---------------------------------------------------------------------------------------
+
+
+def _vit_embed(model: open_clip.CLIP, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+    v = model.visual
+    x = F.conv2d(images, v.conv1.weight, stride=v.patch_size)
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h * w).permute(0, 2, 1)
+    x = torch.cat([v.class_embedding.reshape(1, 1, c).expand(b, 1, c), x], dim=1)
+    x = x + _resize_pos(v.positional_embedding, tuple(v.grid_size), (h, w))
+    return _ln(v.ln_pre, x), (h, w)
+
+
+def _qkv(block: torch.nn.Module, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Per-head ``[B, N, heads, d]`` q, k, v of normed tokens ``y``."""
+    attn = block.attn
+    qkv = y @ attn.in_proj_weight.t() + attn.in_proj_bias
+    return tuple(_heads(t, attn.num_heads) for t in qkv.chunk(3, dim=-1))  # type: ignore[return-value]
+
+
+def _probs(a: Tensor, b: Tensor, scale: float, bias: Optional[Tensor] = None) -> Tensor:
+    logits = torch.einsum("bnhd,bmhd->bhnm", a, b) * scale
+    if bias is not None:
+        logits = logits + bias
+    return logits.softmax(dim=-1)
+
+
+def _mix(probs: Tensor, v: Tensor) -> Tensor:
+    o = torch.einsum("bhnm,bmhd->bnhd", probs, v)
+    return o.reshape(o.shape[0], o.shape[1], -1)
+
+
+def _out(block: torch.nn.Module, o: Tensor) -> Tensor:
+    return o @ block.attn.out_proj.weight.t() + block.attn.out_proj.bias
+
+
+def _plain_block(block: torch.nn.Module, x: Tensor) -> Tensor:
+    q, k, v = _qkv(block, _ln(block.ln_1, x))
+    x = x + _ls(block.ls_1, _out(block, _mix(_probs(q, k, q.shape[-1] ** -0.5), v)))
+    return x + _ls(block.ls_2, _mlp(block, _ln(block.ln_2, x)))
+
+
+def _head(model: open_clip.CLIP, tokens: Tensor) -> Tensor:
+    return _ln(model.visual.ln_post, tokens) @ model.visual.proj
+
+
+def _last_block_method(model: open_clip.CLIP, images: Tensor, new_tokens) -> Tensor:
+    r"""Blocks before the last plain; ``new_tokens(block, x, q, k, v, grid)`` gives the
+    method's tokens; row 0 is the unmodified model's class token."""
+    x, grid = _vit_embed(model, images)
+    blocks = list(model.visual.transformer.resblocks)
+    for blk in blocks[:-1]:
+        x = _plain_block(blk, x)
+    last = blocks[-1]
+    q, k, v = _qkv(last, _ln(last.ln_1, x))
+    new = new_tokens(last, x, q, k, v, grid)
+    original = _plain_block(last, x)
+    return _head(model, torch.cat([original[:, :1], new[:, 1:]], dim=1))
+
+
+def sclip_tokens(model: open_clip.CLIP, images: Tensor) -> Tensor:
+    r"""SCLIP: last block with softmax(qqᵀ/√d) + softmax(kkᵀ/√d), residual and MLP kept."""
+
+    def new(blk, x, q, k, v, grid):
+        s = q.shape[-1] ** -0.5
+        a = _probs(q, q, s) + _probs(k, k, s)
+        z = x + _ls(blk.ls_1, _out(blk, _mix(a, v)))
+        return z + _ls(blk.ls_2, _mlp(blk, _ln(blk.ln_2, z)))
+
+    return _last_block_method(model, images, new)
+
+
+def clearclip_tokens(model: open_clip.CLIP, images: Tensor) -> Tensor:
+    r"""ClearCLIP: last block's softmax(qqᵀ/√d) branch alone (no residual, no MLP)."""
+
+    def new(blk, x, q, k, v, grid):
+        return _ls(blk.ls_1, _out(blk, _mix(_probs(q, q, q.shape[-1] ** -0.5), v)))
+
+    return _last_block_method(model, images, new)
+
+
+def naclip_omega(grid: Tuple[int, int], sigma: float) -> Tensor:
+    r"""Ω with explicit loops: Gaussian of the patch distance, 0 on the class row/column."""
+    h, w = grid
+    n = 1 + h * w
+    omega = torch.zeros(n, n)
+    for i in range(h * w):
+        for j in range(h * w):
+            ri, ci = divmod(i, w)
+            rj, cj = divmod(j, w)
+            d2 = (ri - rj) ** 2 + (ci - cj) ** 2
+            omega[1 + i, 1 + j] = float(torch.exp(torch.tensor(-d2 / (2 * sigma**2))))
+    return omega
+
+
+def naclip_tokens(model: open_clip.CLIP, images: Tensor, sigma: float = 5.0) -> Tensor:
+    r"""NACLIP: last block's softmax(kkᵀ/√d + Ω) branch alone (no residual, no MLP)."""
+
+    def new(blk, x, q, k, v, grid):
+        a = _probs(k, k, k.shape[-1] ** -0.5, naclip_omega(grid, sigma))
+        return _ls(blk.ls_1, _out(blk, _mix(a, v)))
+
+    return _last_block_method(model, images, new)
+
+
+def gem_tokens(
+    model: open_clip.CLIP,
+    images: Tensor,
+    blocks: int = 6,
+    iterations: int = 1,
+    temperature: Optional[float] = None,
+) -> Tensor:
+    r"""GEM: the self-self attention path over the last ``blocks`` blocks, own class token."""
+    x, grid = _vit_embed(model, images)
+    layers = list(model.visual.transformer.resblocks)
+    first = len(layers) - blocks
+    x_new: Optional[Tensor] = None
+    for i, blk in enumerate(layers):
+        if i >= first:
+            y = _ln(blk.ln_1, x)
+            q, k, v = _qkv(blk, y)
+            d = q.shape[-1]
+            if temperature is None:  # per image: mean token norm of y over √d
+                beta = (y.norm(dim=-1).mean(dim=1) / d**0.5)[:, None, None, None]
+            else:
+                beta = torch.tensor(temperature)
+            outs = []
+            for z in (q, k, v):
+                for _ in range(iterations):
+                    zn = z / z.norm(dim=-1, keepdim=True)
+                    a = (torch.einsum("bnhd,bmhd->bhnm", zn, zn) * beta).softmax(-1)
+                    z = torch.einsum("bhnm,bmhd->bnhd", a, zn)
+                zn = z / z.norm(dim=-1, keepdim=True)
+                a = (torch.einsum("bnhd,bmhd->bhnm", zn, zn) * beta).softmax(-1)
+                outs.append(_mix(a, v))
+            o = (outs[0] + outs[1] + outs[2]) / 3
+            x_new = (x if x_new is None else x_new) + _ls(blk.ls_1, _out(blk, o))
+        x = _plain_block(blk, x)
+    assert x_new is not None
+    return _head(model, x_new)
+
+
+def legrad_scores(
+    model: open_clip.CLIP,
+    image: Tensor,
+    text_feature: Tensor,
+    layers: int,
+    deltas: Optional[dict] = None,
+) -> Tuple[List[Tensor], List[Tensor], Tuple[int, int]]:
+    r"""For ONE image: the per-layer scores s^ℓ of the last ``layers`` blocks and their
+    attention maps (one full, uncut graph). ``deltas[ℓ]`` is added to block ℓ's
+    post-softmax attention (for finite differences)."""
+    x, grid = _vit_embed(model, image)
+    blocks = list(model.visual.transformer.resblocks)
+    scores, attentions = [], []
+    for i, blk in enumerate(blocks):
+        q, k, v = _qkv(blk, _ln(blk.ln_1, x))
+        a = _probs(q, k, q.shape[-1] ** -0.5)
+        if deltas and i in deltas:
+            a = a + deltas[i]
+        attentions.append(a)
+        x = x + _ls(blk.ls_1, _out(blk, _mix(a, v)))
+        x = x + _ls(blk.ls_2, _mlp(blk, _ln(blk.ln_2, x)))
+        if i >= len(blocks) - layers:
+            z = _head(model, x.mean(dim=1))
+            z = z / z.norm(dim=-1, keepdim=True)
+            scores.append((z[0] * text_feature).sum())
+    return scores, attentions[len(blocks) - layers :], grid
+
+
+def legrad_map(model: open_clip.CLIP, image: Tensor, text_feature: Tensor, layers: int = 2) -> Tensor:
+    r"""LeGrad for ONE image: each layer's score differentiated separately w.r.t. its own
+    attention, ReLU, mean over heads and query rows, patch columns, summed: ``[h, w]``."""
+    scores, attentions, (h, w) = legrad_scores(model, image, text_feature, layers)
+    total = torch.zeros(h * w)
+    for s, a in zip(scores, attentions):
+        (g,) = torch.autograd.grad(s, a, retain_graph=True)
+        heads = [g[0, i].clamp(min=0).mean(dim=0) for i in range(g.shape[1])]
+        total = total + (sum(heads) / len(heads))[1:]
+    return total.reshape(h, w)
+
+
+def pamr(images: Tensor, logits: Tensor, iterations: int, dilations: List[int]) -> Tensor:
+    r"""PAMR with 3×3 dilated shift kernels applied by ``conv2d`` (the original's layout)."""
+    m = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+    shift = torch.zeros(8, 1, 3, 3)
+    positions = [(r, c) for r in range(3) for c in range(3) if (r, c) != (1, 1)]
+    for n, (r, c) in enumerate(positions):
+        shift[n, 0, r, c] = 1.0
+    window = torch.zeros(9, 1, 3, 3)
+    for n in range(9):
+        window[n, 0, n // 3, n % 3] = 1.0
+
+    def neighbours(x: Tensor, kernel: Tensor) -> Tensor:
+        b, k, h, w = x.shape
+        flat = x.reshape(b * k, 1, h, w)
+        outs = [F.conv2d(F.pad(flat, [d] * 4, mode="replicate"), kernel, dilation=d) for d in dilations]
+        return torch.cat(outs, dim=1).reshape(b, k, -1, h, w)
+
+    std = neighbours(images, window).std(dim=2, keepdim=True)
+    diff = (neighbours(images, shift) - images[:, :, None]).abs()
+    aff = (-diff / (1e-8 + 0.1 * std)).mean(dim=1, keepdim=True).softmax(dim=2)
+    for _ in range(iterations):
+        m = (neighbours(m, shift) * aff).sum(dim=2)
+    return m
+
+
+def gradeclip_map(model: open_clip.CLIP, image: Tensor, text_feature: Tensor) -> Tensor:
+    r"""Grad-ECLIP for ONE image: the last block with one full-width head, w = ∂S/∂o_cls,
+    λ = min-max over patches of cos(q_cls, k_i), H_i = ReLU(λ_i Σ_c w_c v_ic): ``[h, w]``."""
+    x, (h, w) = _vit_embed(model, image)
+    blocks = list(model.visual.transformer.resblocks)
+    for blk in blocks[:-1]:
+        x = _plain_block(blk, x)
+    last = blocks[-1]
+    attn = last.attn
+    y = _ln(last.ln_1, x)
+    q, k, v = (y @ attn.in_proj_weight.t() + attn.in_proj_bias).chunk(3, dim=-1)
+    width = q.shape[-1]
+    a = torch.einsum("bc,bnc->bn", q[:, 0], k) / width**0.5
+    o = torch.einsum("bn,bnc->bc", a.softmax(dim=-1), v).detach().requires_grad_(True)
+    cls = x[:, 0] + _ls(last.ls_1, _out(last, o))
+    cls = cls + _ls(last.ls_2, _mlp(last, _ln(last.ln_2, cls)))
+    z = _head(model, cls)
+    score = (z[0] / z[0].norm() * text_feature).sum()
+    (grad,) = torch.autograd.grad(score, o)
+    lam = torch.stack([F.cosine_similarity(q[0, 0], k[0, i], dim=0) for i in range(1, k.shape[1])])
+    lam = (lam - lam.min()) / (lam.max() - lam.min())
+    heat = torch.stack([torch.relu(lam[i] * (grad[0] * v[0, 1 + i]).sum()) for i in range(h * w)])
+    return heat.detach().reshape(h, w)

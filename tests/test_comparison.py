@@ -66,7 +66,7 @@ def test_maps_line_up_with_the_pixels_at_a_non_multiple_size(k):
     assert bool(grad.abs().sum(dim=(0, 1))[~regions[k]].eq(0).all())
     assert bool(grad.abs().sum(dim=(0, 1))[regions[k]].gt(0).any())
 
-    methods = GRADIENT_METHODS + ["raw", "surgery", "maskclip"]
+    methods = GRADIENT_METHODS + ["raw", "surgery", "maskclip", "legrad"]
     maps = compare(clf, images, target="dog", methods=methods)
     for name, m in maps.items():
         assert m.shape == (2, 1, 13, 14), name

@@ -189,3 +189,130 @@ def test_scenes_segmentation_matches_the_exact_masks(scenes):
     assert np.mean(accuracy) >= 0.75, accuracy
     # every label names a class of the set
     assert int(surgery.min()) >= 0 and int(surgery.max()) < len(world.class_names)
+
+
+# ---- the shared protocol: sliding windows and PAMR (METHODS-FAMILY) ----------------------
+
+from captum_clip_surgery import SCLIPAttribution, pamr, sliding_window_scores  # noqa: E402
+from captum_clip_surgery.segmentation import _slide, window_spans  # noqa: E402
+
+
+def test_window_spans_hand_values():
+    assert window_spans(10, 4, 3) == [(0, 4), (3, 7), (6, 10)]
+    # the last window is moved back to end at the border
+    assert window_spans(11, 4, 3) == [(0, 4), (3, 7), (6, 10), (7, 11)]
+    assert window_spans(4, 4, 2) == [(0, 4)]  # equal to the crop: one window
+    assert window_spans(3, 4, 2) == [(0, 3)]  # smaller than the crop: the whole axis
+    assert window_spans(8, 4, 4) == [(0, 4), (4, 8)]
+
+
+def test_canvas_overlap_count_at_the_borders():
+    images = torch.arange(11 * 10, dtype=torch.float32).reshape(1, 1, 11, 10).expand(2, 3, 11, 10)
+    calls = []
+
+    def identity(crop):
+        calls.append(tuple(crop.shape[-2:]))
+        return crop[:, :1]
+
+    canvas, count = _slide(identity, images.contiguous(), 4, 3)
+    # rows: spans (0,4) (3,7) (6,10) (7,11); columns: (0,4) (3,7) (6,10)
+    rows = torch.tensor([1, 1, 1, 2, 1, 1, 2, 2, 2, 2, 1], dtype=torch.float32)
+    cols = torch.tensor([1, 1, 1, 2, 1, 1, 2, 1, 1, 1], dtype=torch.float32)
+    torch.testing.assert_close(count[0, 0], rows[:, None] * cols[None, :])
+    # every window sees the same pixels: the average is the image itself
+    torch.testing.assert_close(canvas / count, images[:, :1])
+    assert calls == [(4, 4)] * 12
+
+
+@pytest.mark.parametrize("size", [24, 32, 48], ids=["smaller", "equal", "larger"])
+def test_sliding_window_scores_against_explicit_crops(size):
+    model = tiny_vit()
+    explainer = SCLIPAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=2, h=size, w=size + 8, seed=6)
+    got = sliding_window_scores(explainer, images, crop=32, stride=16)
+    assert got.shape == (2, len(TEXTS), size, size + 8)
+    canvas = torch.zeros(2, len(TEXTS), size, size + 8)
+    count = torch.zeros(size, size + 8)
+    for y0, y1 in window_spans(size, 32, 16):
+        for x0, x1 in window_spans(size + 8, 32, 16):
+            crop = images[:, :, y0:y1, x0:x1]
+            s = F.interpolate(explainer.similarity(crop), size=crop.shape[-2:], mode="bilinear",
+                              align_corners=False)
+            canvas[:, :, y0:y1, x0:x1] += s
+            count[y0:y1, x0:x1] += 1
+    torch.testing.assert_close(got, canvas / count, atol=1e-6, rtol=1e-5)
+    if size == 24:  # smaller than the crop in height, equal in width: one window
+        assert count.max() == 1
+    labels = segment(explainer, images, sliding_window=(32, 16))
+    _assert_labels_match(labels, got)
+
+
+def test_sliding_window_pads_crops_to_a_patch_multiple():
+    model = tiny_vit()
+    explainer = SCLIPAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=1, h=30, w=30, seed=2)  # not a multiple of the patch (8)
+    got = sliding_window_scores(explainer, images, crop=64, stride=32)
+    padded = F.pad(images, (0, 2, 0, 2))
+    expected = F.interpolate(explainer.similarity(padded), size=(32, 32), mode="bilinear",
+                             align_corners=False)[:, :, :30, :30]
+    torch.testing.assert_close(got, expected)
+
+
+def test_segment_with_pamr_is_the_argmax_of_the_refined_scores():
+    model = tiny_vit()
+    explainer = SCLIPAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=2, seed=8)
+    labels = segment(explainer, images, output_size=(40, 36), pamr=3, pamr_dilations=(2, 4))
+    scores = F.interpolate(explainer.similarity(images), size=(40, 36), mode="bilinear",
+                           align_corners=False)
+    resized = F.interpolate(images, size=(40, 36), mode="bilinear", align_corners=False)
+    refined = ref.pamr(resized, scores, 3, [2, 4])
+    _assert_labels_match(labels, refined, margin=1e-4)
+    assert not torch.equal(labels, segment(explainer, images, output_size=(40, 36)))
+    torch.testing.assert_close(pamr(resized, scores, 3, (2, 4)), refined, atol=1e-5, rtol=1e-5)
+    # True = the published 10 iterations at dilations 8 and 16
+    ten = segment(explainer, images, pamr=True)
+    up = F.interpolate(explainer.similarity(images), size=(32, 32), mode="bilinear",
+                       align_corners=False)
+    _assert_labels_match(ten, ref.pamr(images, up, 10, [8, 16]), margin=1e-4)
+
+
+def test_segment_logit_scale_sets_the_background_rule():
+    model = tiny_vit()
+    explainer = SCLIPAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
+    images = images_for(model, b=2, seed=2)
+    up = F.interpolate(explainer.similarity(images), size=(32, 32), mode="bilinear",
+                       align_corners=False)
+    confidence = torch.softmax(40.0 * up, dim=1).amax(dim=1)
+    threshold = float(confidence.median())
+    labels = segment(explainer, images, background_threshold=threshold, logit_scale=40.0)
+    low = confidence < threshold
+    assert (labels[low] == len(TEXTS)).all() and (labels[~low] != len(TEXTS)).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(sliding_window=32), TypeError, "sliding_window: expected a"),
+        (dict(sliding_window=(32, 0)), ValueError, "sliding_window: expected two positive"),
+        (dict(pamr=-1), ValueError, "pamr: expected a bool or a number"),
+        (dict(pamr=True, pamr_dilations=()), ValueError, "pamr_dilations"),
+        (dict(logit_scale=-1.0), ValueError, "logit_scale: expected a positive"),
+    ],
+)
+def test_protocol_errors_name_the_argument(kwargs, error, match):
+    model = tiny_vit()
+    explainer = SCLIPAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
+    with pytest.raises(error, match=match):
+        segment(explainer, images_for(model), **kwargs)
+
+
+def test_gradient_methods_are_not_token_map_explainers():
+    from captum_clip_surgery import LeGradAttribution
+
+    model = tiny_vit()
+    legrad = LeGradAttribution(CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES))
+    with pytest.raises(TypeError, match="explainer: expected a token-map attribution"):
+        sliding_window_scores(legrad, images_for(model), 32, 16)
+    with pytest.raises(TypeError, match="explainer: expected a token-map attribution"):
+        segment(legrad, images_for(model))

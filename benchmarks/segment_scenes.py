@@ -1,0 +1,112 @@
+r"""Open-vocabulary segmentation mIoU of every dense method on held-out scenes, with and
+without PAMR, on the shipped scenes CLIP (no download).
+
+Every dense method (a token-map explainer: ``DENSE_METHODS``) labels each pixel with
+:func:`captum_clip_surgery.segment` over the world's classes (objects and background
+"stuff", with the release's 85 templates as in ``clip-surgery evaluate``; no background
+threshold, every pixel is labelled); the labels are compared with the exact masks by a confusion matrix
+over all pixels of all scenes (:class:`SegmentationMIoU`): mIoU over the classes and pixel
+accuracy. PAMR (:func:`captum_clip_surgery.pamr`, 10 iterations) runs at the scenes' 64 px
+with two sets of dilations: the published (8, 16), meant for ~400-px images, and
+``--small-dilations`` (default 1, 2: the published ones scaled to 64 px). LeGrad is not
+dense (one backward pass per class) and is not listed.
+
+Run: ``python benchmarks/segment_scenes.py [--limit 200] [--size 64]
+[--sliding-window CROP,STRIDE] [--methods surgery,raw,...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from captum_clip_surgery import CLIPZeroShotClassifier, build_method, segment
+from captum_clip_surgery.comparison import DENSE_METHODS, TITLES
+from captum_clip_surgery.evaluation import ScenesSegmentation, SegmentationMIoU
+from captum_clip_surgery.scenes import load_scenes_clip
+from captum_clip_surgery.scenes.model import scenes_preprocess
+
+
+def _pairs(text: Optional[str], name: str) -> Optional[Tuple[int, ...]]:
+    if not text:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{name}: expected comma-separated ints, got {text!r}") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--limit", type=int, default=200, help="held-out scenes (default 200)")
+    parser.add_argument("--methods", default=",".join(DENSE_METHODS))
+    parser.add_argument("--size", type=int, default=64, help="square input size (default 64)")
+    parser.add_argument("--sliding-window", default=None, metavar="CROP,STRIDE",
+                        help="sliding-window inference at --size (default: whole image)")
+    parser.add_argument("--small-dilations", default="1,2", metavar="D1,D2")
+    parser.add_argument("--batch-size", type=int, default=25)
+    args = parser.parse_args()
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DENSE_METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: not dense: {unknown}; expected some of {DENSE_METHODS}")
+    window = _pairs(args.sliding_window, "--sliding-window")
+    small = _pairs(args.small_dilations, "--small-dilations")
+    model, _, tokenizer = load_scenes_clip()
+    data = ScenesSegmentation(size=args.limit)
+    clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
+    _ = clf.text_features  # fill the text cache before anything is timed
+    preprocess = scenes_preprocess(args.size)
+    k = len(data.class_names)
+    settings = {"none": dict(pamr=False), "pamr_published": dict(pamr=10, pamr_dilations=(8, 16)),
+                "pamr_small": dict(pamr=10, pamr_dilations=small)}
+    acc: Dict[str, Dict[str, SegmentationMIoU]] = {
+        m: {s: SegmentationMIoU(k, ignore_index=255) for s in settings} for m in methods
+    }
+    seconds: Dict[str, float] = {m: 0.0 for m in methods}
+    explainers = {m: build_method(m, clf) for m in methods}
+    start_all = time.perf_counter()
+    for first in range(0, len(data), args.batch_size):
+        items = [data[i] for i in range(first, min(first + args.batch_size, len(data)))]
+        images = torch.stack([preprocess(item["image"]) for item in items])
+        truth: List[torch.Tensor] = []
+        for item in items:
+            labels = item["masks"].float().argmax(dim=0)
+            labels[~item["masks"].any(dim=0)] = 255
+            truth.append(labels)
+        target = torch.stack(truth)
+        size = tuple(target.shape[-2:])
+        for m in methods:
+            for s, kwargs in settings.items():
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    pred = segment(explainers[m], images, output_size=size,
+                                   sliding_window=window, **kwargs)
+                if s == "none":
+                    seconds[m] += time.perf_counter() - t0
+                acc[m][s].update(pred, target)
+    total = time.perf_counter() - start_all
+
+    print(f"scenes segmentation: {len(data)} held-out scenes, {k} classes, input {args.size} px"
+          + (f", sliding window {window[0]}/{window[1]}" if window else ", whole image")
+          + f"; PAMR 10 iterations; {total:.0f} s in all")
+    print()
+    print(f"| method | mIoU ↑ | + PAMR (8, 16) | + PAMR {small} | pixel acc. ↑ "
+          f"| + PAMR {small} | s / image |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for m in methods:
+        r = {s: acc[m][s].compute() for s in settings}
+        for v in r.values():
+            confusion = v["confusion"].double()
+            v["pixel_accuracy"] = float(confusion.diagonal().sum() / confusion.sum())
+        print(f"| {TITLES.get(m, m)} | {r['none']['miou']:.3f} | {r['pamr_published']['miou']:.3f} "
+              f"| {r['pamr_small']['miou']:.3f} | {r['none']['pixel_accuracy']:.3f} "
+              f"| {r['pamr_small']['pixel_accuracy']:.3f} | {seconds[m] / len(data):.4f} |")
+
+
+if __name__ == "__main__":
+    main()

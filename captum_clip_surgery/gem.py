@@ -1,0 +1,192 @@
+r"""GEM, Grounding Everything (Bousselham et al., CVPR 2024): a self-self attention path."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captum_clip_surgery._architecture import attention, run_blocks
+from captum_clip_surgery._map_attribution import FeatureSurgery, TokenMapAttribution
+from captum_clip_surgery._training_free import (
+    dense_features,
+    original_last_block_pooled,
+    require_attention_blocks,
+)
+from captum_clip_surgery.adapters.base import BlockView
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+
+__all__ = ["GEMAttribution"]
+
+#: Blocks with the GEM path in the authors' code (``gem_depth=7`` means 6 modified blocks).
+DEFAULT_BLOCKS = 6
+_BRANCHES = ("q", "k", "v")
+
+
+class GEMAttribution(TokenMapAttribution):
+    r"""GEM maps: a parallel path of normalised self-self attention over the last blocks.
+
+    Over the last ``blocks`` attention blocks of the image tower a new path runs
+    beside the model's own stream, starting as the stream entering the first of
+    them. In each of these blocks ``q, k, v`` come from ``norm1`` of the original
+    stream, which runs unchanged (attention and MLP); the new path adds
+    ``ls1(out(o))`` (the block's output projection, no MLP) with
+    ``o = (o_q + o_k + o_v) / 3`` where, for each ``z`` in ``q, k, v`` (per head):
+
+    1. ``iterations`` times: ``ẑ = z / ‖z‖`` per token, ``z ← softmax(β ẑ ẑᵀ) ẑ``;
+    2. ``ẑ = z / ‖z‖``; ``o_z = softmax(β ẑ ẑᵀ) v`` (the block's raw ``v``).
+
+    The inverse temperature ``β`` is, per image and block, the mean over tokens of
+    the full-width norm of ``norm1(x)`` divided by ``√d`` (``d`` the head width),
+    unless a fixed ``temperature`` is given. Every token of the new path then
+    goes through the pooling head applied per token (:meth:`~PoolingHead.dense`:
+    final norm and projection for a class-token head). GEM keeps its own class
+    token: row 0 of :meth:`token_features` is the new path's class token through
+    the head (a tower without a class token, e.g. SigLIP, gives the unmodified
+    model's embedding there). Computed functionally from the model's own
+    weights; nothing is modified.
+
+    Defined for every image tower with attention blocks (any pooling head); a
+    tower without them (CLIP ResNets, conv trunks) raises ``TypeError``. No
+    feature surgery by default. The authors use the single template ``"a photo
+    of a {}."`` and 448-pixel inputs (any input size works here).
+
+    With only the value branch, no normalisation, ``β = 1/√d``, no iterations and
+    the original class token, GEM is CLIP Surgery's architecture path; the
+    private keyword arguments ``_branches=("v",)``, ``_normalize=False`` and
+    ``_class_token="original"`` (with ``iterations=0`` and ``temperature=d ** -0.5``)
+    give that reduction, for tests and ablations.
+
+    Args:
+        forward_func (CLIPZeroShotClassifier or nn.Module): classifier or model.
+        blocks (int, optional): last attention blocks with the GEM path,
+            ``1..depth``. Default ``None``: the authors' 6 (every block of a
+            shallower tower).
+        iterations (int): self-self attention iterations ``T >= 0`` (default 1).
+        temperature (float, optional): a fixed inverse temperature ``β``
+            multiplying the cosine logits; default the adaptive rule above.
+        texts (list[str], optional): texts, when a model is given.
+        templates (list[str], optional): prompt templates, when a model is given.
+        tokenizer (Callable, optional): tokenizer, when a model is given.
+
+    Examples::
+
+        >>> explainer = GEMAttribution(clf)          # 6 blocks, 1 iteration
+        >>> explainer.attribute(images, target="dog").shape
+        torch.Size([8, 1, 224, 224])
+    """
+
+    default_feature_surgery: FeatureSurgery = "none"
+
+    def __init__(
+        self,
+        forward_func: Union[CLIPZeroShotClassifier, nn.Module],
+        blocks: Optional[int] = None,
+        iterations: int = 1,
+        temperature: Optional[float] = None,
+        texts: Optional[Sequence[str]] = None,
+        templates: Optional[Sequence[str]] = None,
+        tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+        *,
+        _branches: Sequence[str] = _BRANCHES,
+        _normalize: bool = True,
+        _class_token: str = "gem",
+    ) -> None:
+        super().__init__(forward_func, texts, templates, tokenizer)
+        require_attention_blocks(self.adapter, "GEM", "the attention of the last blocks")
+        depth = len(self.adapter.image.blocks)
+        if blocks is None:
+            blocks = min(DEFAULT_BLOCKS, depth)
+        elif isinstance(blocks, bool) or not isinstance(blocks, int):
+            raise TypeError(f"blocks: expected an int or None, got {type(blocks).__name__}")
+        elif not 1 <= blocks <= depth:
+            raise ValueError(
+                f"blocks: expected an int in [1, {depth}] (the image tower has {depth} blocks), "
+                f"got {blocks}"
+            )
+        if isinstance(iterations, bool) or not isinstance(iterations, int):
+            raise TypeError(f"iterations: expected an int >= 0, got {type(iterations).__name__}")
+        if iterations < 0:
+            raise ValueError(f"iterations: expected an int >= 0, got {iterations}")
+        if temperature is not None:
+            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+                raise TypeError(
+                    f"temperature: expected a positive number or None, got "
+                    f"{type(temperature).__name__}"
+                )
+            if not (math.isfinite(temperature) and temperature > 0):
+                raise ValueError(f"temperature: expected a positive finite number, got {temperature}")
+            temperature = float(temperature)
+        branches = tuple(_branches)
+        if not branches or any(b not in _BRANCHES for b in branches):
+            raise ValueError(f"_branches: expected a non-empty subset of {_BRANCHES}, got {branches}")
+        if _class_token not in ("gem", "original"):
+            raise ValueError(f"_class_token: expected 'gem' or 'original', got {_class_token!r}")
+        self.blocks = blocks
+        self.iterations = iterations
+        self.temperature = temperature
+        self._branches = branches
+        self._normalize = bool(_normalize)
+        self._class_token = _class_token
+
+    def _unit(self, z: Tensor) -> Tensor:
+        return F.normalize(z, dim=-1) if self._normalize else z
+
+    def _gem_output(self, block: BlockView, y: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        r"""``o = mean over branches of o_z``, ``[B, heads, N, d]``, for ``y = norm1(x)``."""
+        if self.temperature is None:
+            beta: Union[Tensor, float] = (
+                y.float().norm(dim=-1).mean(dim=-1) / math.sqrt(block.head_dim)
+            ).to(q.dtype)[:, None, None, None]
+        else:
+            beta = self.temperature
+
+        def attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+            if isinstance(beta, Tensor):  # per-image β folded into the queries
+                return attention(query * beta, key, value, 1.0)
+            return attention(query, key, value, beta)
+
+        zs = {"q": q, "k": k, "v": v}
+        total: Optional[Tensor] = None
+        for name in self._branches:
+            z = zs[name]
+            for _ in range(self.iterations):
+                unit = self._unit(z)
+                z = attend(unit, unit, unit)
+            unit = self._unit(z)
+            o = attend(unit, unit, v)
+            total = o if total is None else total + o
+        assert total is not None
+        return total / len(self._branches)
+
+    def token_features(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        r"""GEM token features ``[B, 1 + h*w, D]`` and the grid ``(h, w)``."""
+        image = self.adapter.image
+        head = image.head
+        p = image.num_prefix_tokens
+        own_cls = self._class_token == "gem" and head.kind == "token" and p > 0
+        x, grid = image.embed(images)
+        depth = len(image.blocks)
+        start = depth - self.blocks
+        x = run_blocks(image, x, grid, start)
+        x_new: Optional[Tensor] = None
+        pooled: Optional[Tensor] = None
+        for i in range(start, depth):
+            block = image.blocks[i]
+            y = block.norm1(x)
+            q, k, v = block.qkv(y)
+            o = self._gem_output(block, y, q, k, v)
+            x_new = (x if x_new is None else x_new) + block.ls1(block.out(o))
+            if i < depth - 1:
+                x = x + block.ls1(block.out(block.original_attention(q, k, v)))
+                x = x + block.ls2(block.mlp(block.norm2(x)))
+            elif not own_cls:  # the model's own embedding from its last block
+                pooled = original_last_block_pooled(image, block, x, q, k, v, grid)
+        assert x_new is not None
+        if own_cls:
+            pooled = head.dense(x_new[:, :1])[:, 0]
+        assert pooled is not None
+        return torch.cat([pooled[:, None], dense_features(image, x_new, grid)], dim=1), grid
