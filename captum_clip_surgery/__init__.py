@@ -23,10 +23,10 @@ from captum_clip_surgery.feature_surgery import feature_surgery_scores
 from captum_clip_surgery.gem import GEMAttribution
 from captum_clip_surgery.gradeclip import GradECLIPAttribution
 from captum_clip_surgery.legrad import LeGradAttribution
+from captum_clip_surgery.mask_refinement import pamr
 from captum_clip_surgery.maskclip import MaskCLIPAttribution
 from captum_clip_surgery.multilabel import multilabel_scores, text_presence
 from captum_clip_surgery.naclip import NACLIPAttribution
-from captum_clip_surgery.pamr import pamr
 from captum_clip_surgery.points import (
     PointPrompts,
     build_sam_predictor,

@@ -12,8 +12,8 @@ from torch import Tensor
 from captum_clip_surgery._map_attribution import FeatureSurgery, TokenMapAttribution
 from captum_clip_surgery._maps import to_pixels, upsample
 from captum_clip_surgery._validation import prepare_images
+from captum_clip_surgery.mask_refinement import pamr as _pamr
 from captum_clip_surgery.multilabel import check_unit_interval
-from captum_clip_surgery.pamr import pamr as _pamr
 
 __all__ = ["segment", "sliding_window_scores"]
 
