@@ -4,6 +4,7 @@ from captum_clip_surgery._maps import minmax_normalize
 from captum_clip_surgery._text import DEFAULT_TEMPLATES, SCENE_TEMPLATES
 from captum_clip_surgery.adapters import CLIPAdapter, get_adapter, register_adapter
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
+from captum_clip_surgery.batch_explain import ExplainSummary, explain_images, explain_to_folder
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier, TokenGrid
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
 from captum_clip_surgery.comparison import (
@@ -40,6 +41,7 @@ __all__ = [
     "CLIPZeroShotClassifier",
     "DEFAULT_METHODS",
     "DEFAULT_TEMPLATES",
+    "ExplainSummary",
     "METHOD_NAMES",
     "MaskCLIPAttribution",
     "PointPrompts",
@@ -49,7 +51,9 @@ __all__ = [
     "build_sam_predictor",
     "channel_reduce",
     "compare",
+    "explain_images",
     "explain_text_tokens",
+    "explain_to_folder",
     "feature_surgery",
     "get_adapter",
     "minmax_normalize",
