@@ -2,7 +2,6 @@ r"""Text side (METHOD §5): prompt templates, prompt-ensembled text features, ca
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,7 +15,6 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "SCENE_TEMPLATES",
     "TextFeatureCache",
-    "length_buckets",
     "validate_texts",
 ]
 
@@ -66,70 +64,16 @@ def validate_templates(templates: object) -> Tuple[str, ...]:
     return tuple(items)
 
 
-def length_buckets(lengths: Tensor, max_prompts: int, overhead: float) -> List[Tensor]:
-    r"""Split prompts into chunks of similar length, cheapest to encode.
-
-    A chunk is encoded up to its longest prompt, so it costs about
-    ``count · longest + overhead`` tokens, ``overhead`` standing for the fixed
-    cost of one forward (launches, small-batch inefficiency). Prompts are sorted
-    by length and the runs of distinct lengths are grouped by dynamic
-    programming to minimise that total; a group larger than ``max_prompts`` is
-    split into near-equal consecutive chunks (each truncated to its own longest
-    prompt by the text tower).
-
-    Args:
-        lengths (Tensor): ``[N]`` prompt lengths (pooled position + 1).
-        max_prompts (int): most prompts per chunk.
-        overhead (float): cost of one forward, in tokens.
-
-    Returns:
-        list[Tensor]: index tensors into ``lengths`` (on its device), shortest
-        prompts first; together they hold every index once.
-
-    Examples::
-
-        >>> [c.tolist() for c in length_buckets(torch.tensor([9, 3, 3, 9]), 8, 0.0)]
-        [[1, 2], [0, 3]]
-    """
-    if max_prompts < 1:
-        raise ValueError(f"max_prompts: expected >= 1, got {max_prompts}")
-    order = torch.argsort(lengths, stable=True)
-    values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
-    values_, counts_ = values.tolist(), counts.tolist()
-    k = len(values_)
-    # best[j]: cheapest cost of the first j distinct lengths; cut[j]: where its last group starts
-    best = [0.0] + [math.inf] * k
-    cut = [0] * (k + 1)
-    for j in range(1, k + 1):
-        total = 0
-        for i in range(j, 0, -1):  # group = distinct lengths i-1 .. j-1
-            total += counts_[i - 1]
-            cost = best[i - 1] + total * values_[j - 1] + math.ceil(total / max_prompts) * overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i - 1
-    groups = []
-    j = k
-    while j > 0:
-        groups.append((cut[j], j))
-        j = cut[j]
-    starts = [0] + torch.cumsum(counts, 0).tolist()
-    chunks: List[Tensor] = []
-    for i, j in reversed(groups):
-        members = order[starts[i] : starts[j]]
-        pieces = math.ceil(len(members) / max_prompts)
-        chunks.extend(torch.tensor_split(members, pieces))
-    return chunks
-
-
 class TextFeatureCache:
     r"""Prompt-ensembled text features with a per-(text, templates) cache.
 
     For each text, every template is filled in, encoded, L2-normalised; the
     mean is L2-normalised again. All missing prompts of a call are tokenized
-    together and encoded in length buckets (:func:`length_buckets`), each run
-    only up to its own last pooled (EOT) position where the text tower allows it
-    (exact under the causal mask): a first call on 20 classes × 85 templates
-    costs about a tenth of the full-context encoding.
+    together and encoded by the text view's ``encode_many``: in length buckets,
+    each run only up to its own last pooled (EOT) position, and for open_clip's
+    causal text tower with each shared prefix (a template's words) computed
+    once — exact under the causal mask, a small fraction of the full-context
+    cost (``benchmarks/bench_core.py``).
 
     Args:
         adapter (CLIPAdapter): the model's adapter.
@@ -203,22 +147,19 @@ class TextFeatureCache:
             )
         device = self.adapter.device
         ids = ids.to(device)
-        if self.truncate:
-            try:
-                lengths = self.adapter.text.pooled_positions(ids) + 1
-            except TypeError:  # towers that do not say where they pool: the argmax (EOT) rule
-                lengths = ids.argmax(dim=-1) + 1
-            overhead = self.bucket_overhead
-            if overhead is None:
-                overhead = 32.0 if device.type == "cpu" else 4096.0
-            buckets = length_buckets(lengths, self.chunk_size, overhead)
-        else:
-            buckets = list(torch.arange(len(prompts), device=device).split(self.chunk_size))
         chunks = []
         with inference_mode_of(self.adapter.model):
-            for index in buckets:
-                feats = self.adapter.text.encode(ids[index], truncate=self.truncate)
+            if self.truncate:
+                overhead = self.bucket_overhead
+                if overhead is None:
+                    overhead = 32.0 if device.type == "cpu" else 4096.0
+                index = torch.arange(len(prompts), device=device)
+                feats = self.adapter.text.encode_many(ids, self.chunk_size, overhead)
                 chunks.append((index, F.normalize(feats.float(), dim=-1)))
+            else:
+                for index in torch.arange(len(prompts), device=device).split(self.chunk_size):
+                    feats = self.adapter.text.encode(ids[index], truncate=False)
+                    chunks.append((index, F.normalize(feats.float(), dim=-1)))
         dim = chunks[0][1].shape[-1]
         out = torch.empty(len(prompts), dim, device=device)
         for index, feats in chunks:
