@@ -90,6 +90,19 @@ def find_images(spec: str) -> List[str]:
     return [spec] if os.path.isfile(spec) else []
 
 
+def _paths(images: Any) -> List[Any]:
+    r"""A folder / glob pattern resolved (it must match something), or the list given."""
+    if isinstance(images, (str, os.PathLike)):
+        paths = find_images(images)
+        if not paths:
+            raise ValueError(f"images: no image files match {os.fspath(images)!r}")
+        return list(paths)
+    if isinstance(images, (bytes, Tensor)) or not hasattr(images, "__iter__"):
+        raise TypeError("images: expected a folder, a glob pattern or a list of file paths, got "
+                        f"{type(images).__name__}")
+    return list(images)
+
+
 def _default_preprocess(classifier: CLIPZeroShotClassifier) -> Callable[[Any], Tensor]:
     from torchvision import transforms as T
 
@@ -315,7 +328,7 @@ def explain_images(
                 f"texts: method {name!r} explains the classifier's own texts; not among them: "
                 f"{', '.join(repr(t) for t in unknown)}"
             )
-    paths = find_images(images) if isinstance(images, (str, os.PathLike)) else list(images)
+    paths = _paths(images)
     for i, p in enumerate(paths):
         if not isinstance(p, (str, os.PathLike)):
             raise TypeError(f"images: expected file paths, item {i} is {type(p).__name__}")
@@ -515,9 +528,7 @@ def explain_to_folder(
     start = time.perf_counter()
     if not save_maps and not figures:
         raise ValueError("save_maps, figures: nothing to write; enable at least one")
-    paths = find_images(images) if isinstance(images, (str, os.PathLike)) else [
-        os.fspath(p) for p in images
-    ]
+    paths = [os.fspath(p) for p in _paths(images)]
     seen: Dict[str, str] = {}
     for p in paths:
         stem = os.path.splitext(os.path.basename(p))[0]

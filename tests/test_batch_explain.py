@@ -224,6 +224,11 @@ def test_bad_arguments(clf, image_dir, tmp_path):
         explain_images(paths, clf, texts="tomato")
     with pytest.raises(ValueError, match="^surgery_blocks: expected an int in"):
         explain_images(paths, clf, method_options={"surgery_blocks": 99})
+    with pytest.raises(ValueError, match="^images: no image files match '.*nothing'"):
+        explain_images(str(tmp_path / "nothing"), clf)
+    with pytest.raises(TypeError, match="^images: expected a folder, a glob pattern or a list"):
+        explain_images(3, clf)
+    assert list(explain_images([], clf)) == []
     with pytest.raises(ValueError, match="^save_maps, figures: nothing to write"):
         explain_to_folder(paths, clf, str(tmp_path), save_maps=False, figures=False)
     twin = tmp_path / "twin"
