@@ -4,6 +4,7 @@ from captum_clip_surgery._maps import minmax_normalize
 from captum_clip_surgery._text import DEFAULT_TEMPLATES, SCENE_TEMPLATES
 from captum_clip_surgery.adapters import CLIPAdapter, HFCLIPPair, get_adapter, register_adapter
 from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
+from captum_clip_surgery.batch_explain import ExplainSummary, explain_images, explain_to_folder
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.clearclip import ClearCLIPAttribution
 from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_TEMPLATES",
     "DENSE_METHODS",
+    "ExplainSummary",
     "GEMAttribution",
     "GradECLIPAttribution",
     "HFCLIPPair",
@@ -70,7 +72,9 @@ __all__ = [
     "build_sam_predictor",
     "channel_reduce",
     "compare",
+    "explain_images",
     "explain_text_tokens",
+    "explain_to_folder",
     "feature_surgery_scores",
     "get_adapter",
     "minmax_normalize",

@@ -97,8 +97,11 @@ class TextFeatureCache:
 
     For each text, every template is filled in, encoded, L2-normalised; the
     mean is L2-normalised again. All missing prompts of a call are tokenized
-    together, sorted by length and encoded in chunks, each chunk run only up to
-    its last EOT position (exact under the causal mask).
+    together and encoded by the text view's ``encode_many``: in length buckets,
+    each run only up to its own last pooled (EOT) position, and for open_clip's
+    causal text tower with each shared prefix (a template's words) computed
+    once — exact under the causal mask, a small fraction of the full-context
+    cost (``benchmarks/bench_core.py``).
 
     Args:
         adapter (CLIPAdapter): the model's adapter.
@@ -108,7 +111,11 @@ class TextFeatureCache:
             padded and truncated to the model's context length); default: the
             model family's own tokenizer.
         truncate (bool): run the text tower only up to the last EOT position.
-        chunk_size (int): prompts encoded per forward.
+        chunk_size (int): most prompts encoded per forward.
+        bucket_overhead (float, optional): the cost of one forward in tokens,
+            which decides how far prompts of different lengths are merged into
+            one bucket; default 32 on CPU (where a forward costs its tokens) and
+            4096 elsewhere (where small batches leave the device idle).
     """
 
     def __init__(
@@ -117,6 +124,7 @@ class TextFeatureCache:
         tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
         truncate: bool = True,
         chunk_size: int = 512,
+        bucket_overhead: Optional[float] = None,
     ) -> None:
         if tokenizer is not None and not callable(tokenizer):
             raise TypeError(
@@ -128,7 +136,10 @@ class TextFeatureCache:
         self.adapter = adapter
         self.tokenizer = tokenizer if tokenizer is not None else adapter.text.default_tokenizer()
         self.truncate = truncate
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
         self.chunk_size = chunk_size
+        self.bucket_overhead = bucket_overhead
         self._cache: Dict[Tuple[str, Tuple[str, ...]], Tensor] = {}
 
     def clear(self) -> None:
@@ -175,14 +186,20 @@ class TextFeatureCache:
         prompts = [template.format(text) for text in texts for template in templates]
         ids = self.token_ids(prompts)
         device = self.adapter.device
-        # sort by the pooled (EOT) position so each chunk truncates as far as it can
-        order = torch.argsort(ids.argmax(dim=-1))
+        ids = ids.to(device)
         chunks = []
         with inference_mode_of(self.adapter.model):
-            for start in range(0, len(prompts), self.chunk_size):
-                index = order[start : start + self.chunk_size]
-                feats = self.adapter.text.encode(ids[index], truncate=self.truncate)
+            if self.truncate:
+                overhead = self.bucket_overhead
+                if overhead is None:
+                    overhead = 32.0 if device.type == "cpu" else 4096.0
+                index = torch.arange(len(prompts), device=device)
+                feats = self.adapter.text.encode_many(ids, self.chunk_size, overhead)
                 chunks.append((index, F.normalize(feats.float(), dim=-1)))
+            else:
+                for index in torch.arange(len(prompts), device=device).split(self.chunk_size):
+                    feats = self.adapter.text.encode(ids[index], truncate=False)
+                    chunks.append((index, F.normalize(feats.float(), dim=-1)))
         dim = chunks[0][1].shape[-1]
         out = torch.empty(len(prompts), dim, device=device)
         for index, feats in chunks:

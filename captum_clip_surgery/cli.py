@@ -84,6 +84,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--image", help="image file to explain (default: a rendered scene)")
     ex.add_argument(
+        "--images", metavar="DIR_OR_GLOB",
+        help="many images: a folder or a quoted glob pattern ('photos/**/*.jpg'); --out is "
+        "then a folder that gets stem.png (and stem.npy with --save-maps) per image; "
+        "finished images are skipped when the command is run again",
+    )
+    ex.add_argument(
         "--text", action="append", default=None, metavar="T",
         help="a text to explain; repeat for several (default: the scene's classes)",
     )
@@ -105,7 +111,22 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="last attention blocks with the surgery path (default: the release's 6, "
                          "every block of a shallower tower; towers without attention blocks "
                          "take none)")
-    ex.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
+    ex.add_argument("--out", default=None,
+                    help="output PNG (default explain.png); with --images an output folder "
+                    "(default explanations)")
+    many = ex.add_argument_group("with --images")
+    many.add_argument("--save-maps", action="store_true",
+                      help="also write stem.npy: float32 [T, H, W], one map per --text in "
+                      "[0, 1] at the image's own size")
+    many.add_argument("--no-figures", action="store_true", help="do not write stem.png")
+    many.add_argument("--batch-size", type=int, default=None, metavar="N",
+                      help="images per forward (default 16)")
+    many.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="image-loading worker processes (default 2)")
+    many.add_argument("--precision", default=None, metavar="fp32|fp16|bf16",
+                      help="model precision (default fp32)")
+    many.add_argument("--method", default=None, metavar="NAME",
+                      help="explanation method (default surgery; see `compare` for names)")
 
     ev = sub.add_parser(
         "evaluate",
@@ -171,8 +192,17 @@ def _square_transform(model: Any, size: Optional[int]) -> Any:
     return square_preprocess(size or adapter.input_size()[0], adapter.image_mean, adapter.image_std)
 
 
-def _explain(args: argparse.Namespace) -> str:
+def _explain(args: argparse.Namespace) -> Optional[str]:
     import torch
+
+    if args.images:
+        from captum_clip_surgery.batch_explain import run_cli
+
+        return run_cli(args, UserError, _load_model, _square_transform)
+    for option in ("save_maps", "no_figures", "batch_size", "workers", "precision", "method"):
+        if getattr(args, option) not in (None, False):
+            flag = "--" + option.replace("_", "-")
+            raise UserError(f"{flag}: only with --images (many images into a folder)")
 
     from captum_clip_surgery import CLIPSimilarityMap, CLIPSurgeryAttribution, plot_text_grid
 
@@ -181,7 +211,7 @@ def _explain(args: argparse.Namespace) -> str:
     _check_device(args.device)
     if args.size is not None and args.size < 8:
         raise UserError(f"--size: expected a size of at least 8 pixels, got {args.size}")
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(args.out or "explain.png")
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise UserError(f"--out: folder does not exist: {parent}")
@@ -377,7 +407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "explain":
             out = _explain(args)
-            print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+            if out is not None:  # None: --images (it prints its own summary)
+                print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
             return 0
         if args.command == "evaluate":
             written = _evaluate(args)

@@ -399,6 +399,43 @@ class TextTowerView(abc.ABC):
         position of the batch where that is exact (causal mask, EOT pooling).
         """
 
+    def encode_many(
+        self, token_ids: Tensor, max_prompts: int = 512, overhead: float = 32.0
+    ) -> Tensor:
+        r"""Features ``[N, D]`` (not normalised) of many prompts, in order, each as
+        :meth:`encode` with ``truncate=True`` gives it, computed as cheaply as the
+        tower allows.
+
+        The default sorts the prompts into length buckets
+        (:func:`~captum_clip_surgery._text_batching.length_buckets`) and encodes
+        each bucket, so a bucket of short prompts runs only up to its own longest
+        one. Towers with a causal mask may also compute shared prefixes once.
+
+        Args:
+            token_ids (Tensor): ``[N, L]`` token ids.
+            max_prompts (int): most prompts per forward.
+            overhead (float): the cost of one forward, in tokens, which decides
+                how far prompts of different lengths share a bucket.
+
+        Returns:
+            Tensor: ``[N, D]``.
+        """
+        from captum_clip_surgery._text_batching import length_buckets
+
+        try:
+            lengths = self.pooled_positions(token_ids) + 1
+        except TypeError:  # towers that do not say where they pool: the EOT (argmax) rule
+            lengths = token_ids.argmax(dim=-1) + 1
+        out = None
+        for index in length_buckets(lengths, max_prompts, overhead):
+            feats = self.encode(token_ids[index], truncate=True)
+            if out is None:
+                out = feats.new_empty(token_ids.shape[0], feats.shape[-1])
+            out[index] = feats
+        if out is None:
+            raise ValueError("token_ids: expected at least one prompt, got none")
+        return out
+
     def token_features(self, token_ids: Tensor) -> Tensor:
         r"""Every position's final hidden state, projected into the joint space.
 

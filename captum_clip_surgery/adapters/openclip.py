@@ -29,6 +29,7 @@ from open_clip.transformer import (
 )
 from torch import Tensor, nn
 
+from captum_clip_surgery._text_batching import encode_sharing_prefixes
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     AveragePoolHead,
@@ -460,6 +461,43 @@ class _OpenCLIPTextView(TextTowerView):
         x = text_global_pool(self._final_states(ids), ids, self._pool_type,
                              eos_token_id=self._eos_id)
         return self._project(x)
+
+    def encode_many(
+        self, token_ids: Tensor, max_prompts: int = 512, overhead: float = 32.0
+    ) -> Tensor:
+        r"""Length buckets, and each prefix shared by several prompts computed once
+        (the causal mask makes a position depend only on the tokens before it)."""
+        blocks = self._shareable_blocks(token_ids)
+        if blocks is None:
+            return super().encode_many(token_ids, max_prompts, overhead)
+        tower = self._tower
+        cast_dtype = tower.transformer.get_cast_dtype()
+
+        def embed(ids: Tensor, positions: Tensor) -> Tensor:
+            return (tower.token_embedding(ids).to(cast_dtype)
+                    + tower.positional_embedding[positions].to(cast_dtype))
+
+        def finish(x: Tensor) -> Tensor:
+            return self._project(tower.ln_final(x))
+
+        return encode_sharing_prefixes(
+            token_ids, self.pooled_positions(token_ids) + 1, embed, blocks, finish,
+            max_prompts=max_prompts, overhead=overhead,
+        )
+
+    def _shareable_blocks(self, ids: Tensor) -> Optional[List[BlockView]]:
+        r"""The text blocks as views when prefix sharing is exact for this tower: open_clip's
+        causal text transformer pooling at the EOT, with blocks the views understand."""
+        tower = self._tower
+        if self._truncation_length(ids) is None or self._pool_type not in ("argmax", "eos"):
+            return None
+        expected = torch.full_like(tower.attn_mask, float("-inf")).triu(1)
+        if not torch.equal(tower.attn_mask, expected):  # not the standard causal mask
+            return None
+        try:
+            return [_block_view(b) for b in tower.transformer.resblocks]
+        except TypeError:
+            return None
 
     def _final_states(self, ids: Tensor) -> Tensor:
         r"""Every position's output of the last block after ``ln_final``, ``[N, L, width]``."""
