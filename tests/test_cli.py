@@ -217,3 +217,17 @@ def test_no_command_prints_help(capsys):
 def test_explain_on_gpu(tmp_path):
     assert main(["explain", "--device", "cuda", "--out", str(tmp_path / "g.png")]) == 0
     assert os.path.exists(tmp_path / "g.png")
+
+
+def test_explain_with_a_transformers_folder(tmp_path):
+    hosts = pytest.importorskip("tests.adapters.hosts")
+    folder = tmp_path / "hf-clip"
+    hosts.to_hf(hosts.openclip_vit()).save_pretrained(str(folder))
+    hosts.clip_tokenizer().save_pretrained(str(folder))
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), color=(200, 30, 30)).save(image)
+    out = tmp_path / "hf.png"
+    argv = ["explain", "--model", str(folder), "--image", str(image), "--text", "dog",
+            "--text", "a red car", "--out", str(out)]
+    assert main(argv) == 0
+    assert out.stat().st_size > 0
