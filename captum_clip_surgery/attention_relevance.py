@@ -6,26 +6,22 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution
-from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_clip_surgery._maps import minmax_normalize, to_pixels
+from captum_clip_surgery._relevance_map import RelevanceMapAttribution
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._validation import (
-    check_bool,
     check_int,
     prepare_images,
     resolve_target,
-    unpack_inputs,
 )
-from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier, as_classifier
+from captum_clip_surgery.adapters.base import inference_mode_of
+from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 
 __all__ = ["CLIPAttentionRelevance"]
 
 
-class CLIPAttentionRelevance(Attribution):
+class CLIPAttentionRelevance(RelevanceMapAttribution):
     r"""Generic attention-model explainability (Chefer, Gur, Wolf, ICCV 2021) for CLIP.
 
     The classifier's logit for the target text is back-propagated to every
@@ -59,28 +55,18 @@ class CLIPAttentionRelevance(Attribution):
         templates: Optional[Sequence[str]] = None,
         tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
     ) -> None:
-        forward_func = as_classifier(forward_func, texts, templates, tokenizer)
-        image = forward_func.adapter.image
+        super().__init__(forward_func, texts, templates, tokenizer)
+        image = self.adapter.image
         if image.kind != "token" or not image.blocks:
             raise TypeError(
                 "forward_func: CLIPAttentionRelevance needs attention blocks and a class-token "
                 f"head; this model's image tower has {len(image.blocks)} attention blocks and "
                 f"a {image.kind!r} head"
             )
-        depth = len(forward_func.adapter.image.blocks)
-        check_int("start_block", start_block, minimum=0, maximum=depth - 1)
-        super().__init__(forward_func)
-        self.classifier = forward_func
+        check_int("start_block", start_block, minimum=0, maximum=len(image.blocks) - 1)
         self.start_block = start_block
 
-    @property
-    def adapter(self) -> CLIPAdapter:
-        r"""The model adapter."""
-        return self.classifier.adapter
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
 
     def _logits_and_attentions(
         self, images: Tensor, text_features: Tensor
@@ -129,33 +115,3 @@ class CLIPAttentionRelevance(Attribution):
             r = r + cam @ r
         p = self.adapter.image.num_prefix_tokens
         return r[:, 0, p:].reshape(b, 1, h, w)
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Union[Tensor, Tuple[Tensor]],
-        target: Any = None,
-        additional_forward_args: Any = None,
-        texts: Optional[Sequence[str]] = None,
-        upsample_to_input: bool = True,
-    ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""Relevance maps for the target texts.
-
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``[B, 3, H, W]`` or a 1-tuple.
-            target (int, str, list, Tensor, optional): same forms as
-                :meth:`CLIPSurgeryAttribution.attribute`.
-            additional_forward_args (Any, optional): accepted, unused.
-            texts (list[str], optional): texts for this call.
-            upsample_to_input (bool): upsample to ``H×W`` (default) or return the grid.
-
-        Returns:
-            Tensor or tuple[Tensor]: ``[B, 1, H, W]`` in ``[0, 1]``, inputs' device/dtype.
-        """
-        images, is_tuple = unpack_inputs(inputs)
-        check_bool("upsample_to_input", upsample_to_input)
-        maps = minmax_normalize(self.relevance(images, target, texts))
-        if upsample_to_input:
-            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
-        maps = maps.to(device=images.device, dtype=images.dtype)
-        return (maps,) if is_tuple else maps

@@ -2,26 +2,24 @@ r"""Grad-ECLIP (Zhao et al., ICML 2024): gradient-weighted values of the last bl
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution
-from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_clip_surgery._architecture import run_blocks
-from captum_clip_surgery._maps import minmax_normalize, to_pixels
+from captum_clip_surgery._relevance_map import RelevanceMapAttribution
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._training_free import require_attention_blocks
-from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
-from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of, merge_heads
+from captum_clip_surgery._validation import prepare_images, resolve_target
+from captum_clip_surgery.adapters.base import inference_mode_of, merge_heads
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier
 
 __all__ = ["GradECLIPAttribution"]
 
 
-class GradECLIPAttribution(Attribution):
+class GradECLIPAttribution(RelevanceMapAttribution):
     r"""Grad-ECLIP maps: the last block's values weighted by the score's gradient.
 
     The last attention block is re-run with one attention head of the full width
@@ -40,7 +38,11 @@ class GradECLIPAttribution(Attribution):
     read from the class token); others raise ``TypeError``.
 
     Args:
-        forward_func (CLIPZeroShotClassifier): the classifier explained.
+        forward_func (CLIPZeroShotClassifier or nn.Module): the classifier
+            explained, or a CLIP model (then ``texts`` is needed).
+        texts (list[str], optional): texts, when a model is given.
+        templates (list[str], optional): prompt templates, when a model is given.
+        tokenizer (Callable, optional): tokenizer, when a model is given.
 
     Examples::
 
@@ -48,12 +50,15 @@ class GradECLIPAttribution(Attribution):
         torch.Size([8, 1, 224, 224])
     """
 
-    def __init__(self, forward_func: CLIPZeroShotClassifier) -> None:
-        if not isinstance(forward_func, CLIPZeroShotClassifier):
-            raise TypeError(
-                "forward_func: expected a CLIPZeroShotClassifier, got "
-                f"{type(forward_func).__name__}"
-            )
+    def __init__(
+        self,
+        forward_func: Union[CLIPZeroShotClassifier, nn.Module],
+        texts: Optional[Sequence[str]] = None,
+        templates: Optional[Sequence[str]] = None,
+        tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+    ) -> None:
+        super().__init__(forward_func, texts, templates, tokenizer)
+        forward_func = self.classifier
         require_attention_blocks(forward_func.adapter, "Grad-ECLIP", "the last block's attention")
         image = forward_func.adapter.image
         if image.kind != "token" or image.num_prefix_tokens < 1:
@@ -62,17 +67,8 @@ class GradECLIPAttribution(Attribution):
                 f"tower has a {image.kind!r} pooling head and {image.num_prefix_tokens} prefix "
                 "tokens (use 'legrad' for attention-pool heads)"
             )
-        super().__init__(forward_func)
-        self.classifier = forward_func
 
-    @property
-    def adapter(self) -> CLIPAdapter:
-        r"""The model adapter."""
-        return self.classifier.adapter
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
 
     def relevance(
         self, images: Tensor, target: Any = None, texts: Optional[Sequence[str]] = None
@@ -118,34 +114,3 @@ class GradECLIPAttribution(Attribution):
         lam = torch.where(hi > lo, (lam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(lam))
         heat = (lam * (v[:, p:].float() @ w[:, :, None])[..., 0]).clamp(min=0)
         return heat.detach().reshape(-1, 1, grid[0], grid[1])
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Union[Tensor, Tuple[Tensor]],
-        target: Any = None,
-        additional_forward_args: Any = None,
-        texts: Optional[Sequence[str]] = None,
-        upsample_to_input: bool = True,
-    ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""Grad-ECLIP maps for the target texts.
-
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``[B, 3, H, W]`` or a 1-tuple.
-            target (int, str, list, Tensor, optional): same forms as
-                :meth:`CLIPSurgeryAttribution.attribute`.
-            additional_forward_args (Any, optional): accepted, unused.
-            texts (list[str], optional): texts for this call.
-            upsample_to_input (bool): upsample to ``H×W`` (default) or return the
-                token grid ``[B, 1, h, w]``.
-
-        Returns:
-            Tensor or tuple[Tensor]: maps in ``[0, 1]`` (min-max per map), on the
-            inputs' device and in their dtype.
-        """
-        images, is_tuple = unpack_inputs(inputs)
-        maps = minmax_normalize(self.relevance(images, target, texts))
-        if upsample_to_input:
-            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
-        maps = maps.to(device=images.device, dtype=images.dtype)
-        return (maps,) if is_tuple else maps

@@ -2,23 +2,20 @@ r"""LeGrad (Bousselham et al., ICCV 2025): layer-wise gradients of the attention
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution
-from captum.log import log_usage
-from torch import Tensor
+from torch import Tensor, nn
 
 from captum_clip_surgery._architecture import dense_rows, run_blocks
-from captum_clip_surgery._maps import minmax_normalize, to_pixels
+from captum_clip_surgery._relevance_map import RelevanceMapAttribution
 from captum_clip_surgery._text import validate_texts
 from captum_clip_surgery._training_free import require_attention_blocks
-from captum_clip_surgery._validation import prepare_images, resolve_target, unpack_inputs
+from captum_clip_surgery._validation import prepare_images, resolve_target
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     BlockView,
-    CLIPAdapter,
     ImageTowerView,
     inference_mode_of,
 )
@@ -33,7 +30,7 @@ def _block_with_attention(block: BlockView, x: Tensor, probs: Tensor, v: Tensor)
     return x + block.ls2(block.mlp(block.norm2(x)))
 
 
-class LeGradAttribution(Attribution):
+class LeGradAttribution(RelevanceMapAttribution):
     r"""LeGrad maps: ReLU'd gradients of per-layer scores w.r.t. each layer's attention.
 
     The model runs unmodified. For each chosen block ``ℓ`` (the last ``layers``)
@@ -62,9 +59,13 @@ class LeGradAttribution(Attribution):
     ``templates=["{}"]`` for that).
 
     Args:
-        forward_func (CLIPZeroShotClassifier): the classifier explained.
+        forward_func (CLIPZeroShotClassifier or nn.Module): the classifier
+            explained, or a CLIP model (then ``texts`` is needed).
         layers (int): the last blocks whose scores and attentions are used
             (default 2).
+        texts (list[str], optional): texts, when a model is given.
+        templates (list[str], optional): prompt templates, when a model is given.
+        tokenizer (Callable, optional): tokenizer, when a model is given.
 
     Examples::
 
@@ -73,12 +74,16 @@ class LeGradAttribution(Attribution):
         torch.Size([8, 1, 224, 224])
     """
 
-    def __init__(self, forward_func: CLIPZeroShotClassifier, layers: int = 2) -> None:
-        if not isinstance(forward_func, CLIPZeroShotClassifier):
-            raise TypeError(
-                "forward_func: expected a CLIPZeroShotClassifier, got "
-                f"{type(forward_func).__name__}"
-            )
+    def __init__(
+        self,
+        forward_func: Union[CLIPZeroShotClassifier, nn.Module],
+        layers: int = 2,
+        texts: Optional[Sequence[str]] = None,
+        templates: Optional[Sequence[str]] = None,
+        tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
+    ) -> None:
+        super().__init__(forward_func, texts, templates, tokenizer)
+        forward_func = self.classifier
         require_attention_blocks(forward_func.adapter, "LeGrad", "gradients of the attention maps")
         depth = len(forward_func.adapter.image.blocks)
         if isinstance(layers, bool) or not isinstance(layers, int):
@@ -88,18 +93,9 @@ class LeGradAttribution(Attribution):
                 f"layers: expected an int in [1, {depth}] (the image tower has {depth} blocks), "
                 f"got {layers}"
             )
-        super().__init__(forward_func)
-        self.classifier = forward_func
         self.layers = layers
 
-    @property
-    def adapter(self) -> CLIPAdapter:
-        r"""The model adapter."""
-        return self.classifier.adapter
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
 
     def _token_head_gradients(self, image: ImageTowerView, x: Tensor, t: Tensor) -> List[Tensor]:
         r"""``G^ℓ = ∂s^ℓ/∂A^ℓ`` ``[B, heads, N, N]`` for class-token / average heads;
@@ -198,34 +194,3 @@ class LeGradAttribution(Attribution):
         grads, (h, w), first = self.layer_gradients(images, target, texts)
         r = sum(g.clamp(min=0).mean(dim=(1, 2)) for g in grads)
         return r[:, first:].reshape(-1, 1, h, w)  # type: ignore[union-attr]
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Union[Tensor, Tuple[Tensor]],
-        target: Any = None,
-        additional_forward_args: Any = None,
-        texts: Optional[Sequence[str]] = None,
-        upsample_to_input: bool = True,
-    ) -> Union[Tensor, Tuple[Tensor]]:
-        r"""LeGrad maps for the target texts.
-
-        Args:
-            inputs (Tensor or tuple[Tensor]): images ``[B, 3, H, W]`` or a 1-tuple.
-            target (int, str, list, Tensor, optional): same forms as
-                :meth:`CLIPSurgeryAttribution.attribute`.
-            additional_forward_args (Any, optional): accepted, unused.
-            texts (list[str], optional): texts for this call.
-            upsample_to_input (bool): upsample to ``H×W`` (default) or return the
-                token grid ``[B, 1, h, w]``.
-
-        Returns:
-            Tensor or tuple[Tensor]: maps in ``[0, 1]`` (min-max per map), on the
-            inputs' device and in their dtype.
-        """
-        images, is_tuple = unpack_inputs(inputs)
-        maps = minmax_normalize(self.relevance(images, target, texts))
-        if upsample_to_input:
-            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
-        maps = maps.to(device=images.device, dtype=images.dtype)
-        return (maps,) if is_tuple else maps

@@ -93,7 +93,21 @@ def test_legrad_errors():
         LeGradAttribution(clf, layers=0)
     with pytest.raises(TypeError, match="layers: expected an int"):
         LeGradAttribution(clf, layers="2")
-    with pytest.raises(TypeError, match="forward_func: expected a CLIPZeroShotClassifier"):
+    with pytest.raises(ValueError, match="texts: required when a model"):
         LeGradAttribution(tiny_vit())
     with pytest.raises(TypeError, match="forward_func: LeGrad .* no attention blocks"):
         LeGradAttribution(CLIPZeroShotClassifier(tiny_resnet(), TEXTS, templates=FEW_TEMPLATES))
+
+
+@pytest.mark.parametrize("name", ["LeGradAttribution", "GradECLIPAttribution",
+                                  "CLIPAttentionRelevance"])
+def test_gradient_maps_take_a_bare_model_like_a_classifier(name):
+    import captum_clip_surgery as cs
+
+    cls = getattr(cs, name)
+    model = tiny_vit()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    from_clf = cls(clf).attribute(images, target=[0, 2])
+    from_model = cls(model, texts=TEXTS, templates=FEW_TEMPLATES).attribute(images, target=[0, 2])
+    torch.testing.assert_close(from_model, from_clf)
