@@ -17,11 +17,22 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from captum_clip_surgery.adapters.base import BlockView
+from captum_clip_surgery.adapters.base import (
+    AttentionPoolHead,
+    BlockView,
+    resize_positional_embedding,
+)
 
-__all__ = ["causal_attention", "clip_bpe_pieces", "hf_tokenizer", "run_text_blocks", "tokenize"]
+__all__ = [
+    "CLIPAttentionPoolHead",
+    "causal_attention",
+    "clip_bpe_pieces",
+    "hf_tokenizer",
+    "run_text_blocks",
+    "tokenize",
+]
 
 
 def hf_tokenizer(obj: object) -> Optional[Any]:
@@ -195,3 +206,41 @@ def _default_bpe() -> Any:
 
         _DEFAULT_BPE = open_clip.SimpleTokenizer()
     return _DEFAULT_BPE
+
+
+class CLIPAttentionPoolHead(AttentionPoolHead):
+    r"""The attention pool of CLIP's ModifiedResNet (open_clip and OpenAI ``clip`` share
+    its layout): the mean token queries ``[mean; grid] + positional embedding`` through
+    ``q_proj`` / ``k_proj`` / ``v_proj``, then ``c_proj``."""
+
+    query_kind = "mean"
+
+    def __init__(self, pool: nn.Module) -> None:
+        self.pool_module = pool
+        self.num_heads = pool.num_heads
+        self.head_dim = pool.q_proj.in_features // pool.num_heads
+        side = int(round((pool.positional_embedding.shape[0] - 1) ** 0.5))
+        self.native_grid = (side, side)
+
+    def prepare(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
+        x = tokens[:, num_prefix_tokens:]
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        pos = resize_positional_embedding(
+            self.pool_module.positional_embedding, self.native_grid, grid
+        )
+        return x + pos.to(x.dtype)
+
+    def query(self, keys: Tensor) -> Tensor:
+        return keys[:, :1]
+
+    def q(self, x: Tensor) -> Tensor:
+        return self.pool_module.q_proj(x)
+
+    def k(self, x: Tensor) -> Tensor:
+        return self.pool_module.k_proj(x)
+
+    def v(self, x: Tensor) -> Tensor:
+        return self.pool_module.v_proj(x)
+
+    def out(self, x: Tensor) -> Tensor:
+        return self.pool_module.c_proj(x)

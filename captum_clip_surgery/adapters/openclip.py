@@ -30,6 +30,7 @@ from open_clip.transformer import (
 from torch import Tensor, nn
 
 from captum_clip_surgery._text_batching import encode_sharing_prefixes
+from captum_clip_surgery.adapters._common import CLIPAttentionPoolHead
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     AveragePoolHead,
@@ -341,47 +342,13 @@ class _OpenCLIPViTView(ImageTowerView):
         return v.ln_pre(x + pos.to(x.dtype)), grid
 
 
-class _OpenCLIPAttentionPoolHead(AttentionPoolHead):
-    query_kind = "mean"
-
-    def __init__(self, pool: nn.Module) -> None:
-        self.pool_module = pool
-        self.num_heads = pool.num_heads
-        self.head_dim = pool.q_proj.in_features // pool.num_heads
-        side = int(round((pool.positional_embedding.shape[0] - 1) ** 0.5))
-        self.native_grid = (side, side)
-
-    def prepare(self, tokens: Tensor, num_prefix_tokens: int, grid: Tuple[int, int]) -> Tensor:
-        x = tokens[:, num_prefix_tokens:]
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
-        pos = resize_positional_embedding(
-            self.pool_module.positional_embedding, self.native_grid, grid
-        )
-        return x + pos.to(x.dtype)
-
-    def query(self, keys: Tensor) -> Tensor:
-        return keys[:, :1]
-
-    def q(self, x: Tensor) -> Tensor:
-        return self.pool_module.q_proj(x)
-
-    def k(self, x: Tensor) -> Tensor:
-        return self.pool_module.k_proj(x)
-
-    def v(self, x: Tensor) -> Tensor:
-        return self.pool_module.v_proj(x)
-
-    def out(self, x: Tensor) -> Tensor:
-        return self.pool_module.c_proj(x)
-
-
 class _OpenCLIPResNetView(ImageTowerView):
     num_prefix_tokens = 0
     blocks = ()
 
     def __init__(self, visual: ModifiedResNet) -> None:
         self.visual = visual
-        self.head = _OpenCLIPAttentionPoolHead(visual.attnpool)
+        self.head = CLIPAttentionPoolHead(visual.attnpool)
         self.patch_size = (32, 32)
         self.native_grid = self.head.native_grid
 
