@@ -24,17 +24,17 @@ from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 from captum_clip_surgery.classifier import CLIPZeroShotClassifier, as_classifier
 from captum_clip_surgery.feature_surgery import feature_surgery_scores as _feature_surgery
 
-__all__ = ["TokenMapAttribution"]
+__all__ = ["ClassifierAttribution", "TokenMapAttribution"]
 
 FeatureSurgery = Union[str, Tensor]
 
 
-class TokenMapAttribution(Attribution, abc.ABC):
-    r"""Base class of attributions that score every image token against texts.
+class ClassifierAttribution(Attribution):
+    r"""A Captum attribution explaining a :class:`CLIPZeroShotClassifier`.
 
-    Subclasses provide :meth:`token_features`; this class turns them into
-    similarity grids (:meth:`similarity`) and Captum attributions
-    (:meth:`attribute`).
+    Takes the classifier, or a CLIP model from which one is built with ``texts``
+    (and optional ``templates`` / ``tokenizer``); every attribution of the package
+    derives from it.
 
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): a classifier, or a
@@ -43,8 +43,6 @@ class TokenMapAttribution(Attribution, abc.ABC):
         templates (list[str], optional): prompt templates (model given only).
         tokenizer (Callable, optional): tokenizer (model given only).
     """
-
-    default_feature_surgery: FeatureSurgery = "none"
 
     def __init__(
         self,
@@ -65,6 +63,24 @@ class TokenMapAttribution(Attribution, abc.ABC):
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+
+class TokenMapAttribution(ClassifierAttribution, abc.ABC):
+    r"""Base class of attributions that score every image token against texts.
+
+    Subclasses provide :meth:`token_features`; this class turns them into
+    similarity grids (:meth:`similarity`) and Captum attributions
+    (:meth:`attribute`).
+
+    Args:
+        forward_func (CLIPZeroShotClassifier or nn.Module): a classifier, or a
+            CLIP model from which one is built with ``texts``.
+        texts (list[str], optional): required when a model is given.
+        templates (list[str], optional): prompt templates (model given only).
+        tokenizer (Callable, optional): tokenizer (model given only).
+    """
+
+    default_feature_surgery: FeatureSurgery = "none"
 
     @abc.abstractmethod
     def token_features(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:

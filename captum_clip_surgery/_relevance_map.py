@@ -3,21 +3,19 @@ r"""Shared machinery of the gradient-map attributions (Chefer relevance, LeGrad,
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
-from captum.attr import Attribution
 from captum.log import log_usage
-from torch import Tensor, nn
+from torch import Tensor
 
+from captum_clip_surgery._map_attribution import ClassifierAttribution
 from captum_clip_surgery._maps import minmax_normalize, to_pixels
 from captum_clip_surgery._validation import check_bool, unpack_inputs
-from captum_clip_surgery.adapters.base import CLIPAdapter
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier, as_classifier
 
 __all__ = ["RelevanceMapAttribution"]
 
 
-class RelevanceMapAttribution(Attribution, abc.ABC):
+class RelevanceMapAttribution(ClassifierAttribution, abc.ABC):
     r"""Base class of attributions that compute a grid map per example by a backward pass.
 
     Subclasses provide :meth:`relevance` (``[B, 1, h, w]`` on the token grid of the
@@ -31,26 +29,6 @@ class RelevanceMapAttribution(Attribution, abc.ABC):
         templates (list[str], optional): prompt templates (model given only).
         tokenizer (Callable, optional): tokenizer (model given only).
     """
-
-    def __init__(
-        self,
-        forward_func: Union[CLIPZeroShotClassifier, nn.Module],
-        texts: Optional[Sequence[str]] = None,
-        templates: Optional[Sequence[str]] = None,
-        tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
-    ) -> None:
-        classifier = as_classifier(forward_func, texts, templates, tokenizer)
-        super().__init__(classifier)
-        self.classifier = classifier
-
-    @property
-    def adapter(self) -> CLIPAdapter:
-        r"""The model adapter."""
-        return self.classifier.adapter
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
 
     @abc.abstractmethod
     def relevance(
