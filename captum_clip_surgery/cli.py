@@ -233,7 +233,7 @@ def _explain(args: argparse.Namespace) -> Optional[str]:
         from captum_clip_surgery.scenes import ScenesWorld
 
         world = ScenesWorld(seed=0)
-        scene = world.sample(0)
+        scene = world.sample(world.default_scene())  # first held-out scene with >= 2 objects
         image = scene["image"]
         texts = args.text or list(scene["objects"]) + [scene["background"]]
         class_set = list(world.object_classes) + list(world.background_classes)

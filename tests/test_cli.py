@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,6 +27,24 @@ def test_explain_default_scene_writes_png(tmp_path, capsys):
     assert _is_png(out) and out.stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and " s" in printed
+
+
+def test_explain_default_scene_is_the_fixed_rule(tmp_path, monkeypatch):
+    import captum_clip_surgery
+
+    drawn = {}
+    real = captum_clip_surgery.plot_text_grid
+
+    def spy(image, maps, texts, **kwargs):
+        drawn.update(image=image, texts=list(texts))
+        return real(image, maps, texts, **kwargs)
+
+    monkeypatch.setattr(captum_clip_surgery, "plot_text_grid", spy)
+    assert main(["explain", "--out", str(tmp_path / "e.png")]) == 0
+    world = ScenesWorld(seed=0)
+    scene = world.sample(world.default_scene())  # first held-out scene with >= 2 objects
+    assert drawn["texts"] == scene["objects"] + [scene["background"]]
+    assert np.array_equal(np.asarray(drawn["image"]), np.asarray(scene["image"]))
 
 
 def test_module_entry_point_end_to_end(tmp_path):

@@ -1,9 +1,8 @@
 r"""A procedural world of scenes with exact ground-truth masks.
 
-Each scene is a background "stuff" texture with one to three foreground objects.
-Object identity is carried by colour and texture (shape and size vary freely),
-which a small CLIP learns in minutes on a CPU; backgrounds use colours and
-textures that no object uses. Rendering is pure numpy without anti-aliasing, so
+Each scene is a 96x96 background "stuff" texture with one to three foreground
+objects. Object identity is carried by colour and texture (shape and size vary
+freely); backgrounds use colours and textures that no object uses. Rendering is pure numpy without anti-aliasing, so
 every mask equals the rendered object pixels exactly (later objects occlude
 earlier ones).
 """
@@ -48,12 +47,13 @@ BACKGROUNDS: Dict[str, _Look] = {
     "sand": _Look((215, 190, 140), "grain", (190, 165, 115)),
     "water": _Look((45, 95, 185), "waves", (90, 140, 220)),
     "snow": _Look((238, 240, 245), "grain", (205, 210, 222)),
-    "brick": _Look((150, 65, 45), "bricks", (175, 170, 160)),
+    "brick": _Look((150, 100, 85), "bricks", (175, 170, 160)),
     "asphalt": _Look((70, 70, 72), "grain", (40, 40, 42)),
 }
 
 _CAPTIONS = (
     "{objects} on {background}.",
+    "a photo of {objects}.",
     "a photo of {objects} on {background}.",
     "{objects} lying on the {background}.",
     "there is {objects} on the {background}.",
@@ -142,10 +142,11 @@ class ScenesWorld:
 
     Args:
         seed (int): world seed.
-        size (int): image side in pixels (the shipped model's input size, 64).
+        size (int): image side in pixels (the shipped model's input size, 96).
         max_objects (int): at most this many objects per scene (1..3 by default).
-        min_pixels (int): an object keeps at least this many visible pixels,
-            otherwise it is dropped from the scene (default 12).
+        min_pixels (int, optional): an object keeps at least this many visible
+            pixels, otherwise it is dropped from the scene (default
+            ``round(12 * (size / 64) ** 2)``, i.e. 27 at 96 px).
 
     Examples::
 
@@ -154,11 +155,11 @@ class ScenesWorld:
         >>> sorted(s)
         ['background', 'caption', 'image', 'masks', 'objects']
         >>> s["masks"][s["background"]].shape
-        (64, 64)
+        (96, 96)
     """
 
     def __init__(
-        self, seed: int = 0, size: int = 64, max_objects: int = 3, min_pixels: int = 12
+        self, seed: int = 0, size: int = 96, max_objects: int = 3, min_pixels: Optional[int] = None
     ) -> None:
         if size < 16:
             raise ValueError(f"size: expected at least 16 pixels, got {size}")
@@ -167,7 +168,7 @@ class ScenesWorld:
         self.seed = int(seed)
         self.size = int(size)
         self.max_objects = int(max_objects)
-        self.min_pixels = int(min_pixels)
+        self.min_pixels = round(12 * (size / 64) ** 2) if min_pixels is None else int(min_pixels)
         self.object_classes: List[str] = list(OBJECTS)
         self.background_classes: List[str] = list(BACKGROUNDS)
 
@@ -223,6 +224,34 @@ class ScenesWorld:
             "background": background,
             "caption": caption,
         }
+
+    def default_scene(self, min_objects: int = 2) -> int:
+        r"""The index of the first held-out scene with at least ``min_objects`` objects.
+
+        A fixed rule (no picture is looked at): ``clip-surgery explain`` without
+        ``--image`` explains this scene, and the tutorials use it as their example.
+
+        Args:
+            min_objects (int): least number of present objects (1..``max_objects``).
+
+        Returns:
+            int: a scene index ``>= HELD_OUT_START``.
+
+        Examples::
+
+            >>> world = ScenesWorld(seed=0)
+            >>> i = world.default_scene()
+            >>> i >= HELD_OUT_START and len(world.sample(i)["objects"]) >= 2
+            True
+        """
+        if isinstance(min_objects, bool) or not isinstance(min_objects, int):
+            raise TypeError(f"min_objects: expected an int, got {type(min_objects).__name__}")
+        if not 1 <= min_objects <= self.max_objects:
+            raise ValueError(f"min_objects: expected 1..{self.max_objects}, got {min_objects}")
+        index = HELD_OUT_START
+        while len(self.sample(index)["objects"]) < min_objects:
+            index += 1
+        return index
 
     def __repr__(self) -> str:
         return f"ScenesWorld(seed={self.seed}, size={self.size}, max_objects={self.max_objects})"
