@@ -33,8 +33,8 @@ CONFIG_PATH = os.path.join(_HERE, "weights", "scenes_clip.json")
 MODEL_CONFIG: Dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {
-        "image_size": 64, "patch_size": 8, "width": 192, "layers": 8,
-        "head_width": 48, "mlp_ratio": 4.0,
+        "image_size": 96, "patch_size": 8, "width": 160, "layers": 6,
+        "head_width": 40, "mlp_ratio": 4.0,
     },
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
 }
@@ -51,7 +51,7 @@ def build_scenes_clip(config: Optional[Dict[str, Any]] = None, seed: int = 0) ->
     )
 
 
-def scenes_preprocess(image_size: int = 64) -> Callable[[Any], Tensor]:
+def scenes_preprocess(image_size: int = 96) -> Callable[[Any], Tensor]:
     r"""PIL image → normalised ``[3, image_size, image_size]`` tensor (square resize, no crop)."""
     return T.Compose([
         T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC),
@@ -114,7 +114,7 @@ def load_scenes_clip(
         weights (str, optional): another safetensors file of the same format.
 
     Returns:
-        tuple: ``(model in eval mode, preprocess(PIL) -> [3, 64, 64], tokenizer)``.
+        tuple: ``(model in eval mode, preprocess(PIL) -> [3, 96, 96], tokenizer)``.
 
     Raises:
         FileNotFoundError: when the weights file is missing.
@@ -123,7 +123,7 @@ def load_scenes_clip(
 
         >>> model, preprocess, tokenizer = load_scenes_clip()
         >>> model.visual.image_size
-        (64, 64)
+        (96, 96)
     """
     path = weights or WEIGHTS_PATH
     if not os.path.exists(path):

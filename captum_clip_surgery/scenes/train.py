@@ -39,31 +39,75 @@ from captum_clip_surgery.scenes.model import (
     export_weights,
     scenes_tokenizer,
 )
-from captum_clip_surgery.scenes.world import _CAPTIONS, ScenesWorld
+from captum_clip_surgery.scenes.world import _CAPTIONS, ScenesWorld, _article
 
-__all__ = ["main", "make_batch", "used_token_ids"]
+__all__ = ["contrastive_loss", "main", "make_batch", "used_token_ids"]
+
+
+def _swap(text: str, present: List[str], absent: List[str], rng: np.random.Generator) -> str:
+    r"""``text`` with one present name (with its article) replaced by an absent one."""
+    order = [n for n in present if _article(n) in text]
+    old = order[int(rng.integers(len(order)))]
+    new = absent[int(rng.integers(len(absent)))]
+    return text.replace(_article(old), _article(new), 1)
 
 
 def make_batch(
     world: ScenesWorld, step: int, batch_size: int, seed: int
-) -> Tuple[torch.Tensor, List[str]]:
-    r"""Images ``[B, 3, H, W]`` and texts of training step ``step``."""
+) -> Tuple[torch.Tensor, List[str], List[str]]:
+    r"""Images ``[B, 3, H, W]``, their texts and one hard negative text per image.
+
+    Each image is flipped and rotated by a random multiple of 90 degrees (its
+    content, hence its texts, are unchanged). Its text is the scene's caption
+    (probability 1/2) or a default prompt template filled with one present class
+    (an object with probability 3/4, else the background). The hard negative is
+    the same text with one present name swapped for an absent one of the same
+    kind (object for object, background for background), so the image must tell
+    every object apart, not just its background.
+    """
     rng = np.random.default_rng([seed, step, 7])
-    images, texts = [], []
+    images, texts, negatives = [], [], []
     for j in range(batch_size):
         s = world.sample(step * batch_size + j)
-        images.append(np.asarray(s["image"]))
+        pixels = np.rot90(np.asarray(s["image"]), k=int(rng.integers(4)))
         if rng.random() < 0.5:
-            texts.append(s["caption"])
+            pixels = pixels[:, ::-1]
+        images.append(np.ascontiguousarray(pixels))
+        objects, background = s["objects"], s["background"]
+        absent = [o for o in world.object_classes if o not in objects]
+        other = [b for b in world.background_classes if b != background]
+        if rng.random() < 0.5:
+            text = s["caption"]
+            negative = _swap(text, objects, absent, rng)
         else:
-            names = s["objects"] + [s["background"]]
-            name = names[int(rng.integers(len(names)))]
-            texts.append(DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))].format(name))
+            template = DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))]
+            if rng.random() < 0.75:
+                name = objects[int(rng.integers(len(objects)))]
+                wrong = absent[int(rng.integers(len(absent)))]
+            else:
+                name, wrong = background, other[int(rng.integers(len(other)))]
+            text, negative = template.format(name), template.format(wrong)
+        texts.append(text)
+        negatives.append(negative)
     # the images are rendered at the model's size: scenes_preprocess reduces to this
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(OPENAI_DATASET_MEAN).reshape(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD).reshape(1, 3, 1, 1)
-    return (x - mean) / std, texts
+    return (x - mean) / std, texts, negatives
+
+
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, negative: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    r"""Symmetric InfoNCE with one extra hard negative text per image.
+
+    ``image``, ``text``, ``negative``: L2-normalised ``[B, D]``. Image → text
+    classifies over the B texts and the B hard negatives; text → image over the B
+    images. The two cross-entropies are averaged.
+    """
+    labels = torch.arange(image.shape[0], device=image.device)
+    logits = scale * image @ torch.cat([text, negative]).t()
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, : len(labels)].t(), labels)) / 2
 
 
 def used_token_ids(world: ScenesWorld, tokenizer: Callable[[List[str]], torch.Tensor]) -> Set[int]:
@@ -105,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     r"""Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--steps", type=int, default=1400)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -133,12 +177,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     ckpt, opt_path, state_path = (os.path.join(args.out, f) for f in
                                   ("checkpoint.safetensors", "optimizer.safetensors", "state.json"))
     start, elapsed = 0, 0.0
+    losses: List[Tuple[int, float]] = []  # (step, training loss), kept in state.json
     if args.resume and os.path.exists(state_path):
         model.load_state_dict(load_file(ckpt), strict=False)
         _load_optimizer(opt, load_file(opt_path))
         with open(state_path, encoding="utf-8") as fh:
             saved = json.load(fh)
         start, elapsed = int(saved["step"]), float(saved.get("elapsed_s", 0.0))
+        losses = [(int(a), float(b)) for a, b in saved.get("losses", [])][:start]
     model.train()
     t0 = time.perf_counter() - elapsed
 
@@ -147,19 +193,19 @@ def main(argv: Optional[List[str]] = None) -> None:
                    if not k.endswith("attn_mask")}, ckpt)
         save_file(_optimizer_tensors(opt), opt_path)
         with open(state_path, "w", encoding="utf-8") as fh:
-            json.dump({"step": step, "elapsed_s": time.perf_counter() - t0, "args": vars(args)}, fh)
+            json.dump({"step": step, "elapsed_s": time.perf_counter() - t0, "args": vars(args),
+                       "losses": losses}, fh)
 
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="scenes CLIP")
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, args.steps, args.lr, args.warmup)
-        images, texts = make_batch(world, step, args.batch_size, args.seed)
-        ids = tokenizer(texts)
+        images, texts, negatives = make_batch(world, step, args.batch_size, args.seed)
         img = F.normalize(model.encode_image(images), dim=-1)
-        txt = F.normalize(text_tower.encode(ids, truncate=True), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.t()
-        labels = torch.arange(len(texts))
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        txt = F.normalize(text_tower.encode(tokenizer(texts + negatives), truncate=True), dim=-1)
+        loss = contrastive_loss(img, txt[: len(texts)], txt[len(texts):],
+                                model.logit_scale.exp().clamp(max=100))
+        losses.append((step + 1, loss.item()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

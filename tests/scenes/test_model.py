@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 from typing import Any, List
 
@@ -99,6 +100,53 @@ def _run(out: str, steps: int, resume: bool = False) -> None:
     train_main(argv + (["--resume"] if resume else []))
 
 
+def test_training_batch_texts_and_hard_negatives() -> None:
+    from captum_clip_surgery.scenes.train import make_batch
+    world = ScenesWorld(seed=0)
+    step, batch = 5, 24
+    images, texts, negatives = make_batch(world, step, batch, seed=0)
+    assert images.shape == (batch, 3, world.size, world.size) and len(texts) == len(negatives) == batch
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).reshape(3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).reshape(3, 1, 1)
+    names = world.object_classes + world.background_classes
+    for j in range(batch):
+        s = world.sample(step * batch + j)
+        present = s["objects"] + [s["background"]]
+        # the augmentation is one of the 8 flips / rotations of the rendered scene
+        pixels = torch.round((images[j] * std + mean) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        rendered = np.asarray(s["image"])
+        views = [np.rot90(v, k) for v in (rendered, rendered[:, ::-1]) for k in range(4)]
+        assert any(np.array_equal(pixels, v) for v in views), j
+        # the text names only present classes; the negative swaps exactly one of them
+        said = [n for n in names if re.search(rf"\b{n}\b", texts[j])]
+        told = [n for n in names if re.search(rf"\b{n}\b", negatives[j])]
+        assert said and set(said) <= set(present), (texts[j], present)
+        wrong = [n for n in told if n not in present]
+        dropped = [n for n in said if n not in told]
+        assert len(wrong) == 1 and len(dropped) == 1, (texts[j], negatives[j])
+        kind = world.object_classes if wrong[0] in world.object_classes else world.background_classes
+        assert dropped[0] in kind  # an object for an object, a background for a background
+        assert re.sub(rf"\b{wrong[0]}\b", dropped[0], negatives[j]).replace("an ", "a ") == \
+            texts[j].replace("an ", "a ")
+
+
+def test_contrastive_loss_matches_a_loop_over_images_and_texts() -> None:
+    from captum_clip_surgery.scenes.train import contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    img, txt, neg = (torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+                     for _ in range(3))
+    scale = torch.tensor(7.0)
+    i2t, t2i = 0.0, 0.0
+    for i in range(5):
+        columns = [scale * img[i] @ t for t in list(txt) + list(neg)]  # 5 texts + 5 negatives
+        i2t += -columns[i] + torch.logsumexp(torch.stack(columns), 0)
+        rows = [scale * im @ txt[i] for im in img]  # text i against the 5 images
+        t2i += -rows[i] + torch.logsumexp(torch.stack(rows), 0)
+    expected = (i2t / 5 + t2i / 5) / 2
+    torch.testing.assert_close(contrastive_loss(img, txt, neg, scale), expected)
+
+
 def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
     from safetensors.torch import load_file
 
@@ -107,7 +155,22 @@ def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
     _run(resumed, 2)
     _run(resumed, 3, resume=True)
     with open(os.path.join(resumed, "state.json"), encoding="utf-8") as fh:
-        assert json.load(fh)["step"] == 3
+        state = json.load(fh)
+    with open(os.path.join(straight, "state.json"), encoding="utf-8") as fh:
+        straight_state = json.load(fh)
+    assert state["step"] == 3
+    assert [s for s, _ in state["losses"]] == [1, 2, 3]  # the loss history survives resuming
+    assert state["losses"] == straight_state["losses"]
+
+    from captum_clip_surgery.scenes.plot_training import load_losses
+    from captum_clip_surgery.scenes.plot_training import main as plot_main
+
+    assert load_losses(resumed) == [tuple(x) for x in state["losses"]]
+    png = str(tmp_path / "loss.png")
+    plot_main([resumed, "--out", png, "--window", "2"])
+    assert os.path.getsize(png) > 0
+    with pytest.raises(FileNotFoundError, match="run_dir"):
+        load_losses(str(tmp_path))
     a = load_file(os.path.join(straight, "checkpoint.safetensors"))
     b = load_file(os.path.join(resumed, "checkpoint.safetensors"))
     assert a.keys() == b.keys()
@@ -146,8 +209,18 @@ def test_multi_object_top1_is_the_top_k_set_rule(shipped: Any) -> None:
     clf = CLIPZeroShotClassifier(model, world.object_classes, tokenizer=tokenizer)
     with torch.no_grad():
         logits = clf(torch.stack([preprocess(s["image"]) for s in scenes]))
-    hits = 0
+    hits, found, present = 0, 0, 0
+    per_class = {c: [] for c in world.object_classes}
     for row, s in zip(logits, scenes):
         ranked = [world.object_classes[i] for i in row.argsort(descending=True).tolist()]
         hits += sorted(ranked[: len(s["objects"])]) == sorted(s["objects"])
+        if len(s["objects"]) >= 2:
+            for name in s["objects"]:
+                found += name in ranked[: len(s["objects"])]
+                present += 1
+                per_class[name].append(name in ranked[: len(s["objects"])])
     assert acc["multi_object_top1"] == pytest.approx(hits / 12)
+    assert present > 0 and acc["multi_object_recall"] == pytest.approx(found / present)
+    for name, seen in per_class.items():
+        if seen:
+            assert acc[f"multi_object_recall/{name}"] == pytest.approx(np.mean(seen))
