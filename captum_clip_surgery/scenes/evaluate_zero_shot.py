@@ -2,9 +2,10 @@ r"""Zero-shot accuracy of the shipped scenes CLIP on held-out scenes.
 
 ``python -m captum_clip_surgery.scenes.evaluate_zero_shot [--n 500] [--n-multi 400]``
 prints object-presence top-1 on single-object scenes (texts: the object classes),
-background top-1 (texts: the background classes) and multi-object top-1 on scenes
+background top-1 (texts: the background classes), multi-object top-1 on scenes
 with 1–3 objects (a hit when the ``k`` highest-scoring object classes are exactly the
-scene's ``k`` objects), all with the package's default 85-template prompt ensemble
+scene's ``k`` objects) and, for every object present in a scene with 2–3 objects,
+whether it is among the ``k`` highest (overall and per class), all with the package's default 85-template prompt ensemble
 (every template embedded, L2-normalised, averaged, L2-normalised again). Held-out
 scenes start at :data:`~captum_clip_surgery.scenes.world.HELD_OUT_START` (indices the
 training never draws), with ``n_objects=1`` for the single-object tasks and the
@@ -73,7 +74,10 @@ def zero_shot_accuracy(
 
     Returns:
         dict: ``{"object_top1": ..., "background_top1": ...}`` in ``[0, 1]``, and
-        ``"multi_object_top1"`` when ``n_multi > 0``.
+        when ``n_multi > 0``: ``"multi_object_top1"`` (the ``k`` highest object
+        classes are exactly the ``k`` present), ``"multi_object_recall"`` (over every
+        object present in a scene with two or more objects: the object is among the
+        ``k`` highest classes) and ``"multi_object_recall/<class>"`` per class.
 
     Examples::
 
@@ -100,13 +104,22 @@ def zero_shot_accuracy(
     out = {k: v / n for k, v in hits.items()}
     if n_multi > 0:
         multi = 0
+        found = {c: [0, 0] for c in world.object_classes}  # class -> [hits, present]
         for lo in range(0, n_multi, batch_size):
             scenes = [world.sample(start + i) for i in range(lo, min(n_multi, lo + batch_size))]
             logits = objects(torch.stack([preprocess(s["image"]) for s in scenes]))
             for row, s in zip(logits, scenes):
-                top = row.topk(len(s["objects"])).indices.tolist()
-                multi += {world.object_classes[i] for i in top} == set(s["objects"])
+                top = {world.object_classes[i] for i in row.topk(len(s["objects"])).indices.tolist()}
+                multi += top == set(s["objects"])
+                if len(s["objects"]) >= 2:
+                    for name in s["objects"]:
+                        found[name][0] += name in top
+                        found[name][1] += 1
         out["multi_object_top1"] = multi / n_multi
+        pairs = sum(p for _, p in found.values())
+        out["multi_object_recall"] = sum(h for h, _ in found.values()) / max(pairs, 1)
+        for name, (h, p) in found.items():
+            out[f"multi_object_recall/{name}"] = h / p if p else float("nan")
     return out
 
 
@@ -130,6 +143,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     if "multi_object_top1" in acc:
         print(f"multi-object top-1 (1-3 objects, top-k classes = the present set, "
               f"n={args.n_multi}): {acc['multi_object_top1']:.4f}")
+        print(f"each present object in scenes with 2-3 objects is among the top-k: "
+              f"{acc['multi_object_recall']:.4f}")
+        per_class = {k.split("/", 1)[1]: v for k, v in acc.items() if k.startswith("multi_object_recall/")}
+        print("  per class: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()))
 
 
 if __name__ == "__main__":
