@@ -31,7 +31,7 @@ def _maps(model, scenes, texts, device, dtype) -> Dict[str, torch.Tensor]:
     half = copy.deepcopy(model).to(device=device, dtype=dtype)
     clf = CLIPZeroShotClassifier(half, texts, templates=SCENE_TEMPLATES,
                                  tokenizer=scenes_tokenizer())
-    preprocess = scenes_preprocess(64)
+    preprocess = scenes_preprocess(int(model.visual.image_size[0]))
     images, targets = [], []
     for s in scenes:
         for name in list(s["objects"]) + [s["background"]]:
@@ -58,7 +58,8 @@ def main(argv: List[str] = None) -> None:
     texts = list(world.class_names)
     full = _maps(model, scenes, texts, args.device, torch.float32)
     pairs = next(iter(full.values())).shape[0]
-    print(f"scenes CLIP, {args.scenes} held-out scenes, {pairs} (scene, class) maps of 64x64, "
+    side = int(model.visual.image_size[0])
+    print(f"scenes CLIP, {args.scenes} held-out scenes, {pairs} (scene, class) maps of {side}x{side}, "
           f"device {args.device}; |half - float32| on [0, 1] maps")
     print("| dtype | method | max abs | mean abs | mean per-map max |")
     print("|---|---|---:|---:|---:|")

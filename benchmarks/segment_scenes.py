@@ -6,12 +6,13 @@ Every dense method (a token-map explainer: ``DENSE_METHODS``) labels each pixel 
 "stuff", with the release's 85 templates as in ``clip-surgery evaluate``; no background
 threshold, every pixel is labelled); the labels are compared with the exact masks by a confusion matrix
 over all pixels of all scenes (:class:`SegmentationMIoU`): mIoU over the classes and pixel
-accuracy. PAMR (:func:`captum_clip_surgery.pamr`, 10 iterations) runs at the scenes' 64 px
+accuracy. PAMR (:func:`captum_clip_surgery.pamr`, 10 iterations) runs at the input size
 with two sets of dilations: the published (8, 16), meant for ~400-px images, and
-``--small-dilations`` (default 1, 2: the published ones scaled to 64 px). LeGrad is not
-dense (one backward pass per class) and is not listed.
+``--small-dilations`` (default: the published ones scaled from 400 px to the input
+size, rounded, at least 1: (2, 4) at 96 px). LeGrad is not dense (one backward pass per
+class) and is not listed.
 
-Run: ``python benchmarks/segment_scenes.py [--limit 200] [--size 64]
+Run: ``python benchmarks/segment_scenes.py [--limit 200] [--size PX]
 [--sliding-window CROP,STRIDE] [--methods surgery,raw,...]``.
 """
 
@@ -43,10 +44,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=200, help="held-out scenes (default 200)")
     parser.add_argument("--methods", default=",".join(DENSE_METHODS))
-    parser.add_argument("--size", type=int, default=64, help="square input size (default 64)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="square input size (default: the model's, 96)")
     parser.add_argument("--sliding-window", default=None, metavar="CROP,STRIDE",
                         help="sliding-window inference at --size (default: whole image)")
-    parser.add_argument("--small-dilations", default="1,2", metavar="D1,D2")
+    parser.add_argument("--small-dilations", default=None, metavar="D1,D2")
     parser.add_argument("--batch-size", type=int, default=25)
     args = parser.parse_args()
 
@@ -55,8 +57,11 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--methods: not dense: {unknown}; expected some of {DENSE_METHODS}")
     window = _pairs(args.sliding_window, "--sliding-window")
-    small = _pairs(args.small_dilations, "--small-dilations")
     model, _, tokenizer = load_scenes_clip()
+    if args.size is None:
+        args.size = int(model.visual.image_size[0])
+    small = _pairs(args.small_dilations, "--small-dilations") or tuple(
+        max(1, round(d * args.size / 400)) for d in (8, 16))
     data = ScenesSegmentation(size=args.limit)
     clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
     _ = clf.text_features  # fill the text cache before anything is timed
