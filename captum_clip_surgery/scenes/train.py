@@ -1,17 +1,20 @@
 r"""Train the small scenes CLIP: ``python -m captum_clip_surgery.scenes.train``.
 
 Deterministic for a seed: training scene ``step * batch_size + j`` of
-``ScenesWorld(seed)``, texts chosen with a generator seeded by ``(seed, step)``.
-Symmetric InfoNCE with open_clip's learnable temperature (``logit_scale``), AdamW
-with warm-up and cosine decay. Half of the texts are the scene's caption; the
-other half fill one of the package's 85 default prompt templates with one class
-present in the scene, so that zero-shot prompt ensembles work.
+``ScenesWorld(seed)``, flips, rotations and texts chosen with a generator seeded by
+``(seed, step)`` (see :func:`make_batch`). Symmetric InfoNCE with one hard negative
+text per image (:func:`contrastive_loss`) and open_clip's learnable temperature
+(``logit_scale``), AdamW with warm-up and cosine decay. Half of the texts are the
+scene's caption; the other half fill one of the package's 85 default prompt
+templates with one class present in the scene, so that zero-shot prompt ensembles
+work. ``--device cuda`` runs the same batches on a GPU.
 
 Resumable: ``--out DIR`` receives ``checkpoint.safetensors`` (model),
 ``optimizer.safetensors`` (AdamW moments and step counts) and ``state.json``
-(step, elapsed time, arguments); ``--resume`` continues from them. Nothing is
-pickled. ``--export`` writes the
-shipped fp16 weights and config into the package.
+(step, elapsed time, arguments, the loss of every step); ``--resume`` continues
+from them. Nothing is pickled. ``--export`` writes the shipped fp16 weights and
+config into the package; ``python -m captum_clip_surgery.scenes.plot_training DIR``
+draws the loss curve.
 """
 
 from __future__ import annotations
@@ -155,6 +158,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda: the same data and seed, the run takes minutes")
     parser.add_argument("--out", default="runs/scenes_clip")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
@@ -165,7 +170,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     world = ScenesWorld(seed=args.seed)
     tokenizer = scenes_tokenizer(MODEL_CONFIG["text_cfg"]["context_length"])
-    model = build_scenes_clip(seed=args.seed)
+    device = torch.device(args.device)
+    model = build_scenes_clip(seed=args.seed).to(device)
     text_tower = get_adapter(model).text  # exact truncated text encoding
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -179,8 +185,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     start, elapsed = 0, 0.0
     losses: List[Tuple[int, float]] = []  # (step, training loss), kept in state.json
     if args.resume and os.path.exists(state_path):
-        model.load_state_dict(load_file(ckpt), strict=False)
-        _load_optimizer(opt, load_file(opt_path))
+        model.load_state_dict(load_file(ckpt, device=str(device)), strict=False)
+        _load_optimizer(opt, load_file(opt_path))  # load_state_dict moves moments to the params
         with open(state_path, encoding="utf-8") as fh:
             saved = json.load(fh)
         start, elapsed = int(saved["step"]), float(saved.get("elapsed_s", 0.0))
@@ -201,8 +207,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         for group in opt.param_groups:
             group["lr"] = _lr(step, args.steps, args.lr, args.warmup)
         images, texts, negatives = make_batch(world, step, args.batch_size, args.seed)
-        img = F.normalize(model.encode_image(images), dim=-1)
-        txt = F.normalize(text_tower.encode(tokenizer(texts + negatives), truncate=True), dim=-1)
+        img = F.normalize(model.encode_image(images.to(device)), dim=-1)
+        ids = tokenizer(texts + negatives).to(device)
+        txt = F.normalize(text_tower.encode(ids, truncate=True), dim=-1)
         loss = contrastive_loss(img, txt[: len(texts)], txt[len(texts):],
                                 model.logit_scale.exp().clamp(max=100))
         losses.append((step + 1, loss.item()))
@@ -217,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             save(step + 1)
     print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s")
     if args.export:
-        model.eval()
+        model = model.cpu().eval()
         export_weights(model, used_token_ids(world, tokenizer), metadata={
             "steps": str(args.steps), "seed": str(args.seed), "batch_size": str(args.batch_size),
             "train_seconds": f"{time.perf_counter() - t0:.0f}",
