@@ -224,3 +224,19 @@ def test_multi_object_top1_is_the_top_k_set_rule(shipped: Any) -> None:
     for name, seen in per_class.items():
         if seen:
             assert acc[f"multi_object_recall/{name}"] == pytest.approx(np.mean(seen))
+
+
+def test_clip_surgery_points_at_the_objects_of_held_out_scenes(shipped: Any) -> None:
+    # the shipped model's purpose: CLIP Surgery finds the objects, the raw map does not
+    from captum_clip_surgery.evaluation import ScenesSegmentation, evaluate
+
+    model, preprocess, tokenizer = shipped
+    data = ScenesSegmentation(size=40)
+    clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
+    result = evaluate(["surgery", "raw"], data, clf, preprocess, batch_size=20, tolerance=0,
+                      faithfulness=False, progress=False)
+    kinds = result.breakdown("kind")
+    surgery, raw = kinds["surgery"]["object"], kinds["raw"]["object"]
+    assert surgery["pointing"] >= 0.85, surgery
+    assert surgery["pointing"] > raw["pointing"] + 0.2, (surgery, raw)
+    assert surgery["msc"] > raw["msc"] + 0.2, (surgery, raw)
