@@ -57,7 +57,7 @@ def clf(scenes_clip):
 @pytest.fixture(scope="module")
 def transform(scenes_clip):
     normalize = scenes_clip[1].transforms[-1]
-    return square_preprocess(64, normalize.mean, normalize.std)
+    return square_preprocess(int(scenes_clip[0].visual.image_size[0]), normalize.mean, normalize.std)
 
 
 def _reference(explainer, path, transform, texts):

@@ -130,7 +130,7 @@ def test_error_paths(tmp_path, capsys, monkeypatch):
         (["explain", "--pretrained", "openai"], "--pretrained: give --model too"),
         (["explain", "--out", str(tmp_path / "nowhere" / "x.png")], "--out: folder does not exist"),
         (["explain", "--device", "tpu9"], "--device: cannot use device 'tpu9'"),
-        (["explain", "--surgery-blocks", "40"], "--surgery-blocks: surgery_blocks: expected an int in [1, 8]"),
+        (["explain", "--surgery-blocks", "40"], "--surgery-blocks: surgery_blocks: expected an int in [1, 6]"),
         (["explain", "--size", "4"], "--size: expected a size of at least 8 pixels"),
     ]
     for argv, message in cases:

@@ -32,7 +32,7 @@ def scenes(scenes_clip):
     data = ScenesSegmentation(size=7)
     clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
     normalize = preprocess.transforms[-1]
-    transform = square_preprocess(64, normalize.mean, normalize.std)
+    transform = square_preprocess(int(model.visual.image_size[0]), normalize.mean, normalize.std)
     return data, clf, transform
 
 
