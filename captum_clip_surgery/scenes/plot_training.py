@@ -82,7 +82,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    losses = load_losses(args.run_dir)
+    try:
+        losses = load_losses(args.run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))  # one line and exit status 2, no traceback
     fig = plot_losses(losses, window=args.window)
     fig.savefig(args.out, dpi=110)
     w = max(1, min(args.window, len(losses)))

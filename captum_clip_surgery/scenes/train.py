@@ -170,7 +170,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     world = ScenesWorld(seed=args.seed)
     tokenizer = scenes_tokenizer(MODEL_CONFIG["text_cfg"]["context_length"])
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device: {exc}")  # one line and exit status 2, no traceback
     model = build_scenes_clip(seed=args.seed).to(device)
     text_tower = get_adapter(model).text  # exact truncated text encoding
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]

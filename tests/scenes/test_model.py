@@ -147,6 +147,14 @@ def test_contrastive_loss_matches_a_loop_over_images_and_texts() -> None:
     torch.testing.assert_close(contrastive_loss(img, txt, neg, scale), expected)
 
 
+def test_training_rejects_a_bad_device_in_one_line(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--device", "not-a-device", "--steps", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: --device" in err[-1]
+
+
 def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
     from safetensors.torch import load_file
 
@@ -171,6 +179,9 @@ def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
     assert os.path.getsize(png) > 0
     with pytest.raises(FileNotFoundError, match="run_dir"):
         load_losses(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:  # the command ends in one line, no traceback
+        plot_main([str(tmp_path)])
+    assert exit_info.value.code == 2
     a = load_file(os.path.join(straight, "checkpoint.safetensors"))
     b = load_file(os.path.join(resumed, "checkpoint.safetensors"))
     assert a.keys() == b.keys()
