@@ -45,7 +45,12 @@ class ModelSnapshot:
         state = self.model.state_dict()
         assert state.keys() == self.state.keys()
         for k, v in self.state.items():
-            assert torch.equal(state[k], v), f"parameter/buffer {k} changed"
+            # bit-for-bit, NaN included (torch.equal says NaN != NaN)
+            assert state[k].shape == v.shape and state[k].dtype == v.dtype, (
+                f"parameter/buffer {k} changed shape or dtype")
+            same = (state[k] == v) | (torch.isnan(state[k]) & torch.isnan(v)) if (
+                v.is_floating_point() or v.is_complex()) else state[k] == v
+            assert bool(same.all()), f"parameter/buffer {k} changed"
         assert {n: m.training for n, m in self.model.named_modules()} == self.training
         assert {n: type(m) for n, m in self.model.named_modules()} == self.modules
         assert {n: p.requires_grad for n, p in self.model.named_parameters()} == (

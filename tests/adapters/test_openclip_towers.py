@@ -256,3 +256,23 @@ def test_wip_attentional_pool_and_unknown_trunks_are_refused_with_the_reason():
         model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
     with pytest.raises(TypeError, match=r"^model: unsupported timm trunk ResNet;"):
         get_adapter(model)
+
+
+def test_tiny_coca_has_no_uninitialised_parameters():
+    # open_clip creates the caption decoder's projection with torch.empty; the builder seeds it
+    a, b = BUILDERS["coca"](), BUILDERS["coca"]()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.isfinite(p).all(), name
+        assert torch.equal(p, q), f"{name} differs between two builds with one seed"
+
+
+def test_snapshot_is_bitwise_and_treats_an_unchanged_nan_as_unchanged(snapshot):
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    snap = snapshot(model)
+    snap.assert_unchanged()  # NaN == NaN for the snapshot
+    with torch.no_grad():
+        model.weight[1, 1] += 1e-6
+    with pytest.raises(AssertionError, match="weight changed"):
+        snap.assert_unchanged()

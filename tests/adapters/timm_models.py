@@ -160,6 +160,10 @@ def tiny_native_clip(tower: str, seed: int = 0) -> torch.nn.Module:
         text = dict(TEXT_CFG, embed_cls=True, output_tokens=True)
         model = open_clip.CoCa(embed_dim=24, multimodal_cfg=multimodal, text_cfg=text,
                                vision_cfg=vision)
+        # open_clip leaves the caption decoder's projection as torch.empty (its init is
+        # commented out): uninitialised memory, sometimes NaN, so give it seeded values
+        with torch.no_grad():
+            model.text_decoder.text_projection.normal_(std=32 ** -0.5)
     else:
         model = open_clip.CLIP(embed_dim=24, vision_cfg=NATIVE[tower], text_cfg=dict(TEXT_CFG))
     _randomize(model)
