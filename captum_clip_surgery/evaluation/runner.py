@@ -275,33 +275,44 @@ class EvaluationResult:
 
         fig = Figure(figsize=(5, 3.6))
         ax = fig.subplots()
-        for method, name in zip(summary, names):
-            ax.plot(self.thresholds.numpy(), self.iou_curve(method).numpy(), label=name)
+        styles = _line_styles(len(names))
+        for method, name, style in zip(summary, names, styles):
+            ax.plot(self.thresholds.numpy(), self.iou_curve(method).numpy(), label=name, **style)
         ax.set_xlabel("threshold")
         ax.set_ylabel("mean IoU")
         ax.set_title("IoU vs threshold")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.tight_layout()
         paths["iou_figure"] = os.path.join(out_dir, "iou_threshold.png")
-        fig.savefig(paths["iou_figure"], dpi=100)
+        fig.savefig(paths["iou_figure"], dpi=100, bbox_inches="tight")
 
         if self.curves:
             fig = Figure(figsize=(9, 3.6))
             axes = fig.subplots(1, 2)
-            for method, name in zip(summary, names):
+            for method, name, style in zip(summary, names, styles):
                 if method in self.curves:
                     c = self.curves[method]
-                    axes[0].plot(c["fractions"].numpy(), c["deletion"].numpy(), label=name)
-                    axes[1].plot(c["fractions"].numpy(), c["insertion"].numpy(), label=name)
+                    axes[0].plot(c["fractions"].numpy(), c["deletion"].numpy(), label=name,
+                                 **style)
+                    axes[1].plot(c["fractions"].numpy(), c["insertion"].numpy(), label=name,
+                                 **style)
             for ax, title in zip(axes, ("deletion", "insertion")):
                 ax.set_xlabel("fraction of pixels")
                 ax.set_ylabel("target probability")
                 ax.set_title(title)
-            axes[1].legend(fontsize=7)
+            axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
             fig.tight_layout()
             paths["faithfulness_figure"] = os.path.join(out_dir, "deletion_insertion.png")
-            fig.savefig(paths["faithfulness_figure"], dpi=100)
+            fig.savefig(paths["faithfulness_figure"], dpi=100, bbox_inches="tight")
         return paths
+
+
+def _line_styles(n: int) -> List[Dict[str, str]]:
+    r"""``n`` distinct line styles: the ten tab10 colours, then the same colours dashed,
+    then dotted (matplotlib's default cycle repeats its colours after ten lines)."""
+    dashes = ("-", "--", ":", "-.")
+    return [{"color": f"C{i % 10}", "linestyle": dashes[(i // 10) % len(dashes)]}
+            for i in range(n)]
 
 
 def _negative_share(rows: List[Dict[str, Any]]) -> float:

@@ -269,3 +269,13 @@ def test_breakdown_by_kind_and_class_reaggregates_the_records(scenes, tmp_path):
     assert result.breakdown_markdown("kind") in text and result.breakdown_markdown("class") in text
     with pytest.raises(ValueError, match="by: expected 'kind' or 'class'"):
         result.breakdown("image")
+
+
+def test_line_styles_stay_distinct_past_ten_methods():
+    from captum_clip_surgery.evaluation.runner import _line_styles
+
+    styles = _line_styles(14)  # the README's 14 methods
+    pairs = [(s["color"], s["linestyle"]) for s in styles]
+    assert len(set(pairs)) == 14
+    assert styles[0] == {"color": "C0", "linestyle": "-"}
+    assert styles[10] == {"color": "C0", "linestyle": "--"}  # the colour comes back, dashed
