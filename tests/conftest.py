@@ -45,12 +45,10 @@ class ModelSnapshot:
         state = self.model.state_dict()
         assert state.keys() == self.state.keys()
         for k, v in self.state.items():
-            # bit-for-bit, NaN included (torch.equal says NaN != NaN)
-            assert state[k].shape == v.shape and state[k].dtype == v.dtype, (
-                f"parameter/buffer {k} changed shape or dtype")
-            same = (state[k] == v) | (torch.isnan(state[k]) & torch.isnan(v)) if (
-                v.is_floating_point() or v.is_complex()) else state[k] == v
-            assert bool(same.all()), f"parameter/buffer {k} changed"
+            # exactly equal, same shape and dtype; an unchanged NaN counts as unchanged
+            # (torch.equal says NaN != NaN)
+            torch.testing.assert_close(state[k], v, rtol=0, atol=0, equal_nan=True,
+                                       msg=f"parameter/buffer {k} changed")
         assert {n: m.training for n, m in self.model.named_modules()} == self.training
         assert {n: type(m) for n, m in self.model.named_modules()} == self.modules
         assert {n: p.requires_grad for n, p in self.model.named_parameters()} == (

@@ -163,7 +163,7 @@ def tiny_native_clip(tower: str, seed: int = 0) -> torch.nn.Module:
         # open_clip leaves the caption decoder's projection as torch.empty (its init is
         # commented out): uninitialised memory, sometimes NaN, so give it seeded values
         with torch.no_grad():
-            model.text_decoder.text_projection.normal_(std=32 ** -0.5)
+            model.text_decoder.text_projection.normal_(std=multimodal["width"] ** -0.5)
     else:
         model = open_clip.CLIP(embed_dim=24, vision_cfg=NATIVE[tower], text_cfg=dict(TEXT_CFG))
     _randomize(model)
