@@ -657,12 +657,12 @@ def run_cli(
     except OSError as exc:
         raise user_error(f"--out: cannot write into folder {out} "
                          f"({exc.strerror or type(exc).__name__})") from None
+    from captum_clip_surgery.cli import UserError, _check_device
+
     try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise user_error(f"--device: cannot use device {args.device!r} ({first})") from None
+        _check_device(args.device)
+    except UserError as exc:
+        raise user_error(str(exc)) from None
 
     device_name = args.device
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

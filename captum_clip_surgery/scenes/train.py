@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from captum_clip_surgery._text import DEFAULT_TEMPLATES
 from captum_clip_surgery.adapters import get_adapter
+from captum_clip_surgery.cli import UserError, _check_device
 from captum_clip_surgery.scenes.model import (
     MODEL_CONFIG,
     WEIGHTS_PATH,
@@ -170,10 +171,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     world = ScenesWorld(seed=args.seed)
     tokenizer = scenes_tokenizer(MODEL_CONFIG["text_cfg"]["context_length"])
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        parser.error(f"--device: {exc}")  # one line and exit status 2, no traceback
+    try:  # a device torch cannot name or this machine lacks (e.g. cuda without a GPU)
+        _check_device(args.device)
+    except UserError as exc:
+        parser.error(str(exc))  # one line and exit status 2, no traceback
+    device = torch.device(args.device)
     model = build_scenes_clip(seed=args.seed).to(device)
     text_tower = get_adapter(model).text  # exact truncated text encoding
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]

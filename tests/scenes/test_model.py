@@ -147,12 +147,17 @@ def test_contrastive_loss_matches_a_loop_over_images_and_texts() -> None:
     torch.testing.assert_close(contrastive_loss(img, txt, neg, scale), expected)
 
 
-def test_training_rejects_a_bad_device_in_one_line(capsys: Any) -> None:
+@pytest.mark.parametrize("device", [
+    "not-a-device",
+    pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                  reason="a GPU is present")),
+])
+def test_training_rejects_a_bad_device_in_one_line(capsys: Any, device: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        train_main(["--device", "not-a-device", "--steps", "1"])
+        train_main(["--device", device, "--steps", "1"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "error: --device" in err[-1]
+    assert f"error: --device: cannot use device '{device}'" in err[-1]
 
 
 def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
