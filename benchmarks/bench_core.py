@@ -81,8 +81,7 @@ def bench_text(device: str, repeats: int = 3) -> dict:
     the others take the best of ``repeats``. Wall time and process CPU time."""
     import open_clip
 
-    from captum_clip_surgery import CLIPZeroShotClassifier
-    from captum_clip_surgery._text import DEFAULT_TEMPLATES
+    from captum_clip_surgery import DEFAULT_TEMPLATES, CLIPZeroShotClassifier
     from captum_clip_surgery.adapters.base import TextTowerView
 
     torch.manual_seed(0)

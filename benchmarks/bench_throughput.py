@@ -130,7 +130,7 @@ def _model(device: torch.device, dtype: torch.dtype) -> Any:
 def bench_one(device: torch.device, precision: str, batches: List[int], repeats: int,
               warmup: int, compile_: bool) -> List[Dict[str, Any]]:
     from captum_clip_surgery import CLIPSurgeryAttribution, CLIPZeroShotClassifier
-    from captum_clip_surgery.batch_explain import _batch_maps
+    from captum_clip_surgery.explain.folder import _batch_maps
 
     dtype = DTYPES[precision]
     model = _model(device, dtype)

@@ -25,8 +25,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from captum_clip_surgery import CLIPZeroShotClassifier, build_method, segment
-from captum_clip_surgery.comparison import DENSE_METHODS, TITLES
 from captum_clip_surgery.evaluation import ScenesSegmentation, SegmentationMIoU
+from captum_clip_surgery.methods.registry import DENSE_METHODS, method_title
 from captum_clip_surgery.scenes import load_scenes_clip
 from captum_clip_surgery.scenes.model import scenes_preprocess
 
@@ -108,7 +108,7 @@ def main() -> None:
         for v in r.values():
             confusion = v["confusion"].double()
             v["pixel_accuracy"] = float(confusion.diagonal().sum() / confusion.sum())
-        print(f"| {TITLES.get(m, m)} | {r['none']['miou']:.3f} | {r['pamr_published']['miou']:.3f} "
+        print(f"| {method_title(m)} | {r['none']['miou']:.3f} | {r['pamr_published']['miou']:.3f} "
               f"| {r['pamr_small']['miou']:.3f} | {r['none']['pixel_accuracy']:.3f} "
               f"| {r['pamr_small']['pixel_accuracy']:.3f} | {seconds[m] / len(data):.4f} |")
 

@@ -1,93 +1,105 @@
-r"""captum-clip-surgery: CLIP Surgery explanations for CLIP as Captum attributions."""
+r"""captum-clip-surgery: CLIP Surgery explanations for CLIP as Captum attributions.
 
-from captum_clip_surgery._maps import minmax_normalize
-from captum_clip_surgery._text import DEFAULT_TEMPLATES, SCENE_TEMPLATES
-from captum_clip_surgery.adapters import CLIPAdapter, HFCLIPPair, get_adapter, register_adapter
-from captum_clip_surgery.attention_relevance import CLIPAttentionRelevance
-from captum_clip_surgery.batch_explain import ExplainSummary, explain_images, explain_to_folder
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.clearclip import ClearCLIPAttribution
-from captum_clip_surgery.clip_surgery import CLIPSurgeryAttribution
-from captum_clip_surgery.comparison import (
-    DEFAULT_METHODS,
-    DENSE_METHODS,
-    METHOD_NAMES,
-    TRAINING_FREE_METHODS,
-    build_method,
-    channel_reduce,
-    compare,
-    plot_comparison,
-    plot_text_grid,
-    supported_methods,
-)
-from captum_clip_surgery.feature_surgery import feature_surgery_scores
-from captum_clip_surgery.gem import GEMAttribution
-from captum_clip_surgery.gradeclip import GradECLIPAttribution
-from captum_clip_surgery.legrad import LeGradAttribution
-from captum_clip_surgery.mask_refinement import pamr
-from captum_clip_surgery.maskclip import MaskCLIPAttribution
-from captum_clip_surgery.multilabel import multilabel_scores, text_presence
-from captum_clip_surgery.naclip import NACLIPAttribution
-from captum_clip_surgery.points import (
-    PointPrompts,
-    build_sam_predictor,
-    segment_with_sam,
-    text_to_points,
-)
-from captum_clip_surgery.sclip import SCLIPAttribution
-from captum_clip_surgery.segmentation import segment, sliding_window_scores
-from captum_clip_surgery.similarity_map import CLIPSimilarityMap
-from captum_clip_surgery.text_tokens import (
-    TextTokenExplanation,
-    explain_text_tokens,
-    plot_text_tokens,
-)
+Every public name is importable from here (``from captum_clip_surgery import compare``)
+and is loaded from its layer on first use, so importing the package is cheap. The
+layers, bottom to top (``docs/architecture.md``):
+
+- :mod:`captum_clip_surgery._validation`: argument checks;
+- :mod:`captum_clip_surgery.adapters`: the model adapter protocol, one module per
+  model family, the adapter registry and :func:`~captum_clip_surgery.adapters.load_clip`;
+- :mod:`captum_clip_surgery.core`: the classifier, text features, architecture and
+  feature surgery, maps;
+- :mod:`captum_clip_surgery.methods`: one module per method, their base classes and the
+  method registry;
+- :mod:`captum_clip_surgery.apps` and :mod:`captum_clip_surgery.scenes`: comparison and
+  figures, segmentation, multi-label, text → points / SAM, text tokens; the scenes
+  world and its shipped model;
+- :mod:`captum_clip_surgery.evaluation` and :mod:`captum_clip_surgery.explain`: the
+  evaluation harness; explaining folders of images;
+- :mod:`captum_clip_surgery.cli`: the ``clip-surgery`` command.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CLIPAdapter",
-    "CLIPAttentionRelevance",
-    "CLIPSimilarityMap",
-    "CLIPSurgeryAttribution",
-    "CLIPZeroShotClassifier",
-    "ClearCLIPAttribution",
-    "DEFAULT_METHODS",
-    "DEFAULT_TEMPLATES",
-    "DENSE_METHODS",
-    "ExplainSummary",
-    "GEMAttribution",
-    "GradECLIPAttribution",
-    "HFCLIPPair",
-    "LeGradAttribution",
-    "METHOD_NAMES",
-    "MaskCLIPAttribution",
-    "NACLIPAttribution",
-    "PointPrompts",
-    "SCENE_TEMPLATES",
-    "SCLIPAttribution",
-    "TRAINING_FREE_METHODS",
-    "TextTokenExplanation",
-    "build_method",
-    "build_sam_predictor",
-    "channel_reduce",
-    "compare",
-    "explain_images",
-    "explain_text_tokens",
-    "explain_to_folder",
-    "feature_surgery_scores",
-    "get_adapter",
-    "minmax_normalize",
-    "multilabel_scores",
-    "pamr",
-    "plot_comparison",
-    "plot_text_grid",
-    "plot_text_tokens",
-    "register_adapter",
-    "segment",
-    "segment_with_sam",
-    "sliding_window_scores",
-    "supported_methods",
-    "text_presence",
-    "text_to_points",
-]
+#: public name -> the module that defines it
+_LAZY: Dict[str, str] = {
+    # adapters
+    "CLIPAdapter": "adapters.base",
+    "HFCLIPPair": "adapters.huggingface",
+    "get_adapter": "adapters.registry",
+    "load_clip": "adapters.loading",
+    "register_adapter": "adapters.registry",
+    # core
+    "CLIPZeroShotClassifier": "core.classifier",
+    "DEFAULT_TEMPLATES": "core.text",
+    "SCENE_TEMPLATES": "core.text",
+    "feature_surgery_scores": "core.feature_surgery",
+    "minmax_normalize": "core.maps",
+    # methods: bases, methods, registry
+    "ClassifierAttribution": "methods.base",
+    "LastBlockAttribution": "methods.base",
+    "RelevanceMapAttribution": "methods.base",
+    "TokenMapAttribution": "methods.base",
+    "CLIPSurgeryAttribution": "methods.clip_surgery",
+    "RawCLIPAttribution": "methods.raw",
+    "CLIPSimilarityMap": "methods.raw",
+    "MaskCLIPAttribution": "methods.maskclip",
+    "GEMAttribution": "methods.gem",
+    "SCLIPAttribution": "methods.sclip",
+    "ClearCLIPAttribution": "methods.clearclip",
+    "NACLIPAttribution": "methods.naclip",
+    "LeGradAttribution": "methods.legrad",
+    "GradECLIPAttribution": "methods.gradeclip",
+    "CheferAttribution": "methods.chefer",
+    "CLIPAttentionRelevance": "methods.chefer",
+    "DEFAULT_METHODS": "methods.registry",
+    "DENSE_METHODS": "methods.registry",
+    "METHOD_NAMES": "methods.registry",
+    "TRAINING_FREE_METHODS": "methods.registry",
+    "build_method": "methods.registry",
+    "method_names": "methods.registry",
+    "method_title": "methods.registry",
+    "register_method": "methods.registry",
+    "supported_methods": "methods.registry",
+    # apps
+    "channel_reduce": "apps.comparison",
+    "compare": "apps.comparison",
+    "plot_comparison": "apps.comparison",
+    "plot_text_grid": "apps.comparison",
+    "pamr": "apps.mask_refinement",
+    "multilabel_scores": "apps.multilabel",
+    "text_presence": "apps.multilabel",
+    "PointPrompts": "apps.points",
+    "build_sam_predictor": "apps.points",
+    "segment_with_sam": "apps.points",
+    "text_to_points": "apps.points",
+    "segment": "apps.segmentation",
+    "sliding_window_scores": "apps.segmentation",
+    "TextTokenExplanation": "apps.text_tokens",
+    "explain_text_tokens": "apps.text_tokens",
+    "plot_text_tokens": "apps.text_tokens",
+    # explaining folders
+    "ExplainSummary": "explain.folder",
+    "explain_images": "explain.folder",
+    "explain_to_folder": "explain.folder",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,19 +1,32 @@
-r"""Input checks shared by every public entry point; each error names its argument."""
+r"""Argument checks shared by every public entry point; each error names its argument.
+
+The bottom layer of the package: it imports nothing of the package itself (the model
+checks read an adapter's ``device``, ``dtype`` and ``image.patch_size`` by duck typing),
+so every layer, the adapters included, checks its arguments here.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+import numbers
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_clip_surgery.adapters.base import CLIPAdapter
+if TYPE_CHECKING:  # annotations only: no import of the adapter layer at run time
+    from captum_clip_surgery.adapters.base import CLIPAdapter
 
 __all__ = [
+    "check_blocks",
     "check_bool",
+    "check_choice",
+    "check_device",
+    "check_feature_surgery",
+    "check_image_tensor",
     "check_int",
+    "check_optional_int",
     "check_positive_number",
     "check_unit_interval",
     "min_image_size",
@@ -33,8 +46,9 @@ def check_bool(name: str, value: Any) -> bool:
 
 def check_int(name: str, value: Any, minimum: Optional[int] = None,
               maximum: Optional[int] = None) -> int:
-    r"""Return ``value`` as an int in ``[minimum, maximum]`` or raise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    r"""Return ``value`` as an int in ``[minimum, maximum]`` or raise a clear error
+    (any integral number but a bool is accepted, e.g. a NumPy integer)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} ({value!r})")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         if minimum is not None and maximum is not None:
@@ -48,20 +62,79 @@ def check_int(name: str, value: Any, minimum: Optional[int] = None,
 def check_positive_number(name: str, value: Any, allow_zero: bool = False) -> float:
     r"""Return ``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``)."""
     bound = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number {bound}, got {type(value).__name__}")
     if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
         raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
     return float(value)
 
 
+def check_optional_int(name: str, value: Any, minimum: Optional[int] = None,
+                       maximum: Optional[int] = None) -> Optional[int]:
+    r"""``None``, or ``value`` checked by :func:`check_int` (the message says ``None`` is
+    accepted too)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int or None, got {type(value).__name__} ({value!r})")
+    return check_int(name, value, minimum, maximum)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    r"""Return ``value`` if it is one of ``choices``, else a ``ValueError`` listing them."""
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(
+            f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        )
+    return value
+
+
+def check_device(name: str, device: Any) -> torch.device:
+    r"""The ``torch.device`` named by ``device``, after checking that a tensor can be made
+    there (an unavailable device such as ``cuda`` on a machine without a GPU is a
+    ``ValueError`` naming ``name``)."""
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise ValueError(f"{name}: cannot use device {device!r} ({first})") from None
+    return resolved
+
+
+def check_blocks(name: str, value: Any, depth: int) -> int:
+    r"""``value`` as a number of (last) blocks of a tower with ``depth`` attention blocks:
+    an int in ``[1, depth]``; the message names ``name`` and the tower's depth."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} ({value!r})")
+    if not 1 <= value <= depth:
+        raise ValueError(
+            f"{name}: expected an int in [1, {depth}] (the image tower has {depth} "
+            f"blocks), got {value}"
+        )
+    return value
+
+
 def check_unit_interval(name: str, value: Any) -> float:
     r"""Return ``value`` as a float in ``[0, 1]`` or raise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
     return float(value)
+
+
+def check_image_tensor(name: str, images: Any) -> Tensor:
+    r"""Return ``images`` if it is a floating-point ``[B, C, H, W]`` tensor with ``B >= 1``
+    (no model involved; :func:`prepare_images` checks images against a model)."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name}: expected a Tensor [B, C, H, W], got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"{name}: expected [B, C, H, W] with B >= 1, got {list(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {images.dtype}")
+    return images
 
 
 def min_image_size(adapter: CLIPAdapter) -> Tuple[int, int]:
@@ -100,7 +173,7 @@ def prepare_images(
     of the grid cell (the patch size, or a conv trunk's total stride) is padded
     with zeros at the bottom and right up to the next multiple — zero is the mean
     colour of normalised inputs — so that every pixel lies in a grid cell. Maps
-    are brought back to the input's pixels by :func:`~captum_clip_surgery._maps.to_pixels`,
+    are brought back to the input's pixels by :func:`~captum_clip_surgery.core.maps.to_pixels`,
     which drops the padding again.
     """
     if not isinstance(images, Tensor):

@@ -12,7 +12,7 @@ from captum.attr import visualization as viz
 from captum.metrics import infidelity, sensitivity_max
 
 from captum_clip_surgery import CLIPSimilarityMap, CLIPSurgeryAttribution
-from tests.conftest import FEW_TEMPLATES, TEXTS, images_for
+from tests.helpers import FEW_TEMPLATES, TEXTS, images_for
 from tests.models import tiny_vit
 
 

@@ -33,7 +33,7 @@ from captum_clip_surgery import (  # noqa: E402
     segment,
     text_to_points,
 )
-from tests.conftest import FEW_TEMPLATES, TEXTS, ModelSnapshot  # noqa: E402
+from tests.helpers import FEW_TEMPLATES, TEXTS, ModelSnapshot  # noqa: E402
 from tests.models import tiny_resnet, tiny_vit  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

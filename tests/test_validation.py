@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from captum_clip_surgery import CLIPSimilarityMap, CLIPSurgeryAttribution, CLIPZeroShotClassifier
-from tests.conftest import FEW_TEMPLATES, TEXTS, images_for
+from tests.helpers import FEW_TEMPLATES, TEXTS, images_for
 from tests.models import tiny_resnet, tiny_vit
 
 

@@ -1,8 +1,16 @@
 r"""Model adapters: the only place that knows model-family classes.
 
-Registration order matters only where two adapters could take the same model: the
-more specific one is registered first.
+The protocol (:mod:`~captum_clip_surgery.adapters.base`) and the registry
+(:mod:`~captum_clip_surgery.adapters.registry`) are imported eagerly; each family's
+adapter module (open_clip, its timm towers, OpenAI ``clip``, Hugging Face) only when one
+of its names is used or a model of its family is adapted, so importing the package
+never imports open_clip, transformers, timm or ``clip``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List
 
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
@@ -13,26 +21,33 @@ from captum_clip_surgery.adapters.base import (
     ImageTowerView,
     PoolingHead,
     TextTowerView,
-    get_adapter,
+    attention,
     inference_mode_of,
-    register_adapter,
     resize_positional_embedding,
+)
+from captum_clip_surgery.adapters.registry import (
+    ADAPTER_ENTRY_POINTS,
+    get_adapter,
+    register_adapter,
+    registered_adapters,
     supported_families,
 )
-from captum_clip_surgery.adapters.huggingface import (
-    HFCLIPAdapter,
-    HFCLIPPair,
-    HFCLIPPairAdapter,
-    HFSiglipAdapter,
-)
-from captum_clip_surgery.adapters.openai_clip import OpenAICLIPAdapter
-from captum_clip_surgery.adapters.openclip import OpenCLIPAdapter
-from captum_clip_surgery.adapters.openclip_timm import OpenCLIPTimmAdapter
 
-register_adapter(OpenCLIPTimmAdapter)
-register_adapter(OpenCLIPAdapter)
+#: Names of the family modules, imported on first use.
+_LAZY: Dict[str, str] = {
+    "HFCLIPAdapter": "huggingface",
+    "HFCLIPPair": "huggingface",
+    "HFCLIPPairAdapter": "huggingface",
+    "HFSiglipAdapter": "huggingface",
+    "OpenAICLIPAdapter": "openai_clip",
+    "OpenCLIPAdapter": "openclip",
+    "OpenCLIPTimmAdapter": "openclip_timm",
+    "load_clip": "loading",
+    "square_preprocess": "loading",
+}
 
 __all__ = [
+    "ADAPTER_ENTRY_POINTS",
     "AttentionPoolHead",
     "AveragePoolHead",
     "BlockView",
@@ -48,9 +63,26 @@ __all__ = [
     "OpenCLIPTimmAdapter",
     "PoolingHead",
     "TextTowerView",
+    "attention",
     "get_adapter",
     "inference_mode_of",
+    "load_clip",
     "register_adapter",
+    "registered_adapters",
     "resize_positional_embedding",
+    "square_preprocess",
     "supported_families",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

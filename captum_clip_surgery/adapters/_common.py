@@ -6,7 +6,12 @@ r"""Pieces shared by the adapters of several families.
   block views, with or without a causal mask (any attention backend the model
   was configured with is bypassed);
 - :func:`clip_bpe_pieces`: the text of CLIP BPE token ids, from whichever CLIP
-  tokenizer the user holds (open_clip, OpenAI ``clip``, Hugging Face).
+  tokenizer the user holds (open_clip, OpenAI ``clip``, Hugging Face);
+- :class:`MultiheadBlockView`: the block of open_clip's and OpenAI ``clip``'s
+  transformers (``ln_1``, an ``nn.MultiheadAttention`` with a fused ``in_proj``,
+  ``ln_2``, ``mlp``, optional ``ls_1`` / ``ls_2``);
+- :class:`CLIPAttentionPoolHead`: the attention pool of CLIP's ModifiedResNet;
+- :func:`openai_imagenet_templates`: the 80 prompt templates of the CLIP paper.
 """
 
 from __future__ import annotations
@@ -22,17 +27,29 @@ from torch import Tensor, nn
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     BlockView,
+    attention,
+    merge_heads,
     resize_positional_embedding,
+    split_heads,
 )
 
 __all__ = [
     "CLIPAttentionPoolHead",
-    "causal_attention",
+    "MultiheadBlockView",
     "clip_bpe_pieces",
     "hf_tokenizer",
+    "openai_imagenet_templates",
     "run_text_blocks",
     "tokenize",
 ]
+
+
+def openai_imagenet_templates() -> Tuple[str, ...]:
+    r"""The 80 ImageNet prompt templates of the CLIP paper (as open_clip ships them), the
+    first part of CLIP Surgery's 85-template ensemble."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
 
 
 def hf_tokenizer(obj: object) -> Optional[Any]:
@@ -110,27 +127,6 @@ def tokenize(tokenizer: Any, texts: Sequence[str], context_length: int) -> Tenso
     return ids.long()
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-    r"""``softmax(q kᵀ · scale [+ causal mask]) v`` per head, softmax in float32.
-
-    Args:
-        q, k, v (Tensor): ``[B, heads, N, d]``.
-        scale (float): logit scale.
-        causal (bool): mask every key after the query's position.
-
-    Returns:
-        Tensor: ``[B, heads, N, d]`` in ``v``'s dtype.
-    """
-    if q.dtype == torch.float32:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    logits = ((q * scale) @ k.transpose(-2, -1)).float()
-    if causal:
-        n = q.shape[-2]
-        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-        logits = logits.masked_fill(future, float("-inf"))
-    return logits.softmax(dim=-1).to(v.dtype) @ v
-
-
 def run_text_blocks(blocks: Sequence[BlockView], x: Tensor, causal: bool) -> Tensor:
     r"""Run pre-norm blocks ``x = x + ls1(out(attn(qkv(norm1 x))))``,
     ``x = x + ls2(mlp(norm2 x))`` with the attention computed here.
@@ -145,8 +141,7 @@ def run_text_blocks(blocks: Sequence[BlockView], x: Tensor, causal: bool) -> Ten
     """
     for block in blocks:
         q, k, v = block.qkv(block.norm1(x))
-        x = x + block.ls1(block.out(causal_attention(q, k, v, block.scale, causal)))
-        x = x + block.ls2(block.mlp(block.norm2(x)))
+        x = block.residual(x, attention(q, k, v, block.scale, causal=causal))
     return x
 
 
@@ -244,3 +239,66 @@ class CLIPAttentionPoolHead(AttentionPoolHead):
 
     def out(self, x: Tensor) -> Tensor:
         return self.pool_module.c_proj(x)
+
+
+class MultiheadBlockView(BlockView):
+    r"""The transformer block of open_clip (``ResidualAttentionBlock``) and OpenAI ``clip``
+    (``clip.model.ResidualAttentionBlock``): ``ln_1``, an ``nn.MultiheadAttention`` with a
+    fused ``in_proj``, ``ln_2``, ``mlp``, and open_clip's layer scales ``ls_1`` / ``ls_2``
+    where the block has them. The attention may be sequence-first (OpenAI, older
+    open_clip) or batch-first; the view is always batch-first.
+
+    Args:
+        block (nn.Module): the block.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, nn.MultiheadAttention):
+            raise TypeError(
+                "model: expected attention blocks with an nn.MultiheadAttention, got "
+                f"{type(attn).__qualname__}"
+            )
+        if not attn._qkv_same_embed_dim or attn.in_proj_weight is None:
+            raise TypeError("model: attention blocks with separate q/k/v weights are not supported")
+        self.block = block
+        self.attn = attn
+        self.num_heads = attn.num_heads
+        self.head_dim = attn.embed_dim // attn.num_heads
+        self._ls1 = getattr(block, "ls_1", None)
+        self._ls2 = getattr(block, "ls_2", None)
+
+    def norm1(self, x: Tensor) -> Tensor:
+        return self.block.ln_1(x)
+
+    def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
+        h = self.num_heads
+        return split_heads(q, h), split_heads(k, h), split_heads(v, h)
+
+    def attention_logits(self, q: Tensor, k: Tensor) -> Tensor:
+        return (q * self.scale) @ k.transpose(-2, -1)
+
+    def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return attention(q, k, v)
+
+    def out(self, heads_out: Tensor) -> Tensor:
+        proj = self.attn.out_proj
+        return F.linear(merge_heads(heads_out), proj.weight, proj.bias)
+
+    def ls1(self, x: Tensor) -> Tensor:
+        return x if self._ls1 is None else self._ls1(x)
+
+    def norm2(self, x: Tensor) -> Tensor:
+        return self.block.ln_2(x)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.block.mlp(x)
+
+    def ls2(self, x: Tensor) -> Tensor:
+        return x if self._ls2 is None else self._ls2(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if getattr(self.attn, "batch_first", False):
+            return self.block(x)
+        return self.block(x.transpose(0, 1)).transpose(0, 1)

@@ -4,7 +4,8 @@ Every algorithm in this package talks to a CLIP model only through the views
 defined here, never through a model family's own classes. Supporting a new
 family (Hugging Face, OpenAI ``clip``) means writing one adapter module that
 subclasses :class:`CLIPAdapter` and registering it with
-:func:`register_adapter`.
+:func:`~captum_clip_surgery.adapters.registry.register_adapter` (or through the
+``captum_clip_surgery.adapters`` entry-point group).
 
 The views are *functional*: they call the model's own submodules and read its
 parameters, but never replace a module, edit a parameter or install a hook.
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from captum_clip_surgery.adapters.text_batching import length_buckets
 
 __all__ = [
     "AttentionPoolHead",
@@ -29,14 +32,59 @@ __all__ = [
     "ImageTowerView",
     "PoolingHead",
     "TextTowerView",
-    "merge_heads",
-    "split_heads",
-    "get_adapter",
+    "attention",
     "inference_mode_of",
-    "register_adapter",
+    "merge_heads",
     "resize_positional_embedding",
-    "supported_families",
+    "split_heads",
 ]
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: Optional[float] = None,
+    bias: Optional[Tensor] = None,
+    causal: bool = False,
+) -> Tensor:
+    r"""``softmax(q kᵀ · scale + bias [+ causal mask]) v`` per head: the one attention
+    function of the package.
+
+    Float32 inputs use PyTorch's fused kernel (``scaled_dot_product_attention``);
+    half-precision inputs compute the logits in their dtype and the bias, mask and
+    softmax in float32, then cast the probabilities back.
+
+    Args:
+        q (Tensor): ``[B, heads, Nq, d]``.
+        k (Tensor): ``[B, heads, N, d]``.
+        v (Tensor): ``[B, heads, N, d]``.
+        scale (float, optional): logit scale; default ``d ** -0.5``.
+        bias (Tensor, optional): added to the logits, broadcastable to
+            ``[B, heads, Nq, N]`` (e.g. a relative position bias or NACLIP's
+            neighbourhood term).
+        causal (bool): mask every key after the query's position.
+
+    Returns:
+        Tensor: ``[B, heads, Nq, d]`` in ``v``'s dtype.
+
+    Examples::
+
+        >>> q = torch.randn(1, 2, 5, 8)
+        >>> attention(q, q, q, scale=8 ** -0.5).shape
+        torch.Size([1, 2, 5, 8])
+    """
+    if q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, scale=scale)
+    factor = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = ((q * factor) @ k.transpose(-2, -1)).float()
+    if bias is not None:
+        logits = logits + bias
+    if causal:
+        n = q.shape[-2]
+        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+        logits = logits.masked_fill(future, float("-inf"))
+    return logits.softmax(dim=-1).to(v.dtype) @ v
 
 
 def resize_positional_embedding(
@@ -112,7 +160,11 @@ class BlockView(abc.ABC):
     ``x = x + ls2(mlp(norm2(x)))`` with ``q, k, v`` from ``norm1(x)``.
     The attention pieces are exposed separately so that algorithms can build
     other attention patterns (value-value, query-query, ...) from the same
-    weights.
+    weights; the residual arithmetic around them is written once, here
+    (:meth:`branch`, :meth:`attention_residual`, :meth:`mlp_residual`,
+    :meth:`residual`).
+
+    An adapter implements the abstract pieces; a method only combines them.
     """
 
     num_heads: int
@@ -166,6 +218,26 @@ class BlockView(abc.ABC):
         r"""``softmax(attention_logits(q, k)) v`` with the softmax in fp32."""
         probs = self.attention_logits(q, k).float().softmax(dim=-1).to(v.dtype)
         return probs @ v
+
+    def branch(self, heads_out: Tensor) -> Tensor:
+        r"""The attention branch without its residual: ``ls1(out(heads_out))``, ``[B, N, C]``
+        from per-head outputs ``[B, heads, N, d]`` (the reduced last block of ClearCLIP,
+        NACLIP and their kin)."""
+        return self.ls1(self.out(heads_out))
+
+    def attention_residual(self, x: Tensor, heads_out: Tensor) -> Tensor:
+        r"""``x + ls1(out(heads_out))``: the stream after the attention half of the block."""
+        return x + self.branch(heads_out)
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        r"""``x + ls2(mlp(norm2(x)))``: the residual MLP tail of the block."""
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+    def residual(self, x: Tensor, heads_out: Tensor) -> Tensor:
+        r"""The whole block around an attention output: :meth:`attention_residual` then
+        :meth:`mlp_residual`. With ``heads_out = original_attention(q, k, v)`` of
+        ``qkv(norm1(x))`` this is the model's own block (up to the kernel)."""
+        return self.mlp_residual(self.attention_residual(x, heads_out))
 
 
 class PoolingHead(abc.ABC):
@@ -407,7 +479,7 @@ class TextTowerView(abc.ABC):
         tower allows.
 
         The default sorts the prompts into length buckets
-        (:func:`~captum_clip_surgery._text_batching.length_buckets`) and encodes
+        (:func:`~captum_clip_surgery.adapters.text_batching.length_buckets`) and encodes
         each bucket, so a bucket of short prompts runs only up to its own longest
         one. Towers with a causal mask may also compute shared prefixes once.
 
@@ -420,8 +492,6 @@ class TextTowerView(abc.ABC):
         Returns:
             Tensor: ``[N, D]``.
         """
-        from captum_clip_surgery._text_batching import length_buckets
-
         try:
             lengths = self.pooled_positions(token_ids) + 1
         except TypeError:  # towers that do not say where they pool: the EOT (argmax) rule
@@ -552,57 +622,3 @@ class CLIPAdapter(abc.ABC):
         for p in self.model.parameters():
             return p.device
         return torch.device("cpu")
-
-
-_ADAPTERS: List[Type[CLIPAdapter]] = []
-
-
-def register_adapter(cls: Type[CLIPAdapter]) -> Type[CLIPAdapter]:
-    r"""Class decorator adding an adapter to the registry used by :func:`get_adapter`.
-
-    Args:
-        cls (type): a :class:`CLIPAdapter` subclass.
-
-    Returns:
-        type: ``cls`` unchanged.
-    """
-    _ADAPTERS.append(cls)
-    return cls
-
-
-def supported_families() -> List[str]:
-    r"""Names of the model families with a registered adapter."""
-    return [a.family for a in _ADAPTERS]
-
-
-def get_adapter(model: object) -> CLIPAdapter:
-    r"""Build the adapter for ``model``.
-
-    Args:
-        model (nn.Module): a CLIP model of a supported family, or an adapter
-            (returned as is).
-
-    Returns:
-        CLIPAdapter: the adapter.
-
-    Raises:
-        TypeError: when no registered adapter understands ``model``.
-
-    Examples::
-
-        >>> import open_clip
-        >>> model = open_clip.create_model("ViT-B-16")
-        >>> get_adapter(model).image.kind
-        'vit'
-    """
-    if isinstance(model, CLIPAdapter):
-        return model
-    if isinstance(model, nn.Module):
-        for adapter_cls in _ADAPTERS:
-            if adapter_cls.supports(model):
-                return adapter_cls(model)
-    raise TypeError(
-        f"model: unsupported model of type {type(model).__module__}.{type(model).__qualname__}; "
-        f"expected a CLIP model of a supported family: {', '.join(supported_families())}"
-    )
-

@@ -38,8 +38,8 @@ from captum_clip_surgery.adapters.base import (
     CLIPAdapter,
     ImageTowerView,
     TextTowerView,
+    attention,
     merge_heads,
-    register_adapter,
     resize_positional_embedding,
     split_heads,
 )
@@ -114,9 +114,7 @@ class _HFBlockView(BlockView):
         return (q * self.scale) @ k.transpose(-2, -1)
 
     def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if q.dtype != torch.float32:
-            return super().original_attention(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return attention(q, k, v, self.scale)
 
     def out(self, heads_out: Tensor) -> Tensor:
         return self.attn.out_proj(merge_heads(heads_out))
@@ -477,7 +475,6 @@ class _HFAdapterBase(CLIPAdapter):
         return x
 
 
-@register_adapter
 class HFCLIPPairAdapter(_HFAdapterBase):
     r"""Adapter for an :class:`HFCLIPPair` (``CLIPVisionModelWithProjection`` +
     ``CLIPTextModelWithProjection``).
@@ -512,7 +509,6 @@ class HFCLIPPairAdapter(_HFAdapterBase):
         return torch.tensor(self.model.logit_scale, device=self.device)
 
 
-@register_adapter
 class HFCLIPAdapter(_HFAdapterBase):
     r"""Adapter for transformers ``CLIPModel`` (4.4x to 5.x).
 
@@ -558,7 +554,6 @@ class HFCLIPAdapter(_HFAdapterBase):
         return self.model.logit_scale.exp().reshape(())
 
 
-@register_adapter
 class HFSiglipAdapter(_HFAdapterBase):
     r"""Adapter for transformers ``SiglipModel`` (SigLIP; SigLIP2 FixRes checkpoints).
 

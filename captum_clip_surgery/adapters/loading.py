@@ -24,9 +24,20 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from captum_clip_surgery._validation import check_int
+from captum_clip_surgery.adapters.registry import get_adapter
+
 __all__ = ["load_clip", "square_preprocess"]
 
 HF_PREFIX = "hf-hub:"
+
+#: The open_clip config of the package's shipped scenes model (package data of
+#: :mod:`captum_clip_surgery.scenes`, read as a file: the adapters do not import the
+#: scenes world), so that ``load_clip("scenes_clip", pretrained=...)`` knows the name.
+SCENES_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenes", "weights",
+    "scenes_clip.json",
+)
 
 
 def square_preprocess(
@@ -51,8 +62,6 @@ def square_preprocess(
         torch.Size([3, 224, 224])
     """
     from torchvision import transforms as T
-
-    from captum_clip_surgery._validation import check_int
 
     check_int("size", size, minimum=1)
     steps: List[Any] = [T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
@@ -106,10 +115,8 @@ def _open_clip_model(
 ) -> Tuple[nn.Module, Callable[[Any], Tensor], Any]:
     import open_clip
 
-    from captum_clip_surgery.scenes.model import CONFIG_PATH
-
-    if os.path.exists(CONFIG_PATH) and "scenes_clip" not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_PATH)  # the shipped model's architecture, by name
+    if os.path.exists(SCENES_CONFIG) and "scenes_clip" not in open_clip.list_models():
+        open_clip.add_model_config(SCENES_CONFIG)  # the shipped model's architecture, by name
     hub = name.startswith(HF_PREFIX) or name.startswith("local-dir:")
     if not hub and name not in open_clip.list_models():
         known = ", ".join(sorted(open_clip.list_models())[:8])
@@ -160,8 +167,6 @@ def load_clip(
         >>> model, preprocess, tokenizer = load_clip("ViT-B-16", pretrained="openai")
         >>> model, preprocess, tokenizer = load_clip("./my-hf-clip")  # save_pretrained folder
     """
-    from captum_clip_surgery.adapters.base import get_adapter
-
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model: expected a model name, hf-hub: id or folder, got {name!r}")
     previous = logging.root.manager.disable

@@ -24,19 +24,16 @@ from torch import Tensor, nn
 
 from captum_clip_surgery.adapters._common import (
     CLIPAttentionPoolHead,
+    MultiheadBlockView,
     clip_bpe_pieces,
     run_text_blocks,
 )
 from captum_clip_surgery.adapters.base import (
-    BlockView,
     ClassTokenHead,
     CLIPAdapter,
     ImageTowerView,
     TextTowerView,
-    merge_heads,
-    register_adapter,
     resize_positional_embedding,
-    split_heads,
 )
 
 __all__ = ["OpenAICLIPAdapter"]
@@ -44,61 +41,6 @@ __all__ = ["OpenAICLIPAdapter"]
 
 def _clip_module(name: str) -> Optional[object]:
     return sys.modules.get(name)
-
-
-class _OpenAIBlockView(BlockView):
-    r"""``clip.model.ResidualAttentionBlock``: ``ln_1``, a sequence-first
-    ``nn.MultiheadAttention`` with fused ``in_proj``, ``ln_2``, ``mlp``."""
-
-    def __init__(self, block: nn.Module) -> None:
-        attn = getattr(block, "attn", None)
-        if not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None:
-            raise TypeError(
-                "model: expected OpenAI CLIP blocks with an nn.MultiheadAttention (fused in_proj), "
-                f"got {type(attn).__qualname__}"
-            )
-        self.block = block
-        self.attn = attn
-        self.num_heads = attn.num_heads
-        self.head_dim = attn.embed_dim // attn.num_heads
-
-    def norm1(self, x: Tensor) -> Tensor:
-        return self.block.ln_1(x)
-
-    def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
-        h = self.num_heads
-        return split_heads(q, h), split_heads(k, h), split_heads(v, h)
-
-    def attention_logits(self, q: Tensor, k: Tensor) -> Tensor:
-        return (q * self.scale) @ k.transpose(-2, -1)
-
-    def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if q.dtype != torch.float32:
-            return super().original_attention(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v)
-
-    def out(self, heads_out: Tensor) -> Tensor:
-        proj = self.attn.out_proj
-        return F.linear(merge_heads(heads_out), proj.weight, proj.bias)
-
-    def ls1(self, x: Tensor) -> Tensor:
-        return x
-
-    def norm2(self, x: Tensor) -> Tensor:
-        return self.block.ln_2(x)
-
-    def mlp(self, x: Tensor) -> Tensor:
-        return self.block.mlp(x)
-
-    def ls2(self, x: Tensor) -> Tensor:
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch_first = getattr(self.attn, "batch_first", False)
-        if batch_first:
-            return self.block(x)
-        return self.block(x.transpose(0, 1)).transpose(0, 1)
 
 
 class _OpenAITokenHead(ClassTokenHead):
@@ -123,7 +65,7 @@ class _OpenAIViTView(ImageTowerView):
         rows = visual.positional_embedding.shape[0] - 1
         side = int(round(rows**0.5))
         self.native_grid = (side, side)
-        self.blocks = [_OpenAIBlockView(b) for b in visual.transformer.resblocks]
+        self.blocks = [MultiheadBlockView(b) for b in visual.transformer.resblocks]
         self.head = _OpenAITokenHead(visual)
 
     def embed(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
@@ -172,7 +114,7 @@ class _OpenAITextView(TextTowerView):
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.blocks = [_OpenAIBlockView(b) for b in model.transformer.resblocks]
+        self.blocks = [MultiheadBlockView(b) for b in model.transformer.resblocks]
         self.context_length = int(model.positional_embedding.shape[0])
 
     def default_tokenizer(self) -> Callable[[List[str]], Tensor]:
@@ -211,7 +153,6 @@ class _OpenAITextView(TextTowerView):
         return clip_bpe_pieces(token_ids, tokenizer)
 
 
-@register_adapter
 class OpenAICLIPAdapter(CLIPAdapter):
     r"""Adapter for the OpenAI ``clip`` package's ``clip.model.CLIP`` (ViT and ResNet).
 

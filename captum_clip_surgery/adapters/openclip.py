@@ -29,8 +29,7 @@ from open_clip.transformer import (
 )
 from torch import Tensor, nn
 
-from captum_clip_surgery._text_batching import encode_sharing_prefixes
-from captum_clip_surgery.adapters._common import CLIPAttentionPoolHead
+from captum_clip_surgery.adapters._common import CLIPAttentionPoolHead, MultiheadBlockView
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     AveragePoolHead,
@@ -40,61 +39,14 @@ from captum_clip_surgery.adapters.base import (
     ImageTowerView,
     PoolingHead,
     TextTowerView,
+    attention,
     merge_heads,
     resize_positional_embedding,
     split_heads,
 )
+from captum_clip_surgery.adapters.text_batching import encode_sharing_prefixes
 
 __all__ = ["OPEN_CLIP_MODELS", "OpenCLIPAdapter"]
-
-
-class _MHABlockView(BlockView):
-    r"""``ResidualAttentionBlock`` (``nn.MultiheadAttention``)."""
-
-    def __init__(self, block: ResidualAttentionBlock) -> None:
-        attn = block.attn
-        if not attn._qkv_same_embed_dim or attn.in_proj_weight is None:
-            raise TypeError("model: attention blocks with separate q/k/v weights are not supported")
-        self.block = block
-        self.attn = attn
-        self.num_heads = attn.num_heads
-        self.head_dim = attn.embed_dim // attn.num_heads
-
-    def norm1(self, x: Tensor) -> Tensor:
-        return self.block.ln_1(x)
-
-    def qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        q, k, v = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
-        return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-
-    def attention_logits(self, q: Tensor, k: Tensor) -> Tensor:
-        return (q * self.scale) @ k.transpose(-2, -1)
-
-    def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if q.dtype != torch.float32:  # softmax in float32 for half-precision models
-            return super().original_attention(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v)
-
-    def out(self, heads_out: Tensor) -> Tensor:
-        proj = self.attn.out_proj
-        return F.linear(merge_heads(heads_out), proj.weight, proj.bias)
-
-    def ls1(self, x: Tensor) -> Tensor:
-        return self.block.ls_1(x)
-
-    def norm2(self, x: Tensor) -> Tensor:
-        return self.block.ln_2(x)
-
-    def mlp(self, x: Tensor) -> Tensor:
-        return self.block.mlp(x)
-
-    def ls2(self, x: Tensor) -> Tensor:
-        return self.block.ls_2(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.attn.batch_first:
-            return self.block(x)
-        return self.block(x.transpose(0, 1)).transpose(0, 1)
 
 
 class _CustomBlockView(BlockView):
@@ -123,7 +75,7 @@ class _CustomBlockView(BlockView):
     def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         attn = self.attn
         if attn.logit_scale is None and q.dtype == torch.float32:
-            return F.scaled_dot_product_attention(attn.ln_q(q), attn.ln_k(k), v)
+            return attention(attn.ln_q(q), attn.ln_k(k), v)
         return super().original_attention(q, k, v)
 
     def out(self, heads_out: Tensor) -> Tensor:
@@ -153,7 +105,7 @@ def _block_view(block: nn.Module) -> BlockView:
     if isinstance(block, ResidualAttentionBlock):
         if hasattr(block, "ln_1_kv"):
             raise TypeError("model: cross-attention blocks are not supported in the image tower")
-        return _MHABlockView(block)
+        return MultiheadBlockView(block)
     if isinstance(block, CustomResidualAttentionBlock):
         return _CustomBlockView(block)
     raise TypeError(

@@ -36,6 +36,7 @@ from captum_clip_surgery.adapters.base import (
     BlockView,
     ImageTowerView,
     PoolingHead,
+    attention,
     merge_heads,
     resize_positional_embedding,
 )
@@ -85,17 +86,6 @@ if isinstance(_apply_rot_embed_cat, type):  # a placeholder: this timm lacks the
 
 #: Average pool types of timm's ``SelectAdaptivePool2d``.
 _AVERAGE_POOLS = ("avg", "fast", "fastavg")
-
-
-def _attention(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Optional[Tensor] = None) -> Tensor:
-    r"""``softmax(q kᵀ · scale + bias) v``: PyTorch's fused kernel in float32 (as timm runs
-    it), the softmax in float32 for half-precision inputs."""
-    if q.dtype == torch.float32:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    logits = (q * scale) @ k.transpose(-2, -1)
-    if bias is not None:
-        logits = logits + bias
-    return logits.float().softmax(dim=-1).to(v.dtype) @ v
 
 
 def _module(owner: nn.Module, name: str) -> nn.Module:
@@ -162,7 +152,7 @@ class _TimmBlockView(BlockView):
 
     def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         bias = self._bias(q.shape[-2])
-        return _attention(q, k, v, self.scale, None if bias is None else bias.to(q.dtype))
+        return attention(q, k, v, self.scale, None if bias is None else bias.to(q.dtype))
 
     def out(self, heads_out: Tensor) -> Tensor:
         x = merge_heads(heads_out)
@@ -254,7 +244,7 @@ class _EvaBlockView(BlockView):
         return (q * self.scale) @ k.transpose(-2, -1)
 
     def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return _attention(q, k, v, self.scale)
+        return attention(q, k, v, self.scale)
 
     def out(self, heads_out: Tensor) -> Tensor:
         x = self.attn.proj(self.attn.norm(merge_heads(heads_out)))
@@ -361,7 +351,7 @@ class _LatentPoolHead(AttentionPoolHead):
         q = pool.q_norm(self.split_heads(self.q(queries)))
         k = pool.k_norm(self.split_heads(self.k(keys)))
         v = self.split_heads(self.v(keys))
-        return self._residual(self.out(self.merge_heads(_attention(q, k, v, self.scale))))
+        return self._residual(self.out(self.merge_heads(attention(q, k, v, self.scale))))
 
     def attend(self, queries: Tensor, keys: Tensor) -> Tensor:
         return self._tail(self._attend_rows(queries, keys))

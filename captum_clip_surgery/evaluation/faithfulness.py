@@ -11,6 +11,8 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
+from captum_clip_surgery._validation import check_image_tensor, check_int, check_positive_number
+
 __all__ = ["deletion_insertion", "infidelity_score", "sensitivity_score"]
 
 TargetType = Union[int, Sequence[int], Tensor]
@@ -18,29 +20,6 @@ TargetType = Union[int, Sequence[int], Tensor]
 #: Gaussian blur of the ``"blur"`` baseline: kernel size and sigma in pixels.
 BLUR_KERNEL_SIZE = 11
 BLUR_SIGMA = 5.0
-
-
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images: expected a Tensor [B, C, H, W], got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"images: expected [B, C, H, W] with B >= 1, got {list(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images: expected a floating-point tensor, got {images.dtype}")
-
-
-def _check_count(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name}: expected a float > 0, got {value}")
 
 
 def _baseline(images: Tensor, baseline: Union[str, Tensor]) -> Tensor:
@@ -169,7 +148,7 @@ def deletion_insertion(
     """
     if not callable(forward_func):
         raise TypeError(f"forward_func: expected a callable, got {type(forward_func).__name__}")
-    _check_images(images)
+    check_image_tensor("images", images)
     b, c, h, w = images.shape
     if not isinstance(maps, Tensor):
         raise TypeError(f"maps: expected a Tensor [B, 1, H, W], got {type(maps).__name__}")
@@ -184,9 +163,9 @@ def deletion_insertion(
         raise TypeError(f"maps: expected a real-valued tensor, got {maps.dtype}")
     if maps.is_floating_point() and bool(torch.isnan(maps).any()):
         raise ValueError("maps: expected no NaN values (the map orders the pixels)")
-    _check_count("steps", steps)
+    check_int("steps", steps, minimum=1)
     if batch_size is not None:
-        _check_count("batch_size", batch_size)
+        check_int("batch_size", batch_size, minimum=1)
     tgt = _targets(target, b, images.device)
     if bool((tgt < 0).any()):
         raise ValueError(f"target: expected class indices >= 0, got {tgt.tolist()}")
@@ -256,9 +235,9 @@ def _check_metric_args(
         raise TypeError(
             f"attribution_fn: expected a callable, got {type(attribution_fn).__name__}"
         )
-    _check_images(images)
-    _check_count("n_perturb_samples", n_perturb_samples)
-    _check_positive(scale_name, scale)
+    check_image_tensor("images", images)
+    check_int("n_perturb_samples", n_perturb_samples, minimum=1)
+    check_positive_number(scale_name, scale)
 
 
 def infidelity_score(

@@ -16,20 +16,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from captum_clip_surgery._map_attribution import TokenMapAttribution
 from captum_clip_surgery._validation import check_bool, check_int, check_positive_number
 from captum_clip_surgery.adapters.loading import square_preprocess
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.comparison import (
-    METHOD_NAMES,
-    TITLES,
+from captum_clip_surgery.apps.comparison import (
     MethodSpec,
-    _default_kwargs,
-    build_method,
     check_method_kwargs,
     compare,
     footing,
 )
+from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.evaluation.datasets import collate_items
 from captum_clip_surgery.evaluation.faithfulness import deletion_insertion
 from captum_clip_surgery.evaluation.localization import (
@@ -37,6 +32,13 @@ from captum_clip_surgery.evaluation.localization import (
     energy_pointing_game,
     mean_score_contrast,
     pointing_game,
+)
+from captum_clip_surgery.methods.base import TokenMapAttribution
+from captum_clip_surgery.methods.registry import (
+    build_method,
+    method_defaults,
+    method_names,
+    method_title,
 )
 
 __all__ = ["EvaluationResult", "evaluate", "square_preprocess"]
@@ -188,7 +190,7 @@ class EvaluationResult:
             for group, row in groups.items():
                 cells = [f"{int(row['pairs'])}"] + [
                     "–" if math.isnan(row[k]) else f"{row[k]:.{digits}f}" for k in keys]
-                lines.append(f"| {TITLES.get(method, method)} | {group or '–'} | "
+                lines.append(f"| {method_title(method)} | {group or '–'} | "
                              + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -204,7 +206,7 @@ class EvaluationResult:
                 v = row[key]
                 cells.append("–" if math.isnan(v) else (f"{v:.4f}" if key == "seconds_per_image"
                                                          else f"{v:.{digits}f}"))
-            lines.append(f"| {TITLES.get(method, method)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {method_title(method)} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str) -> Dict[str, str]:
@@ -258,7 +260,7 @@ class EvaluationResult:
 
         os.makedirs(out_dir, exist_ok=True)
         summary = self.summary()
-        names = [TITLES.get(m, m) for m in summary]
+        names = [method_title(m) for m in summary]
         paths = {}
         metrics = [("msc", "mSC"), ("miou", "mIoU"), ("pointing", "pointing game"),
                    ("energy", "energy PG")]
@@ -336,10 +338,10 @@ def _token_map_methods(
     out: Dict[str, Any] = {}
     for name, spec in specs.items():
         if isinstance(spec, str):
-            if spec not in METHOD_NAMES:
+            if spec not in method_names():
                 continue
             method: Any = build_method(spec, classifier)
-            kwargs = dict(_default_kwargs(spec, classifier, torch.zeros(1)))
+            kwargs = method_defaults(spec, classifier, torch.zeros(1))
         else:
             method, kwargs = spec, {}
         kwargs.update(method_kwargs.get(name, {}))

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.scenes.model import (
     build_scenes_clip,
     load_scenes_clip,

@@ -33,9 +33,9 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from captum_clip_surgery._text import DEFAULT_TEMPLATES
-from captum_clip_surgery.adapters import get_adapter
-from captum_clip_surgery.cli import UserError, _check_device
+from captum_clip_surgery._validation import check_device
+from captum_clip_surgery.adapters.registry import get_adapter
+from captum_clip_surgery.core.text import default_templates
 from captum_clip_surgery.scenes.model import (
     MODEL_CONFIG,
     WEIGHTS_PATH,
@@ -70,6 +70,7 @@ def make_batch(
     every object apart, not just its background.
     """
     rng = np.random.default_rng([seed, step, 7])
+    templates = default_templates()
     images, texts, negatives = [], [], []
     for j in range(batch_size):
         s = world.sample(step * batch_size + j)
@@ -84,7 +85,7 @@ def make_batch(
             text = s["caption"]
             negative = _swap(text, objects, absent, rng)
         else:
-            template = DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))]
+            template = templates[int(rng.integers(len(templates)))]
             if rng.random() < 0.75:
                 name = objects[int(rng.integers(len(objects)))]
                 wrong = absent[int(rng.integers(len(absent)))]
@@ -117,7 +118,7 @@ def contrastive_loss(
 def used_token_ids(world: ScenesWorld, tokenizer: Callable[[List[str]], torch.Tensor]) -> Set[int]:
     r"""Every token id the training texts and the default prompt ensembles can produce."""
     names = world.class_names + [""]
-    texts = [t.format(n) for t in DEFAULT_TEMPLATES for n in names]
+    texts = [t.format(n) for t in default_templates() for n in names]
     texts += [c.format(objects="a " + n + " an " + n + ",", background=b)
               for c in _CAPTIONS for n in world.object_classes for b in world.background_classes]
     texts += [" and ", "a", "an"]
@@ -172,8 +173,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     world = ScenesWorld(seed=args.seed)
     tokenizer = scenes_tokenizer(MODEL_CONFIG["text_cfg"]["context_length"])
     try:  # a device torch cannot name or this machine lacks (e.g. cuda without a GPU)
-        _check_device(args.device)
-    except UserError as exc:
+        check_device("--device", args.device)
+    except ValueError as exc:
         parser.error(str(exc))  # one line and exit status 2, no traceback
     device = torch.device(args.device)
     model = build_scenes_clip(seed=args.seed).to(device)

@@ -26,7 +26,6 @@ from captum_clip_surgery import (
     explain_text_tokens,
     get_adapter,
 )
-from captum_clip_surgery._architecture import image_token_features, pooled_image_features
 from captum_clip_surgery.adapters import (
     HFCLIPAdapter,
     HFCLIPPair,
@@ -35,6 +34,7 @@ from captum_clip_surgery.adapters import (
     resize_positional_embedding,
 )
 from captum_clip_surgery.adapters.huggingface import _HFBlockView, _tower
+from captum_clip_surgery.core.architecture import image_token_features, pooled_image_features
 from tests.adapters import hosts
 
 TEXTS = ["dog", "cat", "red car"]

@@ -18,8 +18,8 @@ from captum_clip_surgery import (
     explain_text_tokens,
     get_adapter,
 )
-from captum_clip_surgery._architecture import pooled_image_features
 from captum_clip_surgery.adapters import OpenAICLIPAdapter
+from captum_clip_surgery.core.architecture import pooled_image_features
 from tests.adapters import hosts
 from tests.adapters.hosts import clip
 

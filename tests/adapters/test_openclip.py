@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from captum_clip_surgery import CLIPZeroShotClassifier
-from captum_clip_surgery._architecture import image_token_features, pooled_image_features
 from captum_clip_surgery.adapters import (
     OpenCLIPAdapter,
     get_adapter,
     resize_positional_embedding,
     supported_families,
 )
-from tests.conftest import images_for
+from captum_clip_surgery.core.architecture import image_token_features, pooled_image_features
+from tests.helpers import images_for
 from tests.models import tiny_resnet, tiny_vit
 
 

@@ -24,10 +24,10 @@ from captum_clip_surgery import (
     CLIPZeroShotClassifier,
     MaskCLIPAttribution,
 )
-from captum_clip_surgery._architecture import image_token_features, pooled_image_features
 from captum_clip_surgery.adapters import OpenCLIPAdapter, OpenCLIPTimmAdapter, get_adapter
+from captum_clip_surgery.core.architecture import image_token_features, pooled_image_features
 from tests.adapters.timm_models import BUILDERS, NATIVE, TOWERS, native_size
-from tests.conftest import TEXTS
+from tests.helpers import TEXTS
 from tests.models import TEXT_CFG
 
 TOWER_IDS = sorted(BUILDERS)

@@ -7,7 +7,7 @@ import torch
 
 from captum_clip_surgery import CLIPSurgeryAttribution, CLIPZeroShotClassifier
 from captum_clip_surgery.evaluation import deletion_insertion, infidelity_score, sensitivity_score
-from tests.conftest import FEW_TEMPLATES, TEXTS, images_for
+from tests.helpers import FEW_TEMPLATES, TEXTS, images_for
 from tests.models import tiny_vit
 
 
@@ -180,7 +180,7 @@ def test_infidelity_known_answers():
     torch.testing.assert_close(zero, expected.expand(2), rtol=0.15, atol=0)
     with pytest.raises(ValueError, match=r"attribution_fn: expected attributions \[2, 1, 6, 6\]"):
         infidelity_score(lambda x, target: x[:, :2], _linear_model(weight), images, target=0)
-    with pytest.raises(ValueError, match="noise_std: expected a float > 0"):
+    with pytest.raises(ValueError, match="noise_std: expected a finite number > 0"):
         infidelity_score(lambda x, target: x, _linear_model(weight), images, 0, noise_std=0)
 
 

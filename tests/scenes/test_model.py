@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captum_clip_surgery.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.scenes import ScenesWorld, load_scenes_clip
 from captum_clip_surgery.scenes.model import CONFIG_PATH, WEIGHTS_PATH, build_scenes_clip
 from captum_clip_surgery.scenes.train import main as train_main

@@ -1,0 +1,158 @@
+r"""Command line: ``clip-surgery explain`` and ``clip-surgery evaluate``.
+
+``clip-surgery explain`` with no arguments renders a default scene of the
+package's scenes world, explains it with the shipped small CLIP for the objects
+and the background it contains, and writes ``explain.png`` (the image, the raw
+CLIP map and the CLIP Surgery map per text). With arguments it explains your
+image with your model, or a folder of images (``--images``).
+
+This module builds the parser and dispatches; each command lives in its own module
+(:mod:`~captum_clip_surgery.cli.explain`, :mod:`~captum_clip_surgery.cli.evaluate`) and
+imports the package's heavy parts only when it runs, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+from captum_clip_surgery.cli.common import UserError
+
+__all__ = ["UserError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    r"""The ``clip-surgery`` argument parser (method names from the registry)."""
+    from captum_clip_surgery.methods.registry import method_names
+
+    names = method_names()
+    parser = argparse.ArgumentParser(
+        prog="clip-surgery",
+        description="Explain where CLIP looks for a text, with CLIP Surgery (a Captum plugin).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ex = sub.add_parser(
+        "explain",
+        help="write a figure with raw CLIP and CLIP Surgery maps per text",
+        description="Without arguments: a default scene explained by the shipped small model.",
+    )
+    ex.add_argument("--image", help="image file to explain (default: a rendered scene)")
+    ex.add_argument(
+        "--images", metavar="DIR_OR_GLOB",
+        help="many images: a folder or a quoted glob pattern ('photos/**/*.jpg'); --out is "
+        "then a folder that gets stem.png (and stem.npy with --save-maps) per image; "
+        "finished images are skipped when the command is run again",
+    )
+    ex.add_argument(
+        "--text", action="append", default=None, metavar="T",
+        help="a text to explain; repeat for several (default: the scene's classes)",
+    )
+    ex.add_argument(
+        "--model", default=None,
+        help="open_clip model name (e.g. ViT-B-16), hf-hub:ORG/NAME id or local model folder "
+        "(transformers save_pretrained, or open_clip_config.json); weights from local files or "
+        "caches only (default: the shipped scenes model; its architecture is also known as "
+        "'scenes_clip')",
+    )
+    ex.add_argument(
+        "--pretrained", default=None, metavar="TAG|PATH",
+        help="open_clip pretrained tag (e.g. openai) or a local checkpoint file",
+    )
+    ex.add_argument("--size", type=int, default=None, metavar="PX",
+                    help="square input size (default: the model's own)")
+    ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ex.add_argument("--surgery-blocks", type=int, default=None, metavar="S",
+                    help="last attention blocks with the surgery path (default: the release's 6, "
+                         "every block of a shallower tower; towers without attention blocks "
+                         "take none)")
+    ex.add_argument("--out", default=None,
+                    help="output PNG (default explain.png); with --images an output folder "
+                    "(default explanations)")
+    many = ex.add_argument_group("with --images")
+    many.add_argument("--save-maps", action="store_true",
+                      help="also write stem.npy: float32 [T, H, W], one map per --text in "
+                      "[0, 1] at the image's own size")
+    many.add_argument("--no-figures", action="store_true", help="do not write stem.png")
+    many.add_argument("--batch-size", type=int, default=None, metavar="N",
+                      help="images per forward (default 16)")
+    many.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="image-loading worker processes (default 2)")
+    many.add_argument("--precision", default=None, metavar="fp32|fp16|bf16",
+                      help="model precision (default fp32)")
+    many.add_argument("--method", default=None, metavar="NAME",
+                      help="explanation method (default surgery): " + ", ".join(names))
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="score explanation methods on a dataset: tables and figures",
+        description="Scores every method with the same metrics; works under torchrun.",
+    )
+    ev.add_argument("--dataset", choices=("scenes", "voc", "folder"), default="scenes")
+    ev.add_argument("--root", default=None, help="dataset folder (voc: holds VOCdevkit)")
+    ev.add_argument("--methods", default=None,
+                    help="comma-separated method names (default: those of "
+                         f"{','.join(method_names('evaluate'))} defined for the model); "
+                         "any of: " + ", ".join(names))
+    ev.add_argument("--limit", type=int, default=None, help="first N images only")
+    ev.add_argument("--out", default="evaluation", help="output folder (default evaluation)")
+    ev.add_argument("--model", default=None,
+                    help="open_clip name, hf-hub: id or local folder (default: shipped)")
+    ev.add_argument("--pretrained", default=None, metavar="TAG|PATH")
+    ev.add_argument("--size", type=int, default=None, metavar="PX",
+                    help="square input size (default: the model's own)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--tolerance", type=float, default=15,
+                    help="pointing-game tolerance in pixels (default 15)")
+    ev.add_argument("--deletion-steps", type=int, default=20)
+    ev.add_argument("--no-faithfulness", action="store_true",
+                    help="skip deletion / insertion curves")
+    ev.add_argument("--baseline", choices=("blur", "mean", "zero"), default="blur",
+                    help="what deleted pixels become in deletion / insertion (default blur; "
+                         "use mean or zero where the model reads colour, as on the scenes)")
+    ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""Entry point of the ``clip-surgery`` console script.
+
+    Args:
+        argv (list[str], optional): arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        int: exit status (0 success, 2 user error).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    start = time.perf_counter()
+    try:
+        if args.command == "explain":
+            from captum_clip_surgery.cli import explain
+
+            out = explain.run(args)
+            if out is not None:  # None: --images (it prints its own summary)
+                print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+            return 0
+        if args.command == "evaluate":
+            from captum_clip_surgery.cli import evaluate
+
+            written = evaluate.run(args)
+            if written is not None:
+                print(f"wrote {written}/results.md, results.csv, breakdown.md and figures in "
+                      f"{time.perf_counter() - start:.1f} s")
+            return 0
+    except UserError as exc:
+        print(f"clip-surgery {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

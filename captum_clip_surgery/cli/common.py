@@ -1,0 +1,113 @@
+r"""What the commands share: the one-line user error, device and size checks, and the
+model loader (``--model`` / ``--pretrained``) with its square transform.
+
+Each function imports what it needs when it runs, so building the parser (and
+``--help``) imports neither torch's model code nor Captum, open_clip or matplotlib.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, List, Optional, Tuple
+
+__all__ = [
+    "UserError",
+    "check_device",
+    "check_positive",
+    "classifier",
+    "first_line",
+    "input_size",
+    "load_model",
+    "load_named_or_shipped",
+    "square_transform",
+]
+
+
+class UserError(Exception):
+    r"""A mistake in the command's arguments: printed as one line, exit status 2."""
+
+
+def first_line(exc: BaseException) -> str:
+    r"""The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_device(name: str) -> None:
+    r"""``--device``: a device a tensor can be made on, else a one-line error."""
+    from captum_clip_surgery._validation import check_device as _check
+
+    try:
+        _check("--device", name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def check_positive(option: str, value: Optional[float], minimum: float = 1) -> None:
+    r"""An option's value is at least ``minimum`` (``None``: not given)."""
+    if value is not None and value < minimum:
+        raise UserError(f"{option}: expected a value of at least {minimum:g}, got {value:g}")
+
+
+def classifier(model: Any, texts: List[str], tokenizer: Any) -> Any:
+    r"""The classifier on the loaded model; an unsupported model is a one-line error."""
+    from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
+
+    try:
+        return CLIPZeroShotClassifier(model, texts, tokenizer=tokenizer)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--model: {first_line(exc)}") from None
+
+
+def input_size(clf: Any, size: Optional[int]) -> int:
+    r"""The square input size: ``--size`` or the model's own, at least one grid cell."""
+    from captum_clip_surgery._validation import min_image_size
+
+    native = clf.adapter.input_size()
+    chosen = size or int(native[0])
+    least = max(8, *min_image_size(clf.adapter))
+    if chosen < least:
+        raise UserError(
+            f"--size: expected a size of at least {least} pixels (one grid cell of this "
+            f"model), got {chosen}"
+        )
+    return chosen
+
+
+def load_model(
+    name: str, pretrained: Optional[str], device: str
+) -> Tuple[Any, Callable[[Any], Any], Any]:
+    r"""``load_clip`` with its errors as one-line user errors."""
+    from captum_clip_surgery.adapters.loading import load_clip
+
+    try:
+        return load_clip(name, pretrained, device)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+
+
+def load_named_or_shipped(args: Any, device: str) -> Tuple[Any, Callable[[Any], Any], Any]:
+    r"""``--model`` (and ``--pretrained``) when given, else the shipped scenes model."""
+    if args.model:
+        # looked up on the module, so that tests can stand in for the loader
+        from captum_clip_surgery.cli import common
+
+        return common.load_model(args.model, args.pretrained, device)
+    from captum_clip_surgery.scenes import load_scenes_clip
+
+    return load_scenes_clip(device=device)
+
+
+def square_transform(model: Any, size: Optional[int]) -> Any:
+    r"""Square resize (no crop, like the release) to ``size`` or the model's own input
+    size, with the model's own normalisation (both from the model's adapter)."""
+    from captum_clip_surgery.adapters.loading import square_preprocess
+    from captum_clip_surgery.adapters.registry import get_adapter
+
+    adapter = get_adapter(model)
+    return square_preprocess(size or adapter.input_size()[0], adapter.image_mean, adapter.image_std)
+
+
+def world_size() -> int:
+    r"""``WORLD_SIZE`` of ``torchrun`` (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,255 @@
+r"""The command line: the main job end to end and every user-error path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from captum_clip_surgery.cli import main
+from captum_clip_surgery.scenes import ScenesWorld, load_scenes_clip
+
+
+def _is_png(path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_default_scene_writes_png(tmp_path, capsys):
+    out = tmp_path / "explain.png"
+    assert main(["explain", "--out", str(out)]) == 0
+    assert _is_png(out) and out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and " s" in printed
+
+
+def test_explain_default_scene_is_the_fixed_rule(tmp_path, monkeypatch):
+    import captum_clip_surgery.apps.comparison as comparison
+
+    drawn = {}
+    real = comparison.plot_text_grid
+
+    def spy(image, maps, texts, **kwargs):
+        drawn.update(image=image, texts=list(texts))
+        return real(image, maps, texts, **kwargs)
+
+    monkeypatch.setattr(comparison, "plot_text_grid", spy)
+    assert main(["explain", "--out", str(tmp_path / "e.png")]) == 0
+    world = ScenesWorld(seed=0)
+    scene = world.sample(world.default_scene())  # first held-out scene with >= 2 objects
+    assert drawn["texts"] == scene["objects"] + [scene["background"]]
+    assert np.array_equal(np.asarray(drawn["image"]), np.asarray(scene["image"]))
+
+
+def test_module_entry_point_end_to_end(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "captum_clip_surgery", "explain"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert _is_png(tmp_path / "explain.png")
+    assert "wrote" in res.stdout
+
+
+def test_explain_user_image_and_texts(tmp_path):
+    image = tmp_path / "scene.png"
+    ScenesWorld(seed=5).sample(3)["image"].resize((100, 80)).save(image)
+    out = tmp_path / "mine.png"
+    assert main(["explain", "--image", str(image), "--text", "lemon", "--text", "snow",
+                 "--size", "96", "--out", str(out)]) == 0
+    assert _is_png(out)
+    # one text alone uses empty-string feature surgery
+    assert main(["explain", "--image", str(image), "--text", "lemon", "--out", str(out)]) == 0
+
+
+def test_explain_named_architecture_with_a_local_checkpoint(tmp_path):
+    model, _, _ = load_scenes_clip()
+    ckpt = tmp_path / "scenes_full.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()
+               if not k.endswith("attn_mask")}, str(ckpt))
+    image = tmp_path / "scene.png"
+    ScenesWorld(seed=5).sample(4)["image"].save(image)
+    out = tmp_path / "ckpt.png"
+    code = main(["explain", "--image", str(image), "--text", "grape", "--text", "sand",
+                 "--model", "scenes_clip", "--pretrained", str(ckpt), "--out", str(out)])
+    assert code == 0 and _is_png(out)
+
+
+def test_evaluate_named_architecture_with_a_local_checkpoint(tmp_path, capsys):
+    # --model/--pretrained path of `evaluate` (as for ViT-B-16/openai on a user's
+    # machine): the shipped weights saved as a checkpoint give the shipped model's table
+    model, _, _ = load_scenes_clip()
+    ckpt = tmp_path / "scenes_full.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()
+               if not k.endswith("attn_mask")}, str(ckpt))
+    common = ["evaluate", "--limit", "3", "--methods", "surgery,raw", "--no-faithfulness"]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--model", "scenes_clip", "--pretrained", str(ckpt),
+                          "--out", str(tmp_path / "b")]) == 0
+    shipped = (tmp_path / "a" / "results.csv").read_text().splitlines()
+    named = (tmp_path / "b" / "results.csv").read_text().splitlines()
+    assert len(shipped) == len(named) == 3
+    for row_a, row_b in zip(shipped[1:], named[1:]):
+        a, b = row_a.split(","), row_b.split(",")
+        assert a[0] == b[0]
+        for x, y, key in zip(a[1:6], b[1:6], ("msc", "miou", "threshold", "pointing", "energy")):
+            assert abs(float(x) - float(y)) < 1e-6, (key, x, y)
+    for name in ("results.md", "metrics.png", "iou_threshold.png"):
+        assert (tmp_path / "b" / name).stat().st_size > 0
+
+
+def _error(argv, capsys, monkeypatch=None):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_error_paths(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bad = tmp_path / "not_an_image.png"
+    bad.write_text("hello")
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (32, 32)).save(good)
+    cases = [
+        (["explain", "--image", str(tmp_path / "missing.jpg"), "--text", "a"], "--image: file not found"),
+        (["explain", "--image", str(bad), "--text", "a"], "--image: cannot read"),
+        (["explain", "--image", str(good)], "--text: give at least one text"),
+        (["explain", "--model", "ViT-Z-99"], "--model: unknown open_clip model 'ViT-Z-99'"),
+        (["explain", "--model", "RN50", "--pretrained", str(tmp_path / "no" / "w.pt")],
+         "--pretrained: checkpoint file not found"),
+        (["explain", "--pretrained", "openai"], "--pretrained: give --model too"),
+        (["explain", "--out", str(tmp_path / "nowhere" / "x.png")], "--out: folder does not exist"),
+        (["explain", "--device", "tpu9"], "--device: cannot use device 'tpu9'"),
+        (["explain", "--surgery-blocks", "40"], "--surgery-blocks: surgery_blocks: expected an int in [1, 6]"),
+        (["explain", "--size", "4"], "--size: expected a size of at least 8 pixels"),
+    ]
+    for argv, message in cases:
+        line = _error(argv, capsys)
+        assert line.startswith("clip-surgery explain: error: "), line
+        assert message in line, (message, line)
+
+
+def _fake_loader(model):
+    r"""A ``cli.common.load_model`` stand-in returning ``model`` with the scenes preprocessing."""
+    from captum_clip_surgery.scenes.model import scenes_preprocess
+
+    def load(name, pretrained, device):
+        return model, scenes_preprocess(64), None
+
+    return load
+
+
+def test_unsupported_models_and_methods_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    import captum_clip_surgery.cli.common as common
+    from tests.models import tiny_resnet
+
+    monkeypatch.setattr(common, "load_model", _fake_loader(torch.nn.Linear(2, 2)))
+    for command in ("explain", "evaluate"):
+        line = _error([command, "--model", "anything", "--out", str(tmp_path / "x")], capsys)
+        assert line.startswith(f"clip-surgery {command}: error: --model: model: unsupported model"), line
+
+    monkeypatch.setattr(common, "load_model", _fake_loader(tiny_resnet()))
+    line = _error(["evaluate", "--model", "rn", "--methods", "surgery,chefer", "--limit", "1"], capsys)
+    assert "--methods: chefer not defined for this model's image tower" in line, line
+    line = _error(["explain", "--model", "rn", "--size", "16"], capsys)
+    assert "--size: expected a size of at least 32 pixels" in line, line
+    line = _error(["explain", "--model", "rn", "--surgery-blocks", "2"], capsys)
+    assert "--surgery-blocks: surgery_blocks: this image tower has no attention blocks" in line
+    # the default needs no --surgery-blocks on a tower without blocks
+    assert main(["explain", "--model", "rn", "--out", str(tmp_path / "rn.png")]) == 0
+    assert _is_png(tmp_path / "rn.png")
+
+
+def test_evaluate_default_methods_are_those_defined_for_the_model():
+    from captum_clip_surgery import CLIPZeroShotClassifier
+    from captum_clip_surgery.cli.evaluate import methods_option as _methods
+    from captum_clip_surgery.methods.registry import method_names
+    from tests.models import tiny_resnet, tiny_vit
+
+    vit = CLIPZeroShotClassifier(tiny_vit(), ["a", "b"], templates=["{}"])
+    resnet = CLIPZeroShotClassifier(tiny_resnet(), ["a", "b"], templates=["{}"])
+    evaluate_methods = method_names("evaluate")
+    assert evaluate_methods == ("surgery", "raw", "maskclip", "gradcam", "chefer", "ig")
+    assert _methods(None, vit) == list(evaluate_methods)
+    assert _methods(None, resnet) == [m for m in evaluate_methods if m != "chefer"]
+    assert _methods("raw, surgery,raw", resnet) == ["raw", "surgery"]
+
+
+def test_evaluate_error_paths(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["evaluate", "--device", "tpu9"], "--device: cannot use device 'tpu9'"),
+        (["evaluate", "--batch-size", "0"], "--batch-size: expected a value of at least 1"),
+        (["evaluate", "--ig-steps", "0"], "--ig-steps: expected a value of at least 1"),
+        (["evaluate", "--deletion-steps", "0"], "--deletion-steps: expected a value of at least 1"),
+        (["evaluate", "--tolerance", "-1"], "--tolerance: expected a value of at least 0"),
+        (["evaluate", "--limit", "0"], "--limit: expected a positive number"),
+        (["evaluate", "--size", "2"], "--size: expected a size of at least 8"),
+        (["evaluate", "--methods", "surgery,nope"], "--methods: unknown method(s) nope"),
+        (["evaluate", "--methods", ","], "--methods: unknown method(s) (none given)"),
+        (["evaluate", "--dataset", "voc"], "--root: required for --dataset voc"),
+        (["evaluate", "--dataset", "voc", "--root", str(tmp_path)], "--root: PASCAL VOC 2012 not found"),
+        (["evaluate", "--dataset", "folder"], "--root: required for --dataset folder"),
+        (["evaluate", "--dataset", "folder", "--root", str(tmp_path / "empty")],
+         "--root: " + str(tmp_path / "empty" / "images") + " not found"),
+        (["evaluate", "--pretrained", "openai"], "--pretrained: give --model too"),
+    ]
+    for argv, message in cases:
+        line = _error(argv, capsys)
+        assert line.startswith("clip-surgery evaluate: error: "), line
+        assert message in line, (message, line)
+
+
+def test_unavailable_hub_weights_are_one_line_error(tmp_path):
+    # A subprocess, so that huggingface_hub reads HF_HUB_OFFLINE at import time
+    # and fails at once instead of retrying a network that is not there.
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (32, 32)).save(good)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    res = subprocess.run(
+        [sys.executable, "-m", "captum_clip_surgery", "explain", "--model", "RN50",
+         "--pretrained", "openai", "--image", str(good), "--text", "a"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    last = lines[0]
+    assert last.startswith("clip-surgery explain: error: --pretrained: could not load weights "
+                           "'openai' for RN50"), last
+    assert "Traceback" not in res.stderr
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "explain" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_explain_on_gpu(tmp_path):
+    assert main(["explain", "--device", "cuda", "--out", str(tmp_path / "g.png")]) == 0
+    assert os.path.exists(tmp_path / "g.png")
+
+
+def test_explain_with_a_transformers_folder(tmp_path):
+    hosts = pytest.importorskip("tests.adapters.hosts")
+    folder = tmp_path / "hf-clip"
+    hosts.to_hf(hosts.openclip_vit()).save_pretrained(str(folder))
+    hosts.clip_tokenizer().save_pretrained(str(folder))
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), color=(200, 30, 30)).save(image)
+    out = tmp_path / "hf.png"
+    argv = ["explain", "--model", str(folder), "--image", str(image), "--text", "dog",
+            "--text", "a red car", "--out", str(out)]
+    assert main(argv) == 0
+    assert out.stat().st_size > 0

@@ -1,0 +1,75 @@
+r"""Helpers shared by the tests: texts and templates, images sized for a model, the
+model snapshot that no public call may change, held-out scenes.
+
+Fixtures stay in ``conftest.py``; everything a test imports lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+TEXTS = ["dog", "cat", "grass", "a red car"]
+FEW_TEMPLATES = ["a photo of a {}.", "{}", "there is a {} in the scene."]
+
+
+def native_size(model: torch.nn.Module) -> int:
+    return 64 if model.visual.__class__.__name__ == "ModifiedResNet" else 32
+
+
+def images_for(model: torch.nn.Module, b: int = 2, h: int = 0, w: int = 0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = native_size(model)
+    return torch.randn(b, 3, h or s, w or s, generator=g)
+
+
+class ModelSnapshot:
+    r"""Everything about a model that no public call may change."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.state: Dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
+        self.training = {n: m.training for n, m in model.named_modules()}
+        self.modules = {n: type(m) for n, m in model.named_modules()}
+        self.requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+
+    def assert_unchanged(self) -> None:
+        state = self.model.state_dict()
+        assert state.keys() == self.state.keys()
+        for k, v in self.state.items():
+            # exactly equal, same shape and dtype; an unchanged NaN counts as unchanged
+            # (torch.equal says NaN != NaN)
+            torch.testing.assert_close(state[k], v, rtol=0, atol=0, equal_nan=True,
+                                       msg=f"parameter/buffer {k} changed")
+        assert {n: m.training for n, m in self.model.named_modules()} == self.training
+        assert {n: type(m) for n, m in self.model.named_modules()} == self.modules
+        assert {n: p.requires_grad for n, p in self.model.named_parameters()} == (
+            self.requires_grad
+        )
+        for name, m in self.model.named_modules():
+            for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                          "_backward_pre_hooks", "_state_dict_hooks"):
+                assert not getattr(m, hooks, {}), f"hook left on {name or 'model'} ({hooks})"
+        for name, p in self.model.named_parameters():
+            assert p.grad is None, f"gradient left on {name}"
+            assert not p._backward_hooks, f"hook left on parameter {name}"
+
+
+def scene_batch(
+    scenes_clip: Tuple[Any, Any, Any], offset: int, n: int, n_objects: Optional[int] = None
+) -> Tuple[Any, List[Dict[str, Any]], torch.Tensor, Any]:
+    r"""``n`` held-out scenes from ``HELD_OUT_START + offset``, their preprocessed images and
+    a classifier on the world's classes with the scene templates."""
+    from captum_clip_surgery import SCENE_TEMPLATES, CLIPZeroShotClassifier
+    from captum_clip_surgery.scenes import ScenesWorld
+    from captum_clip_surgery.scenes.world import HELD_OUT_START
+
+    model, preprocess, tokenizer = scenes_clip
+    world = ScenesWorld(seed=0)
+    samples = [world.sample(HELD_OUT_START + offset + i, n_objects=n_objects) for i in range(n)]
+    images = torch.stack([preprocess(s["image"]) for s in samples])
+    clf = CLIPZeroShotClassifier(model, world.class_names, templates=SCENE_TEMPLATES,
+                                 tokenizer=tokenizer)
+    return world, samples, images, clf
