@@ -40,3 +40,13 @@ def scenes_clip() -> Tuple[Any, Callable[[Any], torch.Tensor], Callable[..., tor
     from captum_clip_surgery.scenes import load_scenes_clip
 
     return load_scenes_clip()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread():
+    r"""The tiny test models run fastest on one thread: two threads on 2 cores only add
+    OpenMP spinning to the suite's CPU time. Tests that need more set it themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

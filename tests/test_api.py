@@ -35,3 +35,42 @@ def test_submodules_of_exported_functions_stay_modules():
     for info in pkgutil.iter_modules(cs.__path__):
         attr = getattr(cs, info.name, None)
         assert attr is None or isinstance(attr, types.ModuleType), info.name
+
+
+def _exported_classes():
+    return [(name, getattr(cs, name)) for name in cs.__all__ if inspect.isclass(getattr(cs, name))]
+
+
+def test_every_exported_class_spells_out_its_parameters():
+    for name, cls in _exported_classes():
+        params = inspect.signature(cls).parameters.values()
+        variadic = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        assert variadic == [], f"{name}{inspect.signature(cls)}"
+
+
+def test_attribution_classes_follow_one_naming_pattern_old_names_are_aliases():
+    from captum.attr import Attribution
+
+    aliases = {"CLIPSimilarityMap": "RawCLIPAttribution",
+               "CLIPAttentionRelevance": "CheferAttribution"}
+    for name, cls in _exported_classes():
+        if not issubclass(cls, Attribution):
+            continue
+        if name in aliases:
+            assert cls is getattr(cs, aliases[name]), name
+        else:
+            assert name.endswith("Attribution") and cls.__name__ == name, name
+
+
+def test_bases_are_exported_and_say_what_a_subclass_implements():
+    bases = {
+        "ClassifierAttribution": "attribute",
+        "TokenMapAttribution": "token_features",
+        "LastBlockAttribution": "last_block_tokens",
+        "RelevanceMapAttribution": "relevance",
+    }
+    for name, method in bases.items():
+        cls = getattr(cs, name)
+        doc = inspect.getdoc(cls)
+        assert "subclass implements" in doc and method in doc, name
+    assert inspect.getdoc(cs.CLIPAdapter).count("implements") >= 1

@@ -35,6 +35,7 @@ def test_readme_lists_every_notebook() -> None:
     assert not missing, f"tutorials/README.md does not link {missing}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     try:

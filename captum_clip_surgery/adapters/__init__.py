@@ -23,7 +23,9 @@ from captum_clip_surgery.adapters.base import (
     TextTowerView,
     attention,
     inference_mode_of,
+    merge_heads,
     resize_positional_embedding,
+    split_heads,
 )
 from captum_clip_surgery.adapters.registry import (
     ADAPTER_ENTRY_POINTS,
@@ -31,6 +33,7 @@ from captum_clip_surgery.adapters.registry import (
     register_adapter,
     registered_adapters,
     supported_families,
+    unregister_adapter,
 )
 
 #: Names of the family modules, imported on first use.
@@ -67,11 +70,14 @@ __all__ = [
     "get_adapter",
     "inference_mode_of",
     "load_clip",
+    "merge_heads",
     "register_adapter",
     "registered_adapters",
     "resize_positional_embedding",
+    "split_heads",
     "square_preprocess",
     "supported_families",
+    "unregister_adapter",
 ]
 
 

@@ -555,7 +555,12 @@ class TextTowerView(abc.ABC):
 class CLIPAdapter(abc.ABC):
     r"""Everything the algorithms need from one CLIP model.
 
-    Subclasses implement :meth:`supports` and build the views. Adapters hold a
+    A subclass (one module per model family) implements :meth:`supports`,
+    :meth:`encode_image` and :meth:`logit_scale`, builds :attr:`image` (an
+    :class:`ImageTowerView` with :class:`BlockView` blocks and a :class:`PoolingHead`)
+    and :attr:`text` (a :class:`TextTowerView`) in its constructor, and may override
+    :meth:`load` so that :func:`~captum_clip_surgery.adapters.load_clip` (and the
+    command line's ``--model``) can load models of its family by name. Adapters hold a
     reference to the model and never change it.
     """
 
@@ -570,6 +575,25 @@ class CLIPAdapter(abc.ABC):
     @abc.abstractmethod
     def supports(cls, model: nn.Module) -> bool:
         r"""Whether this adapter understands ``model``."""
+
+    @classmethod
+    def load(
+        cls, name: str, pretrained: Optional[str], device: str
+    ) -> Optional[Tuple[nn.Module, Optional[Callable[[List[str]], Tensor]]]]:
+        r"""Load a model of this family by name, for
+        :func:`~captum_clip_surgery.adapters.load_clip` and ``--model``.
+
+        Args:
+            name (str): the name the user gave.
+            pretrained (str, optional): the ``--pretrained`` value.
+            device (str): where to put the model.
+
+        Returns:
+            tuple or None: ``(model in eval mode, tokenizer or None)``, or ``None`` when
+            ``name`` is not a model of this family (the default: the built-in families
+            are loaded by :func:`~captum_clip_surgery.adapters.load_clip` itself).
+        """
+        return None
 
     @abc.abstractmethod
     def encode_image(self, images: Tensor) -> Tensor:

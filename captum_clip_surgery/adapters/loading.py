@@ -25,7 +25,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from captum_clip_surgery._validation import check_int
-from captum_clip_surgery.adapters.registry import get_adapter
+from captum_clip_surgery.adapters.registry import get_adapter, registered_adapters
 
 __all__ = ["load_clip", "square_preprocess"]
 
@@ -110,9 +110,7 @@ def _transformers_model(path_or_id: str, device: str) -> Tuple[nn.Module, Any]:
     return model.to(device).eval(), tokenizer
 
 
-def _open_clip_model(
-    name: str, pretrained: Optional[str], device: str
-) -> Tuple[nn.Module, Callable[[Any], Tensor], Any]:
+def _open_clip_model(name: str, pretrained: Optional[str], device: str) -> Tuple[nn.Module, Any]:
     import open_clip
 
     if os.path.exists(SCENES_CONFIG) and "scenes_clip" not in open_clip.list_models():
@@ -127,16 +125,14 @@ def _open_clip_model(
     if pretrained and os.path.sep in pretrained and not os.path.exists(pretrained):
         raise ValueError(f"pretrained: checkpoint file not found: {pretrained}")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device
-        )
+        model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except Exception as exc:  # network, hub and checkpoint errors all land here
         what = f"weights {pretrained!r} for {name}" if pretrained else f"model {name!r}"
         raise ValueError(
             f"{'pretrained' if pretrained else 'model'}: could not load {what} "
             f"(offline, or not a valid checkpoint?): {_first_line(exc)}"
         ) from None
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+    return model.eval(), open_clip.get_tokenizer(name)
 
 
 def load_clip(
@@ -169,6 +165,10 @@ def load_clip(
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model: expected a model name, hf-hub: id or folder, got {name!r}")
+    for adapter_cls in registered_adapters():  # families registered by other packages first
+        loaded = adapter_cls.load(name, pretrained, device)
+        if loaded is not None:
+            return _with_preprocess(name, *loaded)
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)  # libraries log each failed download; our error says it
     try:
@@ -203,11 +203,17 @@ def load_clip(
                     "with its folder or hub id"
                 )
             model, tokenizer = _transformers_model(target, device)
-            preprocess = None
         else:
-            model, preprocess, tokenizer = _open_clip_model(target, pretrained, device)
+            model, tokenizer = _open_clip_model(target, pretrained, device)
     finally:
         logging.disable(previous)
+    return _with_preprocess(name, model, tokenizer)
+
+
+def _with_preprocess(
+    name: str, model: nn.Module, tokenizer: Any
+) -> Tuple[nn.Module, Callable[[Any], Tensor], Any]:
+    r"""``(model, its square preprocessing, tokenizer)`` for a loaded model."""
     try:
         adapter = get_adapter(model)
     except TypeError as exc:

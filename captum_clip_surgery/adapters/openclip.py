@@ -13,6 +13,7 @@ through the model's own ``encode_text``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import open_clip
@@ -99,6 +100,13 @@ class _CustomBlockView(BlockView):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block(x)
+
+
+@functools.lru_cache(maxsize=8)
+def _simple_tokenizer(context_length: int) -> open_clip.SimpleTokenizer:
+    r"""open_clip's CLIP BPE tokenizer, built once per context length (reading its
+    vocabulary takes about 0.1 s; the tokenizer itself only memoises BPE merges)."""
+    return open_clip.SimpleTokenizer(context_length=context_length)
 
 
 def _block_view(block: nn.Module) -> BlockView:
@@ -351,7 +359,7 @@ class _OpenCLIPTextView(TextTowerView):
                 f"the CLIP BPE's {CLIP_BPE_VOCAB}; pass its own tokenizer, e.g. "
                 "tokenizer=open_clip.get_tokenizer('<model name>')"
             )
-        return open_clip.SimpleTokenizer(context_length=self.context_length)
+        return _simple_tokenizer(self.context_length)
 
     def _truncation_length(self, ids: Tensor) -> Optional[int]:
         tower = self._tower

@@ -30,6 +30,7 @@ __all__ = [
     "register_adapter",
     "registered_adapters",
     "supported_families",
+    "unregister_adapter",
 ]
 
 #: The entry-point group of adapters in other distributions.
@@ -47,7 +48,7 @@ _BUILTIN: Tuple[Tuple[str, Tuple[str, ...], Tuple[str, ...]], ...] = (
 
 _explicit: List[Type[CLIPAdapter]] = []
 _from_entry_points: Optional[List[Type[CLIPAdapter]]] = None
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def _check_adapter_class(cls: object, where: str) -> Type[CLIPAdapter]:
@@ -89,20 +90,43 @@ def register_adapter(cls: Type[CLIPAdapter]) -> Type[CLIPAdapter]:
     return cls
 
 
+def unregister_adapter(cls: Type[CLIPAdapter]) -> None:
+    r"""Remove an adapter registered with :func:`register_adapter`.
+
+    Args:
+        cls (type): the adapter class.
+    """
+    with _lock:
+        if cls not in _explicit:
+            raise ValueError(f"cls: {getattr(cls, '__name__', cls)!r} is not registered")
+        _explicit.remove(cls)
+
+
 def _entry_point_adapters() -> List[Type[CLIPAdapter]]:
     global _from_entry_points
     with _lock:
+        if _from_entry_points is not None:
+            return list(_from_entry_points)
+    # loaded without holding the lock: a plug-in module may register itself on import
+    found: List[Type[CLIPAdapter]] = []
+    for ep in sorted(entry_points(group=ADAPTER_ENTRY_POINTS), key=lambda e: e.name):
+        where = f"entry point {ep.name!r} ({ep.value}) of group {ADAPTER_ENTRY_POINTS}"
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plug-in must say which one it is
+            raise ImportError(f"{where}: cannot be loaded ({exc})") from exc
+        found.append(_check_adapter_class(loaded, where))
+    with _lock:
         if _from_entry_points is None:
-            found: List[Type[CLIPAdapter]] = []
-            for ep in sorted(entry_points(group=ADAPTER_ENTRY_POINTS), key=lambda e: e.name):
-                where = f"entry point {ep.name!r} ({ep.value}) of group {ADAPTER_ENTRY_POINTS}"
-                try:
-                    loaded = ep.load()
-                except Exception as exc:  # a broken plug-in must say which one it is
-                    raise ImportError(f"{where}: cannot be loaded ({exc})") from exc
-                found.append(_check_adapter_class(loaded, where))
             _from_entry_points = found
         return list(_from_entry_points)
+
+
+def _forget_entry_points() -> None:
+    r"""Scan the installed distributions again at the next lookup (for tests)."""
+    global _from_entry_points
+    with _lock:
+        _from_entry_points = None
 
 
 def _builtin_adapters(load_all: bool) -> List[Type[CLIPAdapter]]:

@@ -89,10 +89,7 @@ def load_model(
 def load_named_or_shipped(args: Any, device: str) -> Tuple[Any, Callable[[Any], Any], Any]:
     r"""``--model`` (and ``--pretrained``) when given, else the shipped scenes model."""
     if args.model:
-        # looked up on the module, so that tests can stand in for the loader
-        from captum_clip_surgery.cli import common
-
-        return common.load_model(args.model, args.pretrained, device)
+        return load_model(args.model, args.pretrained, device)
     from captum_clip_surgery.scenes import load_scenes_clip
 
     return load_scenes_clip(device=device)

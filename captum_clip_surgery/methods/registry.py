@@ -201,12 +201,24 @@ def _check_name(name: Any) -> str:
     return name
 
 
+def _same_target(record: MethodRecord, target: Any) -> bool:
+    r"""Whether ``record`` already stands for ``target`` (the same class, or the entry point
+    naming it: a plug-in module that registers itself when its entry point loads it)."""
+    if record.target is target:
+        return True
+    if isinstance(record.target, EntryPoint):
+        qualname = getattr(target, "__qualname__", None)
+        return record.target.value.replace(" ", "") == f"{target.__module__}:{qualname}"
+    return False
+
+
 def _add(record: MethodRecord, replace: bool = False) -> None:
     with _lock:
-        if record.name in _records and not replace:
+        old = _records.get(record.name)
+        if old is not None and not replace and not _same_target(old, record.target):
             raise ValueError(
                 f"name: method {record.name!r} is already registered "
-                f"({_records[record.name].source}); pass replace=True to replace it"
+                f"({old.source}); pass replace=True to replace it"
             )
         _records[record.name] = record
 
@@ -293,6 +305,16 @@ def _load_entry_points() -> None:
                 )
                 continue
             _records[ep.name] = MethodRecord(ep.name, ep, source="entry point")
+
+
+def _forget_entry_points() -> None:
+    r"""Drop the methods found through entry points, so that the next lookup scans the
+    installed distributions again (for tests that install one)."""
+    global _entry_points_loaded
+    with _lock:
+        for name in [n for n, r in _records.items() if r.source == "entry point"]:
+            del _records[name]
+        _entry_points_loaded = False
 
 
 def _all() -> List[MethodRecord]:

@@ -18,6 +18,10 @@ from benchmarks.openclip_coverage import coverage_rows, summary
 SIZE_MISMATCH_UPSTREAM = {"ViTamin-XL-384"}
 
 
+#: building every open_clip config (on the meta device) takes about 12 s
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def rows():
     return coverage_rows()

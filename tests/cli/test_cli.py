@@ -47,6 +47,7 @@ def test_explain_default_scene_is_the_fixed_rule(tmp_path, monkeypatch):
     assert np.array_equal(np.asarray(drawn["image"]), np.asarray(scene["image"]))
 
 
+@pytest.mark.slow
 def test_module_entry_point_end_to_end(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "captum_clip_surgery", "explain"],
@@ -210,6 +211,7 @@ def test_evaluate_error_paths(tmp_path, capsys):
         assert message in line, (message, line)
 
 
+@pytest.mark.slow
 def test_unavailable_hub_weights_are_one_line_error(tmp_path):
     # A subprocess, so that huggingface_hub reads HF_HUB_OFFLINE at import time
     # and fails at once instead of retrying a network that is not there.

@@ -156,6 +156,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_cli_single_and_torchrun_equal_the_python_api(scenes, tmp_path):
     data, clf, transform = scenes
     args = ["evaluate", "--dataset", "scenes", "--limit", "5", "--methods", "surgery,raw",
@@ -211,6 +212,7 @@ def test_seconds_per_image_is_the_time_per_image(scenes, monkeypatch):
         assert result.summary()[method]["seconds_per_image"] == pytest.approx(2 / 6)
 
 
+@pytest.mark.slow
 def test_one_forward_per_image_equals_the_per_pair_path(scenes, monkeypatch):
     # token-map methods score every class of an image from one forward; the records equal
     # those of one batch row per (image, class) pair, as before

@@ -325,6 +325,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_write_every_image_once(clf, image_dir, tmp_path):
     # 7 images on 2 ranks: a padding DistributedSampler would explain one of them twice
     folder = tmp_path / "seven"

@@ -160,6 +160,7 @@ def test_training_rejects_a_bad_device_in_one_line(capsys: Any, device: str) -> 
     assert f"error: --device: cannot use device '{device}'" in err[-1]
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
     from safetensors.torch import load_file
 
