@@ -22,6 +22,7 @@ ROOT = os.path.dirname(captum_clip_surgery.__file__)
 #: layer of each part of the package, bottom (0) to top
 LAYERS: Dict[str, int] = {
     "_validation": 0,
+    "_lazy": 0,
     "adapters": 1,
     "core": 2,
     "methods": 3,

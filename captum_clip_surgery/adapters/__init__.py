@@ -9,9 +9,9 @@ never imports open_clip, transformers, timm or ``clip``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Dict, List
+from typing import Dict
 
+from captum_clip_surgery._lazy import lazy_exports
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     AveragePoolHead,
@@ -80,15 +80,4 @@ __all__ = [
     "unregister_adapter",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

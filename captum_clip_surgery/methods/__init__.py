@@ -13,8 +13,9 @@ help) imports neither Captum nor the methods.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Dict, List
+from typing import Dict
+
+from captum_clip_surgery._lazy import lazy_exports
 
 #: public name -> module of this package that defines it
 _LAZY: Dict[str, str] = {
@@ -51,15 +52,4 @@ _LAZY: Dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

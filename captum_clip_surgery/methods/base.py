@@ -25,7 +25,8 @@ model is replaced, no parameter edited, no hook installed.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar, List, Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -365,6 +366,31 @@ class RelevanceMapAttribution(ClassifierAttribution, abc.ABC):
 
     map_kind: ClassVar[str] = "relevance"
     needs_blocks: ClassVar[bool] = True
+
+    @contextlib.contextmanager
+    def gradient_inputs(
+        self, images: Tensor, target: Any = None, texts: Optional[Sequence[str]] = None
+    ) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+        r"""The context of one relevance computation: gradients on (also under
+        ``torch.no_grad()`` / ``torch.inference_mode()``), the model in inference
+        behaviour (its mode restored on exit).
+
+        Args:
+            images (Tensor): ``[B, 3, H, W]``.
+            target: as in :meth:`attribute`.
+            texts (list[str], optional): texts for this call (default the classifier's).
+
+        Yields:
+            tuple: ``(prepared images, detached [B, 3, H', W'], target indices [B] on
+            their device, unit text features [T, D] of the texts)``.
+        """
+        texts_ = list(self.classifier.texts) if texts is None else validate_texts(texts)
+        with torch.inference_mode(False), torch.enable_grad(), inference_mode_of(
+            self.classifier.model
+        ):
+            prepared = prepare_images(self.adapter, images).detach().clone()
+            index = resolve_target(target, prepared.shape[0], texts_).to(prepared.device)
+            yield prepared, index, self.classifier.encode_texts(texts_)
 
     @abc.abstractmethod
     def relevance(

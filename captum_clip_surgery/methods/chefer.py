@@ -11,12 +11,8 @@ from torch import Tensor, nn
 
 from captum_clip_surgery._validation import (
     check_int,
-    prepare_images,
-    resolve_target,
 )
-from captum_clip_surgery.adapters.base import inference_mode_of
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.core.text import validate_texts
 from captum_clip_surgery.methods.base import RelevanceMapAttribution, Tokenizer
 
 __all__ = ["CLIPAttentionRelevance", "CheferAttribution"]
@@ -99,14 +95,7 @@ class CheferAttribution(RelevanceMapAttribution):
         Returns:
             Tensor: float32 ``[B, 1, h, w]``.
         """
-        texts_ = list(self.classifier.texts) if texts is None else validate_texts(texts)
-        # gradients are needed even under torch.no_grad() / torch.inference_mode()
-        with torch.inference_mode(False), torch.enable_grad(), inference_mode_of(
-            self.classifier.model
-        ):
-            prepared = prepare_images(self.adapter, images).detach().clone()
-            index = resolve_target(target, prepared.shape[0], texts_)
-            e = self.classifier.encode_texts(texts_)
+        with self.gradient_inputs(images, target, texts) as (prepared, index, e):
             logits, attentions, (h, w) = self._logits_and_attentions(prepared, e)
             chosen = logits.gather(1, index.to(logits.device)[:, None]).sum()
             grads = torch.autograd.grad(chosen, attentions)

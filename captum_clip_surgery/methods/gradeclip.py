@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_clip_surgery._validation import prepare_images, resolve_target
-from captum_clip_surgery.adapters.base import inference_mode_of, merge_heads
+from captum_clip_surgery.adapters.base import merge_heads
 from captum_clip_surgery.core.architecture import run_blocks
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.core.text import validate_texts
 from captum_clip_surgery.methods.base import (
     RelevanceMapAttribution,
     Tokenizer,
@@ -85,15 +83,10 @@ class GradECLIPAttribution(RelevanceMapAttribution):
         Returns:
             Tensor: float32 ``[B, 1, h, w]``.
         """
-        texts_ = list(self.classifier.texts) if texts is None else validate_texts(texts)
         image = self.adapter.image
         p = image.num_prefix_tokens
-        with torch.inference_mode(False), torch.enable_grad(), inference_mode_of(
-            self.classifier.model
-        ):
-            prepared = prepare_images(self.adapter, images).detach().clone()
-            index = resolve_target(target, prepared.shape[0], texts_)
-            t = self.classifier.encode_texts(texts_)[index.to(prepared.device)]
+        with self.gradient_inputs(images, target, texts) as (prepared, index, e):
+            t = e[index]
             block = image.blocks[-1]
             with torch.no_grad():
                 x, grid = image.embed(prepared)

@@ -11,17 +11,13 @@ from torch import Tensor, nn
 from captum_clip_surgery._validation import (
     check_blocks,
     check_optional_int,
-    prepare_images,
-    resolve_target,
 )
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     ImageTowerView,
-    inference_mode_of,
 )
 from captum_clip_surgery.core.architecture import dense_rows, run_blocks
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
-from captum_clip_surgery.core.text import validate_texts
 from captum_clip_surgery.methods.base import (
     RelevanceMapAttribution,
     Tokenizer,
@@ -155,15 +151,9 @@ class LeGradAttribution(RelevanceMapAttribution):
             tuple: (list of float32 ``[B, heads, Nq, N]`` gradients, the grid ``(h, w)``,
             the index of the first grid column).
         """
-        texts_ = list(self.classifier.texts) if texts is None else validate_texts(texts)
         image = self.adapter.image
-        # gradients are needed even under torch.no_grad() / torch.inference_mode()
-        with torch.inference_mode(False), torch.enable_grad(), inference_mode_of(
-            self.classifier.model
-        ):
-            prepared = prepare_images(self.adapter, images).detach().clone()
-            index = resolve_target(target, prepared.shape[0], texts_)
-            t = self.classifier.encode_texts(texts_)[index.to(prepared.device)]
+        with self.gradient_inputs(images, target, texts) as (prepared, index, e):
+            t = e[index]
             with torch.no_grad():
                 x, grid = image.embed(prepared)
             if isinstance(image.head, AttentionPoolHead):
