@@ -26,12 +26,30 @@ def _ls(module: torch.nn.Module, x: Tensor) -> Tensor:
     return x * module.gamma if hasattr(module, "gamma") else x
 
 
-def _resize_pos(table: Tensor, native: Tuple[int, int], grid: Tuple[int, int]) -> Tensor:
+def _resize_pos(
+    table: Tensor, native: Tuple[int, int], grid: Tuple[int, int], mode: str = "bilinear"
+) -> Tensor:
+    r"""The positional table at another grid, written from each release's code:
+    ``"bilinear"`` CLIP Surgery (``size=``); ``"bicubic"`` MaskCLIP's mmseg ViT and
+    Grad-ECLIP (``size=``); ``"bicubic_antialias"`` GEM / LeGrad (``size=``, antialias);
+    ``"bicubic_offset"`` SCLIP / ClearCLIP / NACLIP (``scale_factor = (n + 0.1) / native``
+    per side, the kernel's coordinates from that factor)."""
     if native == grid:
         return table
     c = table.shape[1]
     g = table[1:].reshape(1, native[0], native[1], c).permute(0, 3, 1, 2)
-    g = F.interpolate(g, size=grid, mode="bilinear", align_corners=False)
+    if mode == "bicubic_offset":
+        rows, cols = grid[0] + 0.1, grid[1] + 0.1
+        g = F.interpolate(g, scale_factor=(rows / native[0], cols / native[1]), mode="bicubic",
+                          align_corners=False, recompute_scale_factor=False)
+        assert tuple(g.shape[-2:]) == (int(rows), int(cols))
+    elif mode == "bicubic_antialias":
+        g = F.interpolate(g, size=grid, mode="bicubic", antialias=True)
+    elif mode == "bicubic":
+        g = F.interpolate(g, size=grid, mode="bicubic", align_corners=False)
+    else:
+        assert mode == "bilinear", mode
+        g = F.interpolate(g, size=grid, mode="bilinear", align_corners=False)
     return torch.cat([table[:1], g.permute(0, 2, 3, 1).reshape(-1, c)], dim=0)
 
 
@@ -177,13 +195,13 @@ def maskclip_tokens(model: open_clip.CLIP, images: Tensor) -> Tensor:
         pool = v.attnpool
         x = fmap.reshape(b, c, h * w).permute(0, 2, 1)
         dense = pool.c_proj(pool.v_proj(x + _resize_pos(pool.positional_embedding, (
-            int(round((pool.positional_embedding.shape[0] - 1) ** 0.5)),) * 2, (h, w))[1:]))
+            int(round((pool.positional_embedding.shape[0] - 1) ** 0.5)),) * 2, (h, w), "bicubic")[1:]))
         return torch.cat([orig[:, :1], dense], dim=1)
     x = F.conv2d(images, v.conv1.weight, stride=v.patch_size)
     b, c, h, w = x.shape
     x = x.reshape(b, c, h * w).permute(0, 2, 1)
     x = torch.cat([v.class_embedding.reshape(1, 1, c).expand(b, 1, c), x], dim=1)
-    x = x + _resize_pos(v.positional_embedding, tuple(v.grid_size), (h, w))
+    x = x + _resize_pos(v.positional_embedding, tuple(v.grid_size), (h, w), "bicubic")
     x = _ln(v.ln_pre, x)
     blocks = list(v.transformer.resblocks)
     for blk in blocks[:-1]:
@@ -241,13 +259,15 @@ def chefer_relevance(model: open_clip.CLIP, image: Tensor, text_feature: Tensor)
 # ---------------------------------------------------------------------------------------
 
 
-def _vit_embed(model: open_clip.CLIP, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+def _vit_embed(
+    model: open_clip.CLIP, images: Tensor, pos: str = "bilinear"
+) -> Tuple[Tensor, Tuple[int, int]]:
     v = model.visual
     x = F.conv2d(images, v.conv1.weight, stride=v.patch_size)
     b, c, h, w = x.shape
     x = x.reshape(b, c, h * w).permute(0, 2, 1)
     x = torch.cat([v.class_embedding.reshape(1, 1, c).expand(b, 1, c), x], dim=1)
-    x = x + _resize_pos(v.positional_embedding, tuple(v.grid_size), (h, w))
+    x = x + _resize_pos(v.positional_embedding, tuple(v.grid_size), (h, w), pos)
     return _ln(v.ln_pre, x), (h, w)
 
 
@@ -284,10 +304,13 @@ def _head(model: open_clip.CLIP, tokens: Tensor) -> Tensor:
     return _ln(model.visual.ln_post, tokens) @ model.visual.proj
 
 
-def _last_block_method(model: open_clip.CLIP, images: Tensor, new_tokens) -> Tensor:
+def _last_block_method(
+    model: open_clip.CLIP, images: Tensor, new_tokens, pos: str = "bicubic_offset"
+) -> Tensor:
     r"""Blocks before the last plain; ``new_tokens(block, x, q, k, v, grid)`` gives the
-    method's tokens; row 0 is the unmodified model's class token."""
-    x, grid = _vit_embed(model, images)
+    method's tokens; row 0 is the unmodified model's class token. The positional table is
+    resized as SCLIP, ClearCLIP and NACLIP resize it."""
+    x, grid = _vit_embed(model, images, pos)
     blocks = list(model.visual.transformer.resblocks)
     for blk in blocks[:-1]:
         x = _plain_block(blk, x)
@@ -351,7 +374,7 @@ def gem_tokens(
     temperature: Optional[float] = None,
 ) -> Tensor:
     r"""GEM: the self-self attention path over the last ``blocks`` blocks, own class token."""
-    x, grid = _vit_embed(model, images)
+    x, grid = _vit_embed(model, images, "bicubic_antialias")
     layers = list(model.visual.transformer.resblocks)
     first = len(layers) - blocks
     x_new: Optional[Tensor] = None
@@ -390,7 +413,7 @@ def legrad_scores(
     r"""For ONE image: the per-layer scores s^ℓ of the last ``layers`` blocks and their
     attention maps (one full, uncut graph). ``deltas[ℓ]`` is added to block ℓ's
     post-softmax attention (for finite differences)."""
-    x, grid = _vit_embed(model, image)
+    x, grid = _vit_embed(model, image, "bicubic_antialias")
     blocks = list(model.visual.transformer.resblocks)
     scores, attentions = [], []
     for i, blk in enumerate(blocks):
@@ -448,7 +471,7 @@ def pamr(images: Tensor, logits: Tensor, iterations: int, dilations: List[int]) 
 def gradeclip_map(model: open_clip.CLIP, image: Tensor, text_feature: Tensor) -> Tensor:
     r"""Grad-ECLIP for ONE image: the last block with one full-width head, w = ∂S/∂o_cls,
     λ = min-max over patches of cos(q_cls, k_i), H_i = ReLU(λ_i Σ_c w_c v_ic): ``[h, w]``."""
-    x, (h, w) = _vit_embed(model, image)
+    x, (h, w) = _vit_embed(model, image, "bicubic")
     blocks = list(model.visual.transformer.resblocks)
     for blk in blocks[:-1]:
         x = _plain_block(blk, x)

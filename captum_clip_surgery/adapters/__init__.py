@@ -13,6 +13,7 @@ from typing import Dict
 
 from captum_clip_surgery._lazy import lazy_exports
 from captum_clip_surgery.adapters.base import (
+    POSITIONAL_RESIZE_MODES,
     AttentionPoolHead,
     AveragePoolHead,
     BlockView,
@@ -24,6 +25,7 @@ from captum_clip_surgery.adapters.base import (
     attention,
     inference_mode_of,
     merge_heads,
+    positional_resize,
     resize_positional_embedding,
     split_heads,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "OpenAICLIPAdapter",
     "OpenCLIPAdapter",
     "OpenCLIPTimmAdapter",
+    "POSITIONAL_RESIZE_MODES",
     "PoolingHead",
     "TextTowerView",
     "attention",
@@ -71,6 +74,7 @@ __all__ = [
     "inference_mode_of",
     "load_clip",
     "merge_heads",
+    "positional_resize",
     "register_adapter",
     "registered_adapters",
     "resize_positional_embedding",

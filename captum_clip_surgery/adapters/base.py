@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,11 +31,15 @@ __all__ = [
     "CLIPAdapter",
     "ClassTokenHead",
     "ImageTowerView",
+    "POSITIONAL_RESIZE_MODES",
     "PoolingHead",
     "TextTowerView",
     "attention",
+    "check_positional_resize",
+    "current_positional_resize",
     "inference_mode_of",
     "merge_heads",
+    "positional_resize",
     "resize_positional_embedding",
     "split_heads",
 ]
@@ -87,24 +92,87 @@ def attention(
     return logits.softmax(dim=-1).to(v.dtype) @ v
 
 
+#: How a positional-embedding table is resized to another patch grid, as each method's
+#: release does it (every mode returns the table itself at the native grid):
+#:
+#: - ``"bilinear"``: ``size=`` the grid, bilinear, ``align_corners=False`` (the CLIP Surgery
+#:   release; the package's default);
+#: - ``"bicubic"``: ``size=`` the grid, bicubic, ``align_corners=False`` (MaskCLIP's
+#:   mmsegmentation ViT, Grad-ECLIP, LPOSS);
+#: - ``"bicubic_antialias"``: ``size=`` the grid, bicubic with ``antialias=True`` (GEM, LeGrad:
+#:   timm's ``resample_abs_pos_embed``);
+#: - ``"bicubic_offset"``: bicubic with ``scale_factor = ((h + 0.1) / gh, (w + 0.1) / gw)``
+#:   of the pretrained grid ``(gh, gw)`` and the kernel's coordinates from that factor
+#:   (``recompute_scale_factor=False``), so every side is resampled once the grid differs,
+#:   even a side that is already native (SCLIP, ClearCLIP, NACLIP, ProxyCLIP, SC-CLIP,
+#:   ResCLIP, CASS, CorrCLIP, DINO).
+POSITIONAL_RESIZE_MODES: Tuple[str, ...] = ("bilinear", "bicubic", "bicubic_antialias",
+                                            "bicubic_offset")
+
+_positional_resize: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "captum_clip_surgery_positional_resize", default="bilinear"
+)
+
+
+def check_positional_resize(mode: object, name: str = "positional_resize") -> str:
+    r"""``mode`` if it is one of :data:`POSITIONAL_RESIZE_MODES`, else a ``ValueError``."""
+    if not isinstance(mode, str) or mode not in POSITIONAL_RESIZE_MODES:
+        raise ValueError(
+            f"{name}: expected one of {', '.join(repr(m) for m in POSITIONAL_RESIZE_MODES)}, "
+            f"got {mode!r}"
+        )
+    return mode
+
+
+@contextlib.contextmanager
+def positional_resize(mode: str) -> Iterator[None]:
+    r"""Resize positional tables by ``mode`` inside the block (in this thread or task only).
+
+    Every adapter resizes its tables through :func:`resize_positional_embedding`, whose
+    default mode is the one set here; each method sets its release's mode around its own
+    forward.
+
+    Args:
+        mode (str): one of :data:`POSITIONAL_RESIZE_MODES`.
+
+    Examples::
+
+        >>> with positional_resize("bicubic_offset"):
+        ...     tokens, grid = adapter.image.embed(images)
+    """
+    token = _positional_resize.set(check_positional_resize(mode, "mode"))
+    try:
+        yield
+    finally:
+        _positional_resize.reset(token)
+
+
+def current_positional_resize() -> str:
+    r"""The mode :func:`resize_positional_embedding` uses when given none."""
+    return _positional_resize.get()
+
+
 def resize_positional_embedding(
     table: Tensor,
     native_grid: Tuple[int, int],
     grid: Tuple[int, int],
     prefix_rows: int = 1,
+    mode: Optional[str] = None,
 ) -> Tensor:
     r"""Return a positional-embedding table for another patch grid.
 
-    The first ``prefix_rows`` rows (class / register / pooled token) are kept;
-    the grid rows are resized with bilinear interpolation (``align_corners=False``)
-    like the CLIP Surgery release. The input table is never modified; when
-    ``grid`` equals ``native_grid`` the table itself is returned.
+    The first ``prefix_rows`` rows (class / register / pooled token) are kept; the grid
+    rows are resized by ``mode`` (see :data:`POSITIONAL_RESIZE_MODES`), computed in
+    float32. The input table is never modified; when ``grid`` equals ``native_grid`` the
+    table itself is returned.
 
     Args:
         table (Tensor): ``[prefix_rows + gh * gw, C]`` table, prefix rows first.
         native_grid (tuple[int, int]): ``(gh, gw)`` grid the table was trained for.
         grid (tuple[int, int]): ``(h, w)`` grid wanted.
         prefix_rows (int): rows before the grid (default 1, the class row).
+        mode (str, optional): the resize rule; default the one set by
+            :func:`positional_resize` (``"bilinear"`` outside one).
 
     Returns:
         Tensor: ``[prefix_rows + h * w, C]`` table in the dtype of ``table``.
@@ -115,6 +183,7 @@ def resize_positional_embedding(
         >>> resize_positional_embedding(table, (7, 7), (9, 12)).shape
         torch.Size([109, 32])
     """
+    mode = _positional_resize.get() if mode is None else check_positional_resize(mode, "mode")
     gh, gw = native_grid
     h, w = grid
     if (h, w) == (gh, gw):
@@ -122,7 +191,17 @@ def resize_positional_embedding(
     channels = table.shape[-1]
     cls_row, grid_rows = table[:prefix_rows], table[prefix_rows:]
     grid_rows = grid_rows.float().reshape(1, gh, gw, channels).permute(0, 3, 1, 2)
-    grid_rows = F.interpolate(grid_rows, size=(h, w), mode="bilinear", align_corners=False)
+    if mode == "bicubic_offset":
+        grid_rows = F.interpolate(
+            grid_rows, scale_factor=((h + 0.1) / gh, (w + 0.1) / gw), mode="bicubic",
+            align_corners=False, recompute_scale_factor=False,
+        )
+        if tuple(grid_rows.shape[-2:]) != (h, w):  # pragma: no cover - float rounding guard
+            raise RuntimeError(f"positional resize gave {tuple(grid_rows.shape[-2:])}, not {(h, w)}")
+    else:
+        kind = "bilinear" if mode == "bilinear" else "bicubic"
+        grid_rows = F.interpolate(grid_rows, size=(h, w), mode=kind, align_corners=False,
+                                  antialias=mode == "bicubic_antialias")
     grid_rows = grid_rows.permute(0, 2, 3, 1).reshape(h * w, channels).to(table.dtype)
     return torch.cat([cls_row, grid_rows], dim=0)
 

@@ -26,7 +26,19 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, Callable, ClassVar, Iterator, List, Optional, Sequence, Tuple, Union
+import functools
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    ContextManager,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +58,9 @@ from captum_clip_surgery.adapters.base import (
     BlockView,
     CLIPAdapter,
     ImageTowerView,
+    check_positional_resize,
     inference_mode_of,
+    positional_resize,
 )
 from captum_clip_surgery.core.architecture import dense_rows, run_blocks
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier, as_classifier
@@ -128,6 +142,18 @@ def original_last_block_pooled(
     return image.head.pool(x, image.num_prefix_tokens, grid)
 
 
+def _in_running(fn: Callable[..., Any]) -> Callable[..., Any]:
+    r"""``fn(self, ...)`` run inside ``self.running()``."""
+
+    @functools.wraps(fn)
+    def wrapped(self: ClassifierAttribution, *args: Any, **kwargs: Any) -> Any:
+        with self.running():
+            return fn(self, *args, **kwargs)
+
+    wrapped._in_running = True  # type: ignore[attr-defined]
+    return wrapped
+
+
 class ClassifierAttribution(Attribution):
     r"""A Captum attribution explaining a :class:`CLIPZeroShotClassifier`.
 
@@ -146,6 +172,10 @@ class ClassifierAttribution(Attribution):
         texts (list[str], optional): required when a model is given.
         templates (list[str], optional): prompt templates (model given only).
         tokenizer (Callable, optional): tokenizer (model given only).
+        positional_resize (str, optional): how the positional embedding is resized
+            at a non-native input size (see
+            :data:`~captum_clip_surgery.adapters.base.POSITIONAL_RESIZE_MODES`); default
+            the method's release (:attr:`default_positional_resize`).
     """
 
     #: What the method computes: ``"token"`` (scores of every image token against every
@@ -157,6 +187,8 @@ class ClassifierAttribution(Attribution):
     #: Whether the method needs attention blocks in the image tower (ViTs, not CLIP
     #: ResNets or conv trunks).
     needs_blocks: ClassVar[bool] = False
+    #: How the method's release resizes the positional embedding to another input size.
+    default_positional_resize: ClassVar[str] = "bilinear"
 
     def __init__(
         self,
@@ -164,10 +196,34 @@ class ClassifierAttribution(Attribution):
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
+        mode = self.default_positional_resize if positional_resize is None else positional_resize
+        self.positional_resize = check_positional_resize(mode)
         classifier = as_classifier(forward_func, texts, templates, tokenizer)
         super().__init__(classifier)
         self.classifier = classifier
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        r"""A subclass's ``token_features`` and ``relevance`` run in the method's
+        positional-resize rule (:meth:`running`) however they are called."""
+        super().__init_subclass__(**kwargs)
+        for name in ("token_features", "relevance"):
+            fn = cls.__dict__.get(name)
+            if fn is None or getattr(fn, "__isabstractmethod__", False) or getattr(
+                fn, "_in_running", False
+            ):
+                continue
+            setattr(cls, name, _in_running(fn))
+
+    def running(self) -> ContextManager[None]:
+        r"""The context of the method's own forward: the positional embedding resized by
+        :attr:`positional_resize`. :meth:`~TokenMapAttribution.similarity`,
+        :meth:`~TokenMapAttribution.attribute` and
+        :meth:`~RelevanceMapAttribution.relevance` enter it, and so does a subclass's
+        ``token_features`` or ``relevance`` whenever it is called."""
+        return positional_resize(self.positional_resize)
 
     @classmethod
     def unsupported_reason(cls, adapter: CLIPAdapter) -> Optional[str]:
@@ -232,7 +288,8 @@ class TokenMapAttribution(ClassifierAttribution, abc.ABC):
     ) -> Tuple[Tensor, Tuple[int, int]]:
         check_feature_surgery(mode)
         grad = torch.is_grad_enabled() and images.requires_grad
-        with inference_mode_of(self.classifier.model), torch.set_grad_enabled(grad):
+        with inference_mode_of(self.classifier.model), torch.set_grad_enabled(grad), \
+                self.running():
             feats, grid = self.token_features(images)
             f = F.normalize(feats.float(), dim=-1)
             e = self.classifier.encode_texts(texts)
@@ -387,7 +444,7 @@ class RelevanceMapAttribution(ClassifierAttribution, abc.ABC):
         texts_ = list(self.classifier.texts) if texts is None else validate_texts(texts)
         with torch.inference_mode(False), torch.enable_grad(), inference_mode_of(
             self.classifier.model
-        ):
+        ), self.running():
             prepared = prepare_images(self.adapter, images).detach().clone()
             index = resolve_target(target, prepared.shape[0], texts_).to(prepared.device)
             yield prepared, index, self.classifier.encode_texts(texts_)
@@ -469,8 +526,11 @@ class LastBlockAttribution(TokenMapAttribution, abc.ABC):
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         require_attention_blocks(self.adapter, self.method_name, "the last block's attention")
 
     @abc.abstractmethod

@@ -28,6 +28,9 @@ class CheferAttribution(RelevanceMapAttribution):
     ``R ← R + mean_heads((∇A ⊙ A)⁺) · R``. The class-token row of ``R`` over the
     patch tokens is the map; it is min-max normalised and bilinearly upsampled.
 
+    The positional embedding is resized bilinearly (the authors' code runs at the native
+    size only).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): the classifier, or a CLIP
             model (then ``texts`` is needed); its image tower needs attention blocks
@@ -36,6 +39,8 @@ class CheferAttribution(RelevanceMapAttribution):
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bilinear"``, the release's rule.
 
     Formerly ``CLIPAttentionRelevance`` (still available under that name).
 
@@ -46,6 +51,7 @@ class CheferAttribution(RelevanceMapAttribution):
         torch.Size([8, 1, 224, 224])
     """
 
+    default_positional_resize: ClassVar[str] = "bilinear"
     head_kinds: ClassVar[Tuple[str, ...]] = ("token",)
 
     def __init__(
@@ -55,8 +61,11 @@ class CheferAttribution(RelevanceMapAttribution):
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         image = self.adapter.image
         if image.kind != "token" or not image.blocks:
             raise TypeError(

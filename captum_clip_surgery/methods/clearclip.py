@@ -2,7 +2,7 @@ r"""ClearCLIP (Lan et al., ECCV 2024): q-q attention, no residual and no MLP in 
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import ClassVar, Tuple
 
 from torch import Tensor
 
@@ -31,11 +31,17 @@ class ClearCLIPAttribution(LastBlockAttribution):
     448, window 448 / stride 224, logit scale 50, a background threshold) is
     available through :func:`~captum_clip_surgery.segment`.
 
+    The positional embedding is resized as the authors' code does it: bicubic with a
+    scale factor of ``(n + 0.1) / n_native`` per side (``"bicubic_offset"``;
+    ``positional_resize`` chooses another rule).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): classifier or model.
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bicubic_offset"``, the release's rule.
 
     Examples::
 
@@ -45,6 +51,7 @@ class ClearCLIPAttribution(LastBlockAttribution):
     """
 
     method_name = "ClearCLIP"
+    default_positional_resize: ClassVar[str] = "bicubic_offset"
 
     def last_block_tokens(
         self, block: BlockView, x: Tensor, q: Tensor, k: Tensor, v: Tensor, grid: Tuple[int, int]

@@ -2,7 +2,7 @@ r"""CLIP Surgery (Li et al., Pattern Recognition 2025) as a Captum attribution."
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, ClassVar, List, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -34,6 +34,9 @@ class CLIPSurgeryAttribution(TokenMapAttribution):
     call, never written back), gradients flow to inputs that require them, and
     a constant map becomes zeros rather than NaN.
 
+    The positional embedding is resized bilinearly to the grid, as the release does
+    (``positional_resize`` chooses another rule).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): the classifier whose
             predictions are explained, or a CLIP model (then ``texts`` is needed).
@@ -49,6 +52,8 @@ class CLIPSurgeryAttribution(TokenMapAttribution):
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bilinear"``, the release's rule.
 
     Examples::
 
@@ -60,6 +65,7 @@ class CLIPSurgeryAttribution(TokenMapAttribution):
         >>> maps = explainer.attribute(images, target="dog")   # [B, 1, H, W]
     """
 
+    default_positional_resize: ClassVar[str] = "bilinear"
     default_feature_surgery: FeatureSurgery = "auto"
 
     def __init__(
@@ -70,8 +76,11 @@ class CLIPSurgeryAttribution(TokenMapAttribution):
         templates: Optional[Sequence[str]] = None,
         tokenizer: Optional[Callable[[List[str]], Tensor]] = None,
         query_token: str = "release",
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         self.surgery_blocks = validate_surgery_blocks(self.adapter, surgery_blocks)
         self.query_token = validate_query_token(query_token)
 

@@ -69,6 +69,9 @@ class GEMAttribution(TokenMapAttribution):
     ``_class_token="original"`` (with ``iterations=0`` and ``temperature=d ** -0.5``)
     give that reduction, for tests and ablations.
 
+    The positional embedding is resized as the authors' code does it: bicubic with
+    antialiasing to the grid (``positional_resize`` chooses another rule).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): classifier or model.
         blocks (int, optional): last attention blocks with the GEM path,
@@ -80,6 +83,8 @@ class GEMAttribution(TokenMapAttribution):
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bicubic_antialias"``, the release's rule.
 
     Examples::
 
@@ -88,6 +93,7 @@ class GEMAttribution(TokenMapAttribution):
         torch.Size([8, 1, 224, 224])
     """
 
+    default_positional_resize: ClassVar[str] = "bicubic_antialias"
     needs_blocks: ClassVar[bool] = True
     default_feature_surgery: FeatureSurgery = "none"
 
@@ -101,11 +107,13 @@ class GEMAttribution(TokenMapAttribution):
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
         *,
+        positional_resize: Optional[str] = None,
         _branches: Sequence[str] = _BRANCHES,
         _normalize: bool = True,
         _class_token: str = "gem",
     ) -> None:
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         require_attention_blocks(self.adapter, "GEM", "the attention of the last blocks")
         depth = len(self.adapter.image.blocks)
         check_optional_int("blocks", blocks)

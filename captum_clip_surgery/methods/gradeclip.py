@@ -38,12 +38,17 @@ class GradECLIPAttribution(RelevanceMapAttribution):
     Defined for towers with attention blocks and a class-token head (the score is
     read from the class token); others raise ``TypeError``.
 
+    The positional embedding is resized as the authors' code does it: bicubic to the
+    grid (``positional_resize`` chooses another rule).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): the classifier
             explained, or a CLIP model (then ``texts`` is needed).
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bicubic"``, the release's rule.
 
     Examples::
 
@@ -51,6 +56,7 @@ class GradECLIPAttribution(RelevanceMapAttribution):
         torch.Size([8, 1, 224, 224])
     """
 
+    default_positional_resize: ClassVar[str] = "bicubic"
     head_kinds: ClassVar[Tuple[str, ...]] = ("token",)
 
     def __init__(
@@ -59,8 +65,11 @@ class GradECLIPAttribution(RelevanceMapAttribution):
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         require_attention_blocks(self.adapter, "Grad-ECLIP", "the last block's attention")
         image = self.adapter.image
         if image.kind != "token" or image.num_prefix_tokens < 1:

@@ -2,7 +2,7 @@ r"""LeGrad (Bousselham et al., ICCV 2025): layer-wise gradients of the attention
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,10 @@ class LeGradAttribution(RelevanceMapAttribution):
     (LeGrad uses the prompt as given: build the classifier with
     ``templates=["{}"]`` for that).
 
+    The positional embedding is resized as the authors' code does it (timm's
+    ``resample_abs_pos_embed``): bicubic with antialiasing to the grid
+    (``positional_resize`` chooses another rule).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): the classifier
             explained, or a CLIP model (then ``texts`` is needed).
@@ -67,6 +71,8 @@ class LeGradAttribution(RelevanceMapAttribution):
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bicubic_antialias"``, the release's rule.
 
     Examples::
 
@@ -75,6 +81,7 @@ class LeGradAttribution(RelevanceMapAttribution):
         torch.Size([8, 1, 224, 224])
     """
 
+    default_positional_resize: ClassVar[str] = "bicubic_antialias"
     def __init__(
         self,
         forward_func: Union[CLIPZeroShotClassifier, nn.Module],
@@ -82,8 +89,11 @@ class LeGradAttribution(RelevanceMapAttribution):
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         require_attention_blocks(self.adapter, "LeGrad", "gradients of the attention maps")
         depth = len(self.adapter.image.blocks)
         check_optional_int("layers", layers)

@@ -29,11 +29,16 @@ class MaskCLIPAttribution(TokenMapAttribution):
     ``TypeError`` says so. The pooled feature is the unmodified model's embedding. No feature surgery by default;
     every mode of :class:`CLIPSurgeryAttribution` can be asked for per call.
 
+    The positional embedding is resized as MaskCLIP's mmsegmentation ViT does it:
+    bicubic to the grid (``positional_resize`` chooses another rule).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): classifier or model.
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bicubic"``, the release's rule.
 
     Examples::
 
@@ -41,6 +46,7 @@ class MaskCLIPAttribution(TokenMapAttribution):
         torch.Size([8, 1, 224, 224])
     """
 
+    default_positional_resize: ClassVar[str] = "bicubic"
     head_kinds: ClassVar[Tuple[str, ...]] = ("token", "attention")
     default_feature_surgery: FeatureSurgery = "none"
 
@@ -50,8 +56,11 @@ class MaskCLIPAttribution(TokenMapAttribution):
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         if self.adapter.image.kind == "average":
             raise TypeError(
                 "forward_func: MaskCLIP needs an attention layer to bypass; this model's image "

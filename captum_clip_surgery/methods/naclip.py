@@ -2,7 +2,7 @@ r"""NACLIP (Hajimiri, Ben Ayed, Dolz, WACV 2025): neighbour-aware attention in t
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import ClassVar, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,12 +70,18 @@ class NACLIPAttribution(LastBlockAttribution):
     scale 40, short side 336, window 224 / stride 112, PAMR with 10 iterations and
     dilations 8 and 16) is available through :func:`~captum_clip_surgery.segment`.
 
+    The positional embedding is resized as the authors' code does it: bicubic with a
+    scale factor of ``(n + 0.1) / n_native`` per side (``"bicubic_offset"``;
+    ``positional_resize`` chooses another rule).
+
     Args:
         forward_func (CLIPZeroShotClassifier or nn.Module): classifier or model.
         sigma (float): the Gaussian's standard deviation in patches (default 5).
         texts (list[str], optional): texts, when a model is given.
         templates (list[str], optional): prompt templates, when a model is given.
         tokenizer (Callable, optional): tokenizer, when a model is given.
+        positional_resize (str, optional): how the positional embedding is resized at
+            another input size; default ``"bicubic_offset"``, the release's rule.
 
     Examples::
 
@@ -84,6 +90,7 @@ class NACLIPAttribution(LastBlockAttribution):
         torch.Size([8, 1, 224, 224])
     """
 
+    default_positional_resize: ClassVar[str] = "bicubic_offset"
     method_name = "NACLIP"
 
     def __init__(
@@ -93,9 +100,12 @@ class NACLIPAttribution(LastBlockAttribution):
         texts: Optional[Sequence[str]] = None,
         templates: Optional[Sequence[str]] = None,
         tokenizer: Tokenizer = None,
+        *,
+        positional_resize: Optional[str] = None,
     ) -> None:
         sigma = check_positive_number("sigma", sigma)
-        super().__init__(forward_func, texts, templates, tokenizer)
+        super().__init__(forward_func, texts, templates, tokenizer,
+                         positional_resize=positional_resize)
         self.sigma = sigma
 
     def last_block_tokens(

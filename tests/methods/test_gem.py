@@ -32,13 +32,15 @@ def test_gem_tokens_match_formula(block_type, size, blocks, iterations, temperat
 @pytest.mark.parametrize("block_type", ["default", "custom"])
 @pytest.mark.parametrize("size", [(32, 32), (40, 24)], ids=["native", "non-native"])
 def test_gem_reduces_to_clip_surgery_exactly(block_type, size):
-    # v branch only, no L2 normalisation, β = 1/√d, no iterations, the original class token
+    # v branch only, no L2 normalisation, β = 1/√d, no iterations, the original class token,
+    # and (at a non-native size) CLIP Surgery's bilinear positional resize
     model = tiny_vit(block_type)
     images = images_for(model, b=2, h=size[0], w=size[1], seed=3)
     clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
     d = clf.adapter.image.blocks[0].head_dim
     reduced = GEMAttribution(clf, blocks=6, iterations=0, temperature=d**-0.5,
-                             _branches=("v",), _normalize=False, _class_token="original")
+                             _branches=("v",), _normalize=False, _class_token="original",
+                             positional_resize="bilinear")
     surgery = CLIPSurgeryAttribution(clf, surgery_blocks=6)
     with torch.no_grad():
         got, _ = reduced.token_features(images)
