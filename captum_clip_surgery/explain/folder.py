@@ -43,7 +43,7 @@ from captum_clip_surgery.apps.comparison import compare, plot_text_grid
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.core.maps import minmax_normalize, upsample
 from captum_clip_surgery.core.text import validate_texts
-from captum_clip_surgery.methods.base import TokenMapAttribution
+from captum_clip_surgery.methods.base import RelevanceMapAttribution, TokenMapAttribution
 from captum_clip_surgery.methods.registry import (
     build_method,
     get_method,
@@ -224,7 +224,8 @@ def _batch_maps(
     texts: List[str],
 ) -> Tensor:
     r"""``[B, T, h, w]`` maps in ``[0, 1]`` (float32): the token grid for token-map
-    methods (one pass for every text), the input-size map for the others."""
+    methods (one pass for every text), the input-size map for the others (relevance
+    methods through their per-text path: LeGrad shares one forward across the texts)."""
     if isinstance(method, TokenMapAttribution):
         mode = None
         if isinstance(name, str) and name in method_names():
@@ -232,6 +233,8 @@ def _batch_maps(
         with torch.no_grad():
             grid = method.similarity(images, texts, feature_surgery=mode)
         return minmax_normalize(grid)
+    if isinstance(method, RelevanceMapAttribution):  # on compare's footing: min-max again
+        return minmax_normalize(method.attribute_per_text(images, texts).float())
     b, t = images.shape[0], len(texts)
     targets = [classifier.texts.index(text) for text in texts] * b
     expanded = images.repeat_interleave(t, dim=0)
@@ -324,8 +327,8 @@ def explain_images(
             obj = get_method(spec).build(classifier, **dict(method_options))
         except TypeError as exc:
             raise TypeError(f"method_options: {exc}") from None
-    if isinstance(obj, TokenMapAttribution):
-        spec = obj  # one object for the whole stream
+    if isinstance(obj, (TokenMapAttribution, RelevanceMapAttribution)):
+        spec = obj  # one object for the whole stream; any texts
     else:
         unknown = [t for t in texts_ if t not in classifier.texts]
         if unknown:

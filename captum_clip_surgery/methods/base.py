@@ -487,11 +487,57 @@ class RelevanceMapAttribution(ClassifierAttribution, abc.ABC):
         """
         images, is_tuple = unpack_inputs(inputs)
         check_bool("upsample_to_input", upsample_to_input)
-        maps = minmax_normalize(self.relevance(images, target, texts))
+        maps = self._finish(self.relevance(images, target, texts), images, upsample_to_input)
+        return (maps,) if is_tuple else maps
+
+    def _finish(self, grid: Tensor, images: Tensor, upsample_to_input: bool) -> Tensor:
+        maps = minmax_normalize(grid)
         if upsample_to_input:
             maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
-        maps = maps.to(device=images.device, dtype=images.dtype)
-        return (maps,) if is_tuple else maps
+        return maps.to(device=images.device, dtype=images.dtype)
+
+    def relevance_per_text(self, images: Tensor, texts: Optional[Sequence[str]] = None) -> Tensor:
+        r"""The map of every grid token for every text, ``[B, T, h, w]`` (float32, not
+        normalised): row ``t`` is :meth:`relevance` with target ``t`` for every image. The
+        default calls :meth:`relevance` once per text; a method whose texts can share one
+        forward overrides it (LeGrad).
+
+        Args:
+            images (Tensor): ``[B, 3, H, W]``.
+            texts (list[str], optional): texts (default the classifier's).
+
+        Returns:
+            Tensor: float32 ``[B, T, h, w]``.
+        """
+        texts_ = list(self.classifier.texts) if texts is None else validate_texts(texts)
+        return torch.cat([self.relevance(images, t, texts_) for t in range(len(texts_))], dim=1)
+
+    def attribute_per_text(
+        self,
+        images: Tensor,
+        texts: Optional[Sequence[str]] = None,
+        upsample_to_input: bool = True,
+    ) -> Tensor:
+        r"""Every image explained for every text, as :meth:`attribute` explains one target:
+        ``[B, T, H, W]`` maps in ``[0, 1]`` (min-max per map), from
+        :meth:`relevance_per_text`.
+
+        Args:
+            images (Tensor): ``[B, 3, H, W]``.
+            texts (list[str], optional): texts (default the classifier's).
+            upsample_to_input (bool): upsample to ``H×W`` (default) or return the grid.
+
+        Returns:
+            Tensor: ``[B, T, H, W]`` (or ``[B, T, h, w]``), on the images' device and in
+            their dtype.
+
+        Examples::
+
+            >>> LeGradAttribution(clf).attribute_per_text(images).shape   # 3 texts
+            torch.Size([8, 3, 224, 224])
+        """
+        check_bool("upsample_to_input", upsample_to_input)
+        return self._finish(self.relevance_per_text(images, texts), images, upsample_to_input)
 
 
 class LastBlockAttribution(TokenMapAttribution, abc.ABC):

@@ -146,23 +146,27 @@ class GEMAttribution(TokenMapAttribution):
         else:
             beta = self.temperature
 
+        n = len(self._branches)
+        if isinstance(beta, Tensor):  # per-image β, repeated for the stacked branches
+            beta = beta.repeat(n, 1, 1, 1)
+
         def attend(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
             if isinstance(beta, Tensor):  # per-image β folded into the queries
                 return attention(query * beta, key, value, 1.0)
             return attention(query, key, value, beta)
 
+        # the branches run stacked along the batch: one attention call per step for all
         zs = {"q": q, "k": k, "v": v}
-        total: Optional[Tensor] = None
-        for name in self._branches:
-            z = zs[name]
-            for _ in range(self.iterations):
-                unit = self._unit(z)
-                z = attend(unit, unit, unit)
+        z = torch.cat([zs[name] for name in self._branches], dim=0)
+        for _ in range(self.iterations):
             unit = self._unit(z)
-            o = attend(unit, unit, v)
-            total = o if total is None else total + o
-        assert total is not None
-        return total / len(self._branches)
+            z = attend(unit, unit, unit)
+        unit = self._unit(z)
+        o = attend(unit, unit, v.repeat(n, 1, 1, 1)).unflatten(0, (n, v.shape[0]))
+        total = o[0]
+        for i in range(1, n):
+            total = total + o[i]
+        return total / n
 
     def token_features(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         r"""GEM token features ``[B, 1 + h*w, D]`` and the grid ``(h, w)``."""

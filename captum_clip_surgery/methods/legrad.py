@@ -101,12 +101,13 @@ class LeGradAttribution(RelevanceMapAttribution):
             "layers", layers, depth
         )
 
-    def _token_head_gradients(self, image: ImageTowerView, x: Tensor, t: Tensor) -> List[Tensor]:
-        r"""``G^ℓ = ∂s^ℓ/∂A^ℓ`` ``[B, heads, N, N]`` for class-token / average heads;
-        ``x`` is the stream entering the first chosen block."""
+    def _token_head_scores(self, image: ImageTowerView, x: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
+        r"""Per chosen layer ``ℓ`` the unit feature ``z^ℓ`` ``[B, D]`` and the attention leaf
+        ``A^ℓ`` ``[B, heads, N, N]`` it depends on, for class-token / average heads; ``x`` is
+        the stream entering the first chosen block."""
         depth = len(image.blocks)
         leaves: List[Tensor] = []
-        scores: List[Tensor] = []
+        features: List[Tensor] = []
         for i in range(depth - self.layers, depth):
             block = image.blocks[i]
             x = x.detach()  # each layer's score reaches only its own attention
@@ -116,21 +117,22 @@ class LeGradAttribution(RelevanceMapAttribution):
             probs.requires_grad_(True)
             leaves.append(probs)
             x = block.residual(x, probs.to(v.dtype) @ v)
-            z = F.normalize(image.head.dense(x.mean(dim=1, keepdim=True))[:, 0].float(), dim=-1)
-            scores.append((z * t).sum())
-        return list(torch.autograd.grad(torch.stack(scores).sum(), leaves))
+            features.append(
+                F.normalize(image.head.dense(x.mean(dim=1, keepdim=True))[:, 0].float(), dim=-1)
+            )
+        return features, leaves
 
-    def _pool_head_gradients(
-        self, image: ImageTowerView, x: Tensor, grid: Tuple[int, int], t: Tensor
-    ) -> List[Tensor]:
-        r"""``G^ℓ`` ``[B, heads, 1, N']`` w.r.t. the pool's attention over each chosen
+    def _pool_head_scores(
+        self, image: ImageTowerView, x: Tensor, grid: Tuple[int, int]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        r"""``z^ℓ`` and the pool's attention ``A^ℓ`` ``[B, heads, 1, N']`` over each chosen
         block's output for attention-pool heads; ``x`` is the stream entering block 0."""
         head = image.head
         assert isinstance(head, AttentionPoolHead)
         depth = len(image.blocks)
         p = image.num_prefix_tokens
         leaves: List[Tensor] = []
-        scores: List[Tensor] = []
+        features: List[Tensor] = []
         for i in range(depth):
             with torch.no_grad():
                 x = image.blocks[i].forward(x)
@@ -144,8 +146,21 @@ class LeGradAttribution(RelevanceMapAttribution):
             probs.requires_grad_(True)
             leaves.append(probs)
             pooled = head.finish(head.out(head.merge_heads(probs.to(v.dtype) @ v)))[:, 0]
-            scores.append((F.normalize(pooled.float(), dim=-1) * t).sum())
-        return list(torch.autograd.grad(torch.stack(scores).sum(), leaves))
+            features.append(F.normalize(pooled.float(), dim=-1))
+        return features, leaves
+
+    def _scores(self, prepared: Tensor) -> Tuple[List[Tensor], List[Tensor], Tuple[int, int], int]:
+        r"""``(z^ℓ per layer, A^ℓ leaves, grid, first grid column)`` of one forward."""
+        image = self.adapter.image
+        with torch.no_grad():
+            x, grid = image.embed(prepared)
+        if isinstance(image.head, AttentionPoolHead):
+            features, leaves = self._pool_head_scores(image, x, grid)
+            return features, leaves, grid, dense_rows(image)
+        with torch.no_grad():
+            x = run_blocks(image, x, grid, len(image.blocks) - self.layers)
+        features, leaves = self._token_head_scores(image, x)
+        return features, leaves, grid, image.num_prefix_tokens
 
     def layer_gradients(
         self, images: Tensor, target: Any = None, texts: Optional[Sequence[str]] = None
@@ -161,20 +176,52 @@ class LeGradAttribution(RelevanceMapAttribution):
             tuple: (list of float32 ``[B, heads, Nq, N]`` gradients, the grid ``(h, w)``,
             the index of the first grid column).
         """
-        image = self.adapter.image
         with self.gradient_inputs(images, target, texts) as (prepared, index, e):
             t = e[index]
-            with torch.no_grad():
-                x, grid = image.embed(prepared)
-            if isinstance(image.head, AttentionPoolHead):
-                grads = self._pool_head_gradients(image, x, grid, t)
-                first = dense_rows(image)
-            else:
-                with torch.no_grad():
-                    x = run_blocks(image, x, grid, len(image.blocks) - self.layers)
-                grads = self._token_head_gradients(image, x, t)
-                first = image.num_prefix_tokens
+            features, leaves, grid, first = self._scores(prepared)
+            total = torch.stack([(z * t).sum() for z in features]).sum()
+            grads = torch.autograd.grad(total, leaves)
         return [g.detach().float() for g in grads], grid, first
+
+    def layer_gradients_per_text(
+        self, images: Tensor, texts: Optional[Sequence[str]] = None
+    ) -> Tuple[List[Tensor], Tuple[int, int], int]:
+        r"""``G^ℓ`` of every image for every text from ONE forward: the scores of all texts
+        share the stream, and one batched backward through the chosen layers gives every
+        text's gradients (the scores are linear in the text feature).
+
+        Args:
+            images (Tensor): ``[B, 3, H, W]``.
+            texts (list[str], optional): texts (default the classifier's).
+
+        Returns:
+            tuple: (list of float32 ``[T, B, heads, Nq, N]`` gradients, the grid ``(h, w)``,
+            the index of the first grid column).
+        """
+        texts_ = self.classifier.texts if texts is None else texts
+        with self.gradient_inputs(images, 0, texts_) as (prepared, _, e):
+            features, leaves, grid, first = self._scores(prepared)
+            vectors = [e[:, None, :].expand(e.shape[0], *z.shape).to(z.dtype) for z in features]
+            grads = torch.autograd.grad(features, leaves, grad_outputs=vectors,
+                                        is_grads_batched=True)
+        return [g.detach().float() for g in grads], grid, first
+
+    def relevance_per_text(self, images: Tensor, texts: Optional[Sequence[str]] = None) -> Tensor:
+        r"""``Σ_ℓ R^ℓ`` of every grid token for every text, ``[B, T, h, w]`` (float32, not
+        normalised), from one forward (:meth:`layer_gradients_per_text`): row ``t`` equals
+        :meth:`relevance` with target ``t`` for every image.
+
+        Args:
+            images (Tensor): ``[B, 3, H, W]``.
+            texts (list[str], optional): texts (default the classifier's).
+
+        Returns:
+            Tensor: float32 ``[B, T, h, w]``.
+        """
+        grads, (h, w), first = self.layer_gradients_per_text(images, texts)
+        r = sum(g.clamp(min=0).mean(dim=(2, 3)) for g in grads)  # [T, B, N]
+        t, b = r.shape[:2]  # type: ignore[union-attr]
+        return r[:, :, first:].reshape(t, b, h, w).transpose(0, 1)  # type: ignore[union-attr]
 
     def relevance(
         self, images: Tensor, target: Any = None, texts: Optional[Sequence[str]] = None

@@ -111,3 +111,43 @@ def test_gradient_maps_take_a_bare_model_like_a_classifier(name):
     from_clf = cls(clf).attribute(images, target=[0, 2])
     from_model = cls(model, texts=TEXTS, templates=FEW_TEMPLATES).attribute(images, target=[0, 2])
     torch.testing.assert_close(from_model, from_clf)
+
+
+@pytest.mark.parametrize("make", ["vit", "siglip"])
+def test_every_text_from_one_forward_equals_one_target_at_a_time(make, snapshot):
+    r"""``relevance_per_text``: one forward, one batched backward for all texts, the same
+    maps as one call per target (class-token head and a SigLIP MAP head)."""
+    if make == "vit":
+        model = tiny_vit()
+    else:
+        from tests.adapters.timm_models import tiny_timm_clip
+
+        model = tiny_timm_clip("siglip")
+    snap = snapshot(model)
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    explainer = LeGradAttribution(clf)
+    images = images_for(model, b=2, h=40, w=56, seed=4)
+    every = explainer.relevance_per_text(images)
+    assert every.shape == (2, len(TEXTS), 5, 7)
+    maps = explainer.attribute_per_text(images, texts=["cat", "a red car"])
+    for t in range(len(TEXTS)):
+        torch.testing.assert_close(every[:, t : t + 1], explainer.relevance(images, target=t),
+                                   atol=1e-7, rtol=1e-5)
+    for j, text in enumerate(["cat", "a red car"]):
+        torch.testing.assert_close(
+            maps[:, j : j + 1], explainer.attribute(images, target=text), atol=1e-6, rtol=1e-5)
+    snap.assert_unchanged()
+
+
+def test_default_per_text_path_of_a_relevance_method():
+    from captum_clip_surgery import CheferAttribution
+
+    clf = CLIPZeroShotClassifier(tiny_vit(), TEXTS, templates=FEW_TEMPLATES)
+    explainer = CheferAttribution(clf)
+    images = images_for(clf.model, b=2, seed=2)
+    maps = explainer.attribute_per_text(images, upsample_to_input=False)
+    assert maps.shape == (2, len(TEXTS), 4, 4)
+    for t in range(len(TEXTS)):
+        torch.testing.assert_close(
+            maps[:, t : t + 1], explainer.attribute(images, target=t, upsample_to_input=False),
+            atol=0, rtol=0)
