@@ -16,19 +16,14 @@ from captum_clip_surgery.cli.common import (
     square_transform,
 )
 
-__all__ = ["build_explorer", "run"]
+__all__ = ["build_explorer", "check_options", "run"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def build_explorer(args: argparse.Namespace) -> Any:
-    r"""Check the options, load the model (and SAM) and return the
-    :class:`~captum_clip_surgery.web.explorer.Explorer`; every mistake is a
+def check_options(args: argparse.Namespace) -> None:
+    r"""The options that need no model: each mistake is a one-line
     :class:`~captum_clip_surgery.cli.common.UserError`."""
-    import torch
-
-    from captum_clip_surgery.web.explorer import Explorer
-
     if args.pretrained and not args.model:
         raise UserError("--pretrained: give --model too (an open_clip model name)")
     precision = args.precision or "fp32"
@@ -41,8 +36,20 @@ def build_explorer(args: argparse.Namespace) -> Any:
     if args.sam_checkpoint and not os.path.isfile(args.sam_checkpoint):
         raise UserError(f"--sam-checkpoint: file not found: {args.sam_checkpoint}")
     check_device(args.device)
+
+
+def build_explorer(args: argparse.Namespace) -> Any:
+    r"""Load the model (cast to ``--precision``) and SAM, and return the
+    :class:`~captum_clip_surgery.web.explorer.Explorer`; every mistake is a
+    :class:`~captum_clip_surgery.cli.common.UserError`."""
+    import torch
+
+    from captum_clip_surgery.web.explorer import Explorer
+
+    check_options(args)
     model, _, tokenizer = load_named_or_shipped(args, args.device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        args.precision or "fp32"]
     model = model.to(dtype)  # the command's own model (as explain --images does)
     predictor = None
     if args.sam_checkpoint:
@@ -68,6 +75,7 @@ def build_explorer(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace, block: bool = True) -> Optional[Any]:
     r"""``clip-surgery serve``: serve the page until interrupted (``block=False``:
     return the running page, for tests)."""
+    check_options(args)
     try:
         from captum_clip_surgery.web.ui import import_gradio, launch
 

@@ -142,7 +142,7 @@ def plot_points(
     n = max(1, len(prompts))
     fig = Figure(figsize=(2.8 * n, 3.2), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
-    marker = max(12.0, 40.0 * min(base.shape[:2]) / 300.0)
+    marker = 45.0  # points², whatever the image's size
     for k, (ax, prompt) in enumerate(zip(axes, prompts)):
         ax.imshow(base)
         if masks is not None:

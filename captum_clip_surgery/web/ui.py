@@ -103,9 +103,9 @@ def build_app(
             return path, None, fail(exc)
         return path, path, ""
 
-    def on_pick(evt: gr.SelectData) -> Tuple[str, str, str, str]:
+    def on_pick(evt: gr.SelectData) -> Tuple[str, str, str, Any, str]:
         scene = gallery_scenes[int(evt.index)]
-        return scene.path, scene.path, ", ".join(scene.texts), ""
+        return scene.path, scene.path, ", ".join(scene.texts), None, ""
 
     def on_explain(path: str, texts: str, methods: List[str],
                    progress: gr.Progress = gr.Progress()) -> Tuple[Any, Any, Any, str]:  # noqa: B008 (Gradio's form)
@@ -200,7 +200,7 @@ def build_app(
                                       interactive=False, elem_id="points-figure")
 
         upload.change(on_upload, inputs=upload, outputs=[current, preview, message])
-        gallery.select(on_pick, outputs=[current, preview, texts, message])
+        gallery.select(on_pick, outputs=[current, preview, texts, upload, message])
         explain.click(on_explain, inputs=[current, texts, methods],
                       outputs=[figure, scores, downloads, message])
         seg_run.click(on_segment, inputs=[current, texts, seg_method, pamr, sliding],

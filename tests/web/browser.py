@@ -155,11 +155,13 @@ class Page:
 
     def upload(self, path: str, timeout: float = 30.0) -> None:
         r"""Upload ``path`` through the file input and wait until the page took it."""
+        if not self.find("#upload input[type=file]"):  # a file is there: clear it first
+            self.click('#upload button[aria-label="Clear"]')
         field = self.wait_css("#upload input[type=file]", timeout)
         field.send_keys(os.path.abspath(path))
         name = os.path.basename(path)
-        self.until(lambda: name in self.find("#upload")[0].text, timeout,
-                   f"upload of {name}")
+        self.until(lambda: self.find(f'#upload td.filename[aria-label="{name}"]'), timeout,
+                   f"the upload of {name}")
 
     def set_texts(self, text: str) -> None:
         box = self.wait_css("#texts textarea, #texts input")
