@@ -77,14 +77,14 @@ def run(args: argparse.Namespace, block: bool = True) -> Optional[Any]:
     return the running page, for tests)."""
     check_options(args)
     try:
-        from captum_clip_surgery.web.ui import import_gradio, launch
+        from captum_clip_surgery.web.ui import import_gradio, launch_app
 
         import_gradio()
     except ImportError as exc:
         raise UserError(first_line(exc)) from None
     explorer = build_explorer(args)
     try:
-        demo, url = launch(explorer, host=args.host, port=args.port, share=args.share,
+        demo, url = launch_app(explorer, host=args.host, port=args.port, share=args.share,
                            scenes=args.scenes, block=False, quiet=True)
     except OSError as exc:
         raise UserError(f"--port: cannot serve on {args.host}:{args.port} "

@@ -5,15 +5,15 @@ r"""The web explorer behind ``clip-surgery serve``: a Gradio page over one loade
   for download; the held-out scene gallery), tested without a browser;
 - :mod:`~captum_clip_surgery.web.figures`: its figures;
 - :mod:`~captum_clip_surgery.web.ui`: the Gradio page (:func:`build_app`,
-  :func:`launch`), the only module that imports Gradio (``pip install
+  :func:`launch_app`), the only module that imports Gradio (``pip install
   'captum-clip-surgery[app]'``), and only when a page is built.
 
 Examples::
 
     >>> from captum_clip_surgery.scenes import load_scenes_clip
-    >>> from captum_clip_surgery.web import Explorer, launch
+    >>> from captum_clip_surgery.web import Explorer, launch_app
     >>> model, _, tokenizer = load_scenes_clip()
-    >>> launch(Explorer(model, tokenizer, name="scenes CLIP"))   # http://127.0.0.1:7860
+    >>> launch_app(Explorer(model, tokenizer, name="scenes CLIP"))   # http://127.0.0.1:7860
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _LAZY: Dict[str, str] = {
     "plot_points": "figures",
     "plot_segmentation": "figures",
     "build_app": "ui",
-    "launch": "ui",
+    "launch_app": "ui",
 }
 
 __all__ = sorted(_LAZY)

@@ -20,7 +20,7 @@ from captum_clip_surgery.web.explorer import Explorer, Scene, read_image, scene_
 if TYPE_CHECKING:
     import gradio as gr
 
-__all__ = ["APP_HINT", "build_app", "import_gradio", "launch"]
+__all__ = ["APP_HINT", "build_app", "import_gradio", "launch_app"]
 
 #: How to install what the page needs.
 APP_HINT = "pip install 'captum-clip-surgery[app]'"
@@ -78,7 +78,7 @@ def build_app(
         title (str): the page's title.
 
     Returns:
-        gradio.Blocks: the page (``.launch()`` it, or use :func:`launch`).
+        gradio.Blocks: the page (``.launch()`` it, or use :func:`launch_app`).
     """
     gr = import_gradio()
     workdir = workdir or tempfile.mkdtemp(prefix="clip-surgery-serve-")
@@ -211,7 +211,7 @@ def build_app(
     return demo
 
 
-def launch(
+def launch_app(
     explorer: Explorer,
     host: str = "127.0.0.1",
     port: Optional[int] = None,
