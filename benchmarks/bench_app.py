@@ -61,7 +61,8 @@ def main() -> None:
         sys.exit(f"bench_app: {why}")
     import torch
 
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device cpu")
+    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device cpu; "
+          f"load average {os.getloadavg()[0]:.1f} at the start")
     with tempfile.TemporaryDirectory() as folder:
         server = Server(temp_dir=os.path.join(folder, "gradio"))
         try:
@@ -83,6 +84,7 @@ def main() -> None:
         print(f"| page load → first maps, reloaded page (median of {len(warm)}) | "
               f"{statistics.median(warm):.2f} |")
     if args.no_test:
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
         return
     env = dict(os.environ)
     if args.screenshot:
@@ -100,8 +102,12 @@ def main() -> None:
     print(f"| browser test, python -m pytest tests/web/test_browser.py (wall) | {total:.1f} |")
     if inner:
         print(f"| browser test, the test function itself | {float(inner.group(1)):.1f} |")
+    up = re.search(r"server up in ([0-9.]+) s", done.stdout)
+    if up:
+        print(f"| browser test, of which its server's start | {float(up.group(1)):.1f} |")
     if args.screenshot:
         print(f"screenshot: {args.screenshot}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

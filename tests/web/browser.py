@@ -126,7 +126,9 @@ class Page:
             "download.prompt_for_download": False,
             "safebrowsing.enabled": False,
         })
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
         self.downloads = downloads
+        self.requested: List[str] = []
         self.driver = webdriver.Chrome(service=Service(executable_path=driver), options=options)
         self.driver.execute_cdp_cmd("Browser.setDownloadBehavior",
                                     {"behavior": "allow", "downloadPath": downloads})
@@ -221,6 +223,16 @@ class Page:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def requests(self) -> List[str]:
+        r"""Every URL the page has requested so far (from Chromium's performance log)."""
+        import json
+
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message.get("method") == "Network.requestWillBeSent":
+                self.requested.append(message["params"]["request"]["url"])
+        return list(self.requested)
 
     def screenshot(self, path: str) -> str:
         r"""A screenshot of the whole page (the window stretched to its height)."""

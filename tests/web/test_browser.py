@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -123,6 +124,12 @@ def test_the_page_explains_an_uploaded_image(chromium, scenes_clip, tmp_path):
         page.until(lambda: page.find("#points-figure img"), 120, "the points figure")
         assert page.message() == ""
         page.screenshot(str(tmp_path / "app-tabs.png"))
+        # the page asks nothing of any other machine (no fonts, analytics or CDN)
+        urls = page.requests()
+        web = [u for u in urls if urlsplit(u).scheme in ("http", "https", "ws", "wss")]
+        assert len(web) > 10
+        outside = [u for u in web if urlsplit(u).netloc != f"127.0.0.1:{server.port}"]
+        assert outside == [], outside
     finally:
         if page is not None:
             page.close()
