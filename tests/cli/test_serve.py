@@ -64,3 +64,32 @@ def test_serves_on_loopback_and_refuses_a_port_in_use():
     finally:
         server.stop()
     assert "gradio.live" not in server.log and "public URL" not in server.log
+
+
+@pytest.mark.slow
+def test_a_file_that_is_no_sam_checkpoint_is_one_line(tmp_path):
+    pytest.importorskip("segment_anything")
+    from captum_clip_surgery.cli import build_parser
+    from captum_clip_surgery.cli.common import UserError
+    from captum_clip_surgery.cli.serve import build_explorer
+
+    bogus = tmp_path / "sam.pth"
+    bogus.write_bytes(b"not a checkpoint")
+    args = build_parser().parse_args(["serve", "--sam-checkpoint", str(bogus)])
+    with pytest.raises(UserError, match=r"^--sam-checkpoint: cannot load .*sam.pth as a vit_b "
+                                        r"SAM checkpoint \(") as info:
+        build_explorer(args)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_the_explorer_of_the_command_casts_its_own_model():
+    import torch
+
+    from captum_clip_surgery.cli import build_parser
+    from captum_clip_surgery.cli.serve import build_explorer
+
+    explorer = build_explorer(build_parser().parse_args(["serve", "--precision", "bf16"]))
+    assert next(explorer.model.parameters()).dtype == torch.bfloat16
+    assert explorer.name == "the shipped scenes CLIP"
+    assert explorer.default_methods == ["surgery", "raw"] and "chefer" in explorer.methods
