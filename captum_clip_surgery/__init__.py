@@ -16,6 +16,8 @@ layers, bottom to top (``docs/architecture.md``):
   world and its shipped model;
 - :mod:`captum_clip_surgery.evaluation` and :mod:`captum_clip_surgery.explain`: the
   evaluation harness; explaining folders of images;
+- :mod:`captum_clip_surgery.web`: the page of ``clip-surgery serve`` (Gradio, imported
+  only when a page is built);
 - :mod:`captum_clip_surgery.cli`: the ``clip-surgery`` command.
 """
 
@@ -88,6 +90,10 @@ _LAZY: Dict[str, str] = {
     "ExplainSummary": "explain.folder",
     "explain_images": "explain.folder",
     "explain_to_folder": "explain.folder",
+    # the web explorer (clip-surgery serve)
+    "Explorer": "web.explorer",
+    "build_app": "web.ui",
+    "launch_app": "web.ui",
 }
 
 __all__ = sorted(_LAZY)

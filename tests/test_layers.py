@@ -30,9 +30,10 @@ LAYERS: Dict[str, int] = {
     "scenes": 4,
     "evaluation": 5,
     "explain": 5,
-    "cli": 6,
-    "__init__": 7,
-    "__main__": 7,
+    "web": 6,
+    "cli": 7,
+    "__init__": 8,
+    "__main__": 8,
 }
 
 #: libraries of model families: only the adapters (and the scenes world) import them
@@ -197,7 +198,7 @@ def test_import_finder_sees_imports_inside_functions_and_skips_type_checking(tmp
     assert "timm.layers" in found and "open_clip" not in found
 
 
-HEAVY = ("captum", "matplotlib", "open_clip", "transformers", "timm", "clip")
+HEAVY = ("captum", "matplotlib", "open_clip", "transformers", "timm", "clip", "gradio")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-r"""Command line: ``clip-surgery explain`` and ``clip-surgery evaluate``.
+r"""Command line: ``clip-surgery explain``, ``clip-surgery evaluate`` and ``clip-surgery serve``.
 
 ``clip-surgery explain`` with no arguments renders a default scene of the
 package's scenes world, explains it with the shipped small CLIP for the objects
@@ -7,7 +7,8 @@ CLIP map and the CLIP Surgery map per text). With arguments it explains your
 image with your model, or a folder of images (``--images``).
 
 This module builds the parser and dispatches; each command lives in its own module
-(:mod:`~captum_clip_surgery.cli.explain`, :mod:`~captum_clip_surgery.cli.evaluate`) and
+(:mod:`~captum_clip_surgery.cli.explain`, :mod:`~captum_clip_surgery.cli.evaluate`,
+:mod:`~captum_clip_surgery.cli.serve`) and
 imports the package's heavy parts only when it runs, so ``--help`` is fast.
 """
 
@@ -113,6 +114,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what deleted pixels become in deletion / insertion (default blur; "
                          "use mean or zero where the model reads colour, as on the scenes)")
     ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
+
+    sv = sub.add_parser(
+        "serve",
+        help="a web page to explore maps, segmentation and point prompts (needs the [app] extra)",
+        description="Serves a Gradio page on this machine (loopback only unless --host): "
+        "upload an image or pick a held-out scene, type texts, choose methods. "
+        "Needs pip install 'captum-clip-surgery[app]'.",
+    )
+    sv.add_argument("--model", default=None,
+                    help="open_clip model name, hf-hub:ORG/NAME id or local model folder, as for "
+                    "explain (default: the shipped scenes model)")
+    sv.add_argument("--pretrained", default=None, metavar="TAG|PATH",
+                    help="open_clip pretrained tag or a local checkpoint file")
+    sv.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    sv.add_argument("--precision", default=None, metavar="fp32|fp16|bf16",
+                    help="model precision (default fp32)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for "
+                    "every interface)")
+    sv.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    sv.add_argument("--share", action="store_true",
+                    help="also create a public Gradio share link (off by default; needs the "
+                    "internet)")
+    sv.add_argument("--scenes", type=int, default=12, metavar="N",
+                    help="held-out scenes in the page's gallery (default 12)")
+    sv.add_argument("--sam-checkpoint", default=None, metavar="PATH",
+                    help="a Segment Anything checkpoint (.pth): the points tab then shows SAM's "
+                    "masks (needs the [sam] extra; the file is read with torch.load: use only "
+                    "files you trust)")
+    sv.add_argument("--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"),
+                    help="the checkpoint's SAM architecture (default vit_b)")
     return parser
 
 
@@ -138,6 +170,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out = explain.run(args)
             if out is not None:  # None: --images (it prints its own summary)
                 print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+            return 0
+        if args.command == "serve":
+            from captum_clip_surgery.cli import serve
+
+            serve.run(args)
             return 0
         if args.command == "evaluate":
             from captum_clip_surgery.cli import evaluate
