@@ -60,6 +60,11 @@ def transform(scenes_clip):
     return square_preprocess(int(scenes_clip[0].visual.image_size[0]), normalize.mean, normalize.std)
 
 
+def _outputs(folder):
+    r"""The outputs in a folder: its files but the records folder (``.clip-surgery``)."""
+    return sorted(n for n in os.listdir(folder) if n != ".clip-surgery")
+
+
 def _reference(explainer, path, transform, texts):
     r"""Per image and per text: the attribution's token map, resized to the file's size."""
     with Image.open(path) as im:
@@ -146,7 +151,7 @@ def test_folder_writes_maps_resumes_and_counts(clf, image_dir, tmp_path):
     summary = explain_to_folder(str(image_dir), clf, str(out), figures=False, batch_size=5)
     assert (summary.done, summary.skipped, summary.failed) == (12, 0, 0)
     expected = dict(explain_images(str(image_dir), clf, batch_size=3))
-    written = sorted(os.listdir(out))
+    written = _outputs(out)
     assert written == sorted(os.path.splitext(os.path.basename(p))[0] + ".npy" for p in expected)
     for path, maps in expected.items():
         array = np.load(out / (os.path.splitext(os.path.basename(path))[0] + ".npy"))
@@ -181,7 +186,7 @@ def test_unreadable_images_are_reported_skipped_and_counted(clf, image_dir, tmp_
     assert (summary.done, summary.skipped, summary.failed) == (3, 0, 2)
     assert sorted(os.path.basename(p) for p, _ in seen) == ["broken.png", "cut.jpg"]
     assert all(message for _, message in seen)
-    assert sorted(os.listdir(out)) == ["scene00.npy", "scene01.npy", "scene02.npy"]
+    assert _outputs(out) == ["scene00.npy", "scene01.npy", "scene02.npy"]
     with pytest.warns(RuntimeWarning, match="skipped .*broken.png"):
         assert len(list(explain_images([str(folder / "broken.png")], clf))) == 0
 
@@ -277,7 +282,7 @@ def test_cli_figures_precision_and_a_bad_file(image_dir, tmp_path, capsys):
     assert "done 1, skipped 0 (already written), failed 1" in captured.out
     assert f"clip-surgery explain: skipped {folder / 'b.png'}: UnidentifiedImageError" in (
         captured.err)
-    assert sorted(os.listdir(out)) == ["a.npy", "a.png"]
+    assert _outputs(out) == ["a.npy", "a.png"]
     maps = np.load(out / "a.npy")
     assert maps.shape == (1, 64, 64) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1
@@ -345,7 +350,7 @@ def test_torchrun_two_ranks_write_every_image_once(clf, image_dir, tmp_path):
     # the totals add up every rank's writes: 7 means no image was written twice
     assert res.stdout.count("done 7, skipped 0 (already written), failed 0") == 1, res.stdout
     expected = dict(explain_images(str(folder), clf))
-    assert sorted(os.listdir(out)) == sorted(
+    assert _outputs(out) == sorted(
         os.path.splitext(os.path.basename(p))[0] + ".npy" for p in expected)
     for path, maps in expected.items():
         array = np.load(out / (os.path.splitext(os.path.basename(path))[0] + ".npy"))
