@@ -557,8 +557,9 @@ class OutputsExist(ValueError):
 
     Attributes:
         out_dir (str): the output folder.
-        counts (dict[str, int]): images per reason (``"other settings"``, ``"not written
-            by explain_to_folder"``, ``"changed since written"``).
+        counts (dict[str, int]): images per reason (``"made with other settings"``,
+            ``"not written here"`` (no record of this function), ``"changed since
+            written"``).
         example (str): one of the files.
         differences (list[str]): for other settings, the settings that differ.
     """
@@ -576,12 +577,17 @@ class OutputsExist(ValueError):
         r"""What is in the way, in one line (without the remedy)."""
         parts = []
         for reason, n in self.counts.items():
-            what = f"{n} image{'s' if n != 1 else ''} {reason}"
-            if reason == "other settings" and self.differences:
+            what = f"{n} {reason}"
+            if reason == _OTHER_SETTINGS and self.differences:
                 what += f" ({', '.join(self.differences)} differ)"
             parts.append(what)
-        return (f"{self.out_dir!r} holds outputs this run would replace: "
-                f"{'; '.join(parts)} (e.g. {os.path.basename(self.example)!r})")
+        return (f"{self.out_dir!r} holds outputs this run would replace (images: "
+                f"{', '.join(parts)}; e.g. {os.path.basename(self.example)!r})")
+
+
+_OTHER_SETTINGS = "made with other settings"
+_NOT_OURS = "not written here"
+_CHANGED = "changed since written"
 
 
 #: The folder inside ``out_dir`` that holds what produced each output.
@@ -851,20 +857,21 @@ def _plan(
         reason = None
         if record is None or record.get("format") != _RECORD_FORMAT:
             if existing:
-                reason = "not written by explain_to_folder"
+                reason = _NOT_OURS
         elif record.get("status") != "complete":
             pass  # an interrupted write of ours: do it again
         elif record.get("run") != run:
             if existing:
-                reason = "other settings"
+                reason = _OTHER_SETTINGS
                 other_runs.append(str(record.get("run")))
         else:
             written = record.get("outputs", {})
+            foreign = [o for o in existing if os.path.basename(o) not in written]
             changed = [o for o in existing
-                       if written.get(os.path.basename(o)) != os.path.getsize(o)]
-            if changed:
-                reason = "changed since written"
-                existing = changed
+                       if o not in foreign and written[os.path.basename(o)] != os.path.getsize(o)]
+            if foreign or changed:
+                reason = _NOT_OURS if foreign else _CHANGED
+                existing = foreign or changed
             elif len(existing) == len(outputs) and record.get("image") == _image_state(p):
                 continue  # done before, with these settings, from this very file
         if reason is not None and not overwrite:

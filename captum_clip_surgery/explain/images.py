@@ -44,8 +44,6 @@ _PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 #: 16-bit unsigned grey modes.
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-#: Modes whose values are rescaled to 8 bits (the conversion checked for a blank).
-_RANGED_MODES = _UINT16_MODES + ("I", "F")
 
 
 def working_size(size: Tuple[int, int], max_pixels: Optional[int]) -> Tuple[int, int]:
@@ -119,8 +117,8 @@ def _to_8bit(im: Any, path: str) -> Any:
         return (im.convert("LA") if mode == "La" else im).convert("RGBA")
     if mode in _UINT16_MODES or mode == "I":
         values = np.asarray(im)
+        lo, hi = int(values.min()), int(values.max())
         if mode == "I":
-            lo, hi = (int(v) for v in im.getextrema())
             if lo < 0 or hi > 65535:
                 raise ValueError(
                     f"image: {path} is a 32-bit integer image (mode 'I') with values from {lo} "
@@ -129,8 +127,9 @@ def _to_8bit(im: Any, path: str) -> Any:
                 )
         else:
             values = values.astype(np.uint16, copy=False)  # native order
-        grey = Image.fromarray(_uint16_to_8bit(values), mode="L")
-        return grey.convert("RGB")
+        grey = _uint16_to_8bit(values)
+        _check_not_blank(lo, hi, grey, path, mode)
+        return Image.fromarray(grey, mode="L").convert("RGB")
     if mode == "F":
         lo, hi = (float(v) for v in im.getextrema())
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
@@ -140,8 +139,9 @@ def _to_8bit(im: Any, path: str) -> Any:
                 "it as an 8- or 16-bit image, or scale it to [0, 1]"
             )
         values = np.asarray(im, dtype=np.float32)
-        grey = Image.fromarray(np.rint(values * 255.0).astype(np.uint8), mode="L")
-        return grey.convert("RGB")
+        grey = np.floor(values.astype(np.float64) * 255.0 + 0.5).astype(np.uint8)
+        _check_not_blank(lo, hi, grey, path, mode)
+        return Image.fromarray(grey, mode="L").convert("RGB")
     try:
         return im.convert("RGB")
     except (ValueError, OSError) as exc:
@@ -150,11 +150,14 @@ def _to_8bit(im: Any, path: str) -> Any:
         ) from None
 
 
-def _flat(extrema: Any) -> bool:
-    r"""Whether Pillow's ``getextrema()`` says every band holds one value."""
-    if isinstance(extrema[0], tuple):
-        return all(lo == hi for lo, hi in extrema)
-    return extrema[0] == extrema[1]
+def _check_not_blank(lo: float, hi: float, grey: np.ndarray, path: str, mode: str) -> None:
+    r"""Refuse a conversion that turns values with contrast (``lo < hi``) into one colour."""
+    if lo < hi and int(grey.min()) == int(grey.max()):
+        raise ValueError(
+            f"image: {path} (mode {mode!r}, values {lo:g} to {hi:g}) would be explained as one "
+            "flat colour once converted to 8-bit RGB (its values span too little of its "
+            "range); rescale it to its full range first"
+        )
 
 
 def read_rgb(
@@ -217,15 +220,7 @@ def read_rgb(
             if (target_h, target_w) != (height, width) and im.format == "JPEG":
                 im.draft(im.mode, (target_w, target_h))  # decode at 1/2, 1/4 or 1/8 scale
             im.load()
-            mode = im.mode
             converted = _to_8bit(im, path)
-            if mode in _RANGED_MODES and not _flat(im.getextrema()) and _flat(
-                    converted.getextrema()):
-                raise ValueError(
-                    f"image: {path} (mode {mode!r}) would be explained as one flat colour "
-                    "once converted to 8-bit RGB (its values span too little of its range); "
-                    "rescale it to its full range first"
-                )
     if converted.size != (target_w, target_h):
         converted = converted.resize((target_w, target_h), Image.BICUBIC, reducing_gap=3.0)
     if converted.mode == "RGBA":
