@@ -427,8 +427,6 @@ def test_resume_redoes_or_refuses_when_what_made_an_output_differs(clf, scenes_c
                                                                    tmp_path, capsys):
     import json
 
-    from captum_clip_surgery.explain.folder import OutputsExist
-
     paths = _copy(find_images(str(image_dir))[:3], tmp_path / "in")
     out = tmp_path / "maps"
     first = explain_to_folder(paths, clf, str(out), texts=["tomato"], figures=False)
@@ -451,9 +449,9 @@ def test_resume_redoes_or_refuses_when_what_made_an_output_differs(clf, scenes_c
     for kwargs, differs in [({"texts": ["grass"]}, "texts"), ({"method": "raw"}, "method"),
                             ({"explainer": other_model}, "templates")]:
         call = dict({"texts": ["tomato"], "explainer": clf}, **kwargs)
-        with pytest.raises(OutputsExist, match=rf"^out_dir: .*maps' holds outputs this run would "
-                                               rf"replace \(images: 3 made with other settings "
-                                               rf"\(.*{differs}.* differ\).*pass overwrite=True"):
+        with pytest.raises(ValueError, match=rf"^out_dir: .*maps' holds outputs this run would "
+                                             rf"replace \(images: 3 made with other settings "
+                                             rf"\(.*{differs}.* differ\).*pass overwrite=True"):
             explain_to_folder(paths, call.pop("explainer"), str(out), figures=False, **call)
     assert _stamps(out) == stamps
     # overwrite=True redoes them with the new settings
@@ -476,28 +474,39 @@ def test_resume_redoes_or_refuses_when_what_made_an_output_differs(clf, scenes_c
     # an output changed since it was written, or a file this function did not write
     np.save(out / "scene01.npy", np.zeros(3, dtype=np.float32))
     (out / "scene02.png").write_bytes(b"my own drawing")
-    with pytest.raises(OutputsExist, match=r"\(images: 1 changed since written, 1 not written "
-                                           r"here; e\.g\. 'scene01.npy'\)"):
+    with pytest.raises(ValueError, match=r"\(images: 1 changed since written, 1 not written "
+                                         r"here; e\.g\. 'scene01.npy'\)") as info:
         explain_to_folder(paths, clf, str(out), texts=["grass", "lemon"])
+    assert type(info.value).__name__ == "OutputsExist"
     assert (out / "scene02.png").read_bytes() == b"my own drawing"
-    # the command line: one line naming --out and --overwrite, exit 2; then --overwrite
-    argv = ["explain", "--images", str(tmp_path / "in"), "--text", "tomato", "--out", str(out),
+
+
+def test_cli_resume_refuses_other_settings_in_one_line(image_dir, tmp_path, capsys):
+    paths = _copy(find_images(str(image_dir))[:3], tmp_path / "in")
+    out = tmp_path / "maps"
+    argv = ["explain", "--images", str(tmp_path / "in"), "--text", "grass", "--out", str(out),
             "--save-maps", "--no-figures", "--workers", "0"]
+    assert main(argv) == 0
+    assert "done 3, skipped 0" in capsys.readouterr().out
+    stamps = _stamps(out)
+    # the command line: one line naming --out and --overwrite, exit 2; then --overwrite
+    argv[4] = "tomato"
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("clip-surgery explain: error: --out: ") and "add --overwrite" in err
-    assert err.count("\n") == 1
+    assert "(images: 3 made with other settings (classifier_texts, texts differ)" in err
+    assert err.count("\n") == 1 and _stamps(out) == stamps
     assert main(argv + ["--overwrite"]) == 0
     assert "done 3, skipped 0" in capsys.readouterr().out
     assert main(argv) == 0
     assert "done 0, skipped 3" in capsys.readouterr().out
     assert main(argv + ["--precision", "bf16"]) == 2  # another precision: refused too
     assert "(info, model differ)" in capsys.readouterr().err
+    assert len(paths) == 3
 
 
 def test_an_interrupted_write_is_never_recorded_as_complete(clf, image_dir, tmp_path, monkeypatch):
     from captum_clip_surgery.explain import folder
-    from captum_clip_surgery.explain.folder import ExplainInterrupted
 
     paths = find_images(str(image_dir))[:3]
     out = tmp_path / "out"
@@ -511,12 +520,12 @@ def test_an_interrupted_write_is_never_recorded_as_complete(clf, image_dir, tmp_
         return real(path, *args)
 
     monkeypatch.setattr(folder, "_save_figure", interrupted)
-    with pytest.raises(ExplainInterrupted) as info:
+    with pytest.raises(KeyboardInterrupt) as info:
         explain_to_folder(paths, clf, str(out), texts=["tomato"], batch_size=1)
-    assert isinstance(info.value, KeyboardInterrupt) and info.value.summary.done == 1
+    assert _outputs(out) == ["scene00.npy", "scene00.png", "scene01.npy"]
     assert _record(out, "scene00")["status"] == "complete"
     assert _record(out, "scene01")["status"] == "pending"  # its .npy is there, its .png not
-    assert _outputs(out) == ["scene00.npy", "scene00.png", "scene01.npy"]
+    assert type(info.value).__name__ == "ExplainInterrupted" and info.value.summary.done == 1
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
     monkeypatch.setattr(folder, "_save_figure", real)
     resumed = explain_to_folder(paths, clf, str(out), texts=["tomato"])
@@ -656,20 +665,113 @@ def test_stale_temporaries_are_removed_and_only_ours(clf, image_dir, tmp_path):
 
 
 def test_cli_prints_file_names_escaped(image_dir, tmp_path, capsys):
-    from captum_clip_surgery.cli.common import printable
-
-    assert printable("a\x1b[31mred\n.png") == "a\\x1b[31mred\\n.png"
-    assert printable("caf\u00e9 \u2028 \udcff") == "caf\u00e9 \\u2028 \\xff"
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "ok.png").write_bytes((image_dir / "scene00.png").read_bytes())
     name = "evil\x1b]0;pwned\x07\x1b[2J.png"
     (folder / name).write_bytes(b"not an image")
     out = tmp_path / "out\x1b[31m"
-    assert main(["explain", "--images", str(folder), "--text", "tomato", "--out", str(out),
-                 "--save-maps", "--no-figures", "--workers", "0"]) == 3
+    code = main(["explain", "--images", str(folder), "--text", "tomato", "--out", str(out),
+                 "--save-maps", "--no-figures", "--workers", "0"])
     captured = capsys.readouterr()
     for stream in (captured.out, captured.err):
         assert "\x1b" not in stream.replace("\x1b[A", "") and "\x07" not in stream
     assert "skipped " + str(folder) + "/evil\\x1b]0;pwned\\x07\\x1b[2J.png: " in captured.err
     assert "out\\x1b[31m: done 1" in captured.out
+    assert code == 3
+    from captum_clip_surgery.cli.common import printable
+
+    assert printable("a\x1b[31mred\n.png") == "a\\x1b[31mred\\n.png"
+    assert printable("caf\u00e9 \u2028 \udcff") == "caf\u00e9 \\u2028 \\xff"
+
+
+#: A driver of the command line whose writes of maps are slow (``slow``) or hang half-way
+#: (``hang``), so that a signal reliably lands in the middle of a run.
+_DRIVER = r'''
+import sys, time
+import numpy as np
+mode = sys.argv[1]
+real = np.save
+def save(fh, array):
+    if mode == "hang":
+        fh.write(b"\x93NUMPY half-written")
+        fh.flush()
+        time.sleep(600)
+    time.sleep(0.3)
+    real(fh, array)
+np.save = save
+from captum_clip_surgery.cli import main
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+def _start(tmp_path, mode, argv):
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, str(driver), mode] + argv, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+
+
+def _wait_for(condition, proc, seconds=120.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_exits_130_then_resumes(image_dir, tmp_path, capsys):
+    import signal
+
+    out = tmp_path / "out"
+    argv = ["explain", "--images", str(image_dir), "--text", "tomato", "--out", str(out),
+            "--save-maps", "--no-figures", "--workers", "0", "--batch-size", "1"]
+    proc = _start(tmp_path, "slow", argv)
+    _wait_for(lambda: out.is_dir() and any(n.endswith(".npy") for n in os.listdir(out)), proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("explain:")]  # (the progress bar)
+    assert len(lines) == 1, stderr
+    written = len([n for n in _outputs(out) if n.endswith(".npy")])
+    assert 1 <= written < 12
+    assert lines[0] == (f"clip-surgery explain: interrupted after writing {written} image"
+                        f"{'s' if written > 1 else ''} this run (every output written is "
+                        "complete); run the same command again to resume")
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    # the same command resumes: the written images are skipped, the others done
+    assert main(argv) == 0
+    assert f"done {12 - written}, skipped {written} (already written), failed 0" in (
+        capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_sigkill_leftovers_are_cleaned_and_the_image_redone(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["explain", "--images", str(image_dir), "--text", "tomato", "--out", str(out),
+            "--save-maps", "--no-figures", "--workers", "0", "--batch-size", "1"]
+    proc = _start(tmp_path, "hang", argv)
+    temporaries = lambda: [n for n in os.listdir(out) if n.endswith(".tmp")] if out.is_dir() else []  # noqa: E731
+    _wait_for(lambda: bool(temporaries()), proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = temporaries()
+    assert left == [f".scene00.npy.{proc.pid}.tmp"]  # what SIGKILL leaves behind
+    record = out / ".clip-surgery" / "images" / "scene00.json"
+    status = _record(out, "scene00")["status"] if record.exists() else None
+    assert not (out / "scene00.npy").exists()
+    assert main(argv) == 0
+    assert "done 12, skipped 0 (already written), failed 0" in capsys.readouterr().out
+    assert temporaries() == []
+    assert status == "pending"  # the killed image was never claimed as complete
+    for p in find_images(str(image_dir)):
+        stem = os.path.splitext(os.path.basename(p))[0]
+        assert np.load(out / (stem + ".npy")).shape[0] == 1
+        assert _record(out, stem)["status"] == "complete"
