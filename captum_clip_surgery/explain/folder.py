@@ -744,14 +744,20 @@ def _model_fingerprint(model: torch.nn.Module) -> Dict[str, Any]:
             if t.numel() == 0 or t.is_meta:
                 continue
             x = t.detach()
+            if x.device.type == "mps":  # no float64 there
+                x = x.cpu()
             if x.is_complex():
                 x = torch.view_as_real(x)
             elif not x.is_floating_point():  # integer and bool buffers (small)
                 x = x.double()
             stats.append(torch.stack([x.sum(dtype=torch.float64),
-                                      torch.linalg.vector_norm(x, dtype=torch.float64)]).cpu())
+                                      torch.linalg.vector_norm(x, dtype=torch.float64)]))
+    if stats:  # one transfer (a model on one device: no copies until here)
+        values = torch.stack([s.to(stats[0].device) for s in stats]).cpu().flatten().tolist()
+    else:
+        values = []
     digest.update("\n".join(names).encode())
-    for value in (torch.stack(stats).flatten().tolist() if stats else []):
+    for value in values:
         digest.update(f"{value:.12e}".encode())
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
     return {"class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -806,6 +812,13 @@ def _digest(settings: Mapping[str, Any]) -> str:
 def _image_state(path: str) -> Dict[str, Any]:
     st = os.stat(path)
     return {"name": os.path.basename(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _state_or_none(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        return _image_state(path)
+    except OSError:  # gone: the loader reports it
+        return None
 
 
 def _write_json(target: str, value: Any) -> None:
@@ -872,7 +885,7 @@ def _plan(
             if foreign or changed:
                 reason = _NOT_OURS if foreign else _CHANGED
                 existing = foreign or changed
-            elif len(existing) == len(outputs) and record.get("image") == _image_state(p):
+            elif len(existing) == len(outputs) and record.get("image") == _state_or_none(p):
                 continue  # done before, with these settings, from this very file
         if reason is not None and not overwrite:
             counts[reason] = counts.get(reason, 0) + 1

@@ -172,10 +172,9 @@ def test_registry_is_truthful_for_the_coca_pooler():
     tokens as queries of the pool) is not defined there, and the registry says so, so that
     every caller (``compare``'s default, the command line) leaves it out; every method it
     lists runs."""
+    from captum_clip_surgery import compare
     from tests.adapters.test_openclip_towers import _tokenize
     from tests.adapters.timm_models import native_size, tiny_native_clip
-
-    from captum_clip_surgery import compare
 
     model = tiny_native_clip("coca")
     clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES, tokenizer=_tokenize)
