@@ -87,9 +87,12 @@ _LAZY: Dict[str, str] = {
     "explain_text_tokens": "apps.text_tokens",
     "plot_text_tokens": "apps.text_tokens",
     # explaining folders
+    "ExplainInterrupted": "explain.folder",
     "ExplainSummary": "explain.folder",
+    "OutputsExist": "explain.folder",
     "explain_images": "explain.folder",
     "explain_to_folder": "explain.folder",
+    "read_rgb": "explain.images",
     # the web explorer (clip-surgery serve)
     "Explorer": "web.explorer",
     "build_app": "web.ui",

@@ -242,7 +242,7 @@ def test_installed_distribution_plugs_in_method_and_adapter_without_imports(tmp_
         capture_output=True, text=True, env=env, cwd=str(tmp_path),
     )
     assert run.returncode == 0, run.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == ["img0.npy", "img1.npy"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".clip-surgery", "img0.npy", "img1.npy"]
     help_text = subprocess.run([sys.executable, "-m", "captum_clip_surgery", "explain", "--help"],
                                capture_output=True, text=True, env=env, check=True).stdout
     assert "toy_kk" in help_text

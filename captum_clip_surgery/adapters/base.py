@@ -431,6 +431,16 @@ class AttentionPoolHead(PoolingHead):
         b, h, n, d = x.shape
         return x.transpose(1, 2).reshape(b, n, h * d)
 
+    def token_query_reason(self) -> Optional[str]:
+        r"""Why the tower's tokens cannot be queries of this head's own attention (what
+        the raw map asks of it), or ``None`` when they can (the default).
+
+        Returns:
+            str or None: a reason, e.g. that the pool's queries are narrower than the
+            tokens.
+        """
+        return None
+
     def attend(self, queries: Tensor, keys: Tensor) -> Tensor:
         r"""The head's own q-k attention of ``queries`` over ``keys`` through
         :meth:`out` and :meth:`finish` (softmax in float32), ``[B, Nq, D]``."""

@@ -229,6 +229,13 @@ class _AttentionalPoolerHead(AttentionPoolHead):
     def finish(self, x: Tensor) -> Tensor:
         return self.visual.ln_post(x) @ self.visual.proj.to(x.dtype)
 
+    def token_query_reason(self) -> Optional[str]:
+        if self.attn.kdim != self.attn.embed_dim:
+            return (f"the CoCa attentional pooler takes {self.attn.embed_dim}-wide queries but "
+                    f"the stream tokens are {self.attn.kdim} wide, so grid tokens cannot query "
+                    "it")
+        return None
+
     def attend(self, queries: Tensor, keys: Tensor) -> Tensor:
         if queries.shape[-1] != self.attn.embed_dim:
             raise TypeError(

@@ -19,9 +19,33 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from captum_clip_surgery.cli.common import UserError
+from captum_clip_surgery.cli.common import UserError, printable
 
-__all__ = ["UserError", "build_parser", "main"]
+__all__ = ["EXIT_FAILED_IMAGES", "EXIT_INTERRUPTED", "EXIT_USAGE", "UserError", "build_parser",
+           "main"]
+
+#: Exit status of a mistake in the command's arguments (one line on stderr).
+EXIT_USAGE = 2
+#: Exit status of ``explain --images`` when an image failed (0 with ``--allow-failures``).
+EXIT_FAILED_IMAGES = 3
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = """exit status:
+  0    success (explain --images: every image written or already written; also with
+       failed images under --allow-failures)
+  1    an unexpected error (a bug: the traceback is printed; please report it)
+  2    a mistake in the arguments (one line on stderr, nothing written)
+  3    explain --images: at least one image failed (each printed as "skipped PATH:
+       reason"); the others are written
+  130  interrupted (Ctrl-C); every output written is complete, run the same command
+       again to resume"""
+
+EVALUATE_EXIT_CODES = """exit status:
+  0    success
+  1    an unexpected error (a bug: the traceback is printed; please report it)
+  2    a mistake in the arguments (one line on stderr)
+  130  interrupted (Ctrl-C)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clip-surgery",
         description="Explain where CLIP looks for a text, with CLIP Surgery (a Captum plugin).",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     ex = sub.add_parser(
         "explain",
         help="write a figure with raw CLIP and CLIP Surgery maps per text",
         description="Without arguments: a default scene explained by the shipped small model.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ex.add_argument("--image", help="image file to explain (default: a rendered scene)")
     ex.add_argument(
@@ -70,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "take none)")
     ex.add_argument("--out", default=None,
                     help="output PNG (default explain.png); with --images an output folder "
-                    "(default explanations)")
+                    "(default explanations), never a folder of the input images")
+    ex.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                    help="pixel limit (width x height) of the working size: a larger image "
+                    "is explained, and its maps and figure written, scaled down to fit "
+                    "(default 16777216 = 4096x4096; 0: no limit); figures draw images at "
+                    "most 1024 pixels on a side")
     many = ex.add_argument_group("with --images")
     many.add_argument("--save-maps", action="store_true",
                       help="also write stem.npy: float32 [T, H, W], one map per --text in "
@@ -84,11 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model precision (default fp32)")
     many.add_argument("--method", default=None, metavar="NAME",
                       help="explanation method (default surgery): " + ", ".join(names))
+    many.add_argument("--overwrite", action="store_true",
+                      help="replace outputs in --out made with other settings (texts, "
+                      "method, model, ...) or not written by this command; without it such "
+                      "a run is refused and nothing is written")
+    many.add_argument("--allow-failures", action="store_true",
+                      help="exit 0 even when some images failed (default: exit status 3)")
 
     ev = sub.add_parser(
         "evaluate",
         help="score explanation methods on a dataset: tables and figures",
         description="Scores every method with the same metrics; works under torchrun.",
+        epilog=EVALUATE_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument("--dataset", choices=("scenes", "voc", "folder"), default="scenes")
     ev.add_argument("--root", default=None, help="dataset folder (voc: holds VOCdevkit)")
@@ -155,21 +194,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv (list[str], optional): arguments (default ``sys.argv[1:]``).
 
     Returns:
-        int: exit status (0 success, 2 user error).
+        int: exit status: 0 success, 2 a mistake in the arguments, 3 ``explain
+        --images`` with failed images (0 with ``--allow-failures``), 130 interrupted
+        (1, with a traceback: an unexpected error).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     start = time.perf_counter()
     try:
         if args.command == "explain":
             from captum_clip_surgery.cli import explain
 
+            if args.images:
+                return explain.run_images(args)
             out = explain.run(args)
-            if out is not None:  # None: --images (it prints its own summary)
-                print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+            print(f"wrote {printable(out)} in {time.perf_counter() - start:.1f} s")
             return 0
         if args.command == "serve":
             from captum_clip_surgery.cli import serve
@@ -181,14 +223,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             written = evaluate.run(args)
             if written is not None:
-                print(f"wrote {written}/results.md, results.csv, breakdown.md and figures in "
-                      f"{time.perf_counter() - start:.1f} s")
+                print(f"wrote {printable(written)}/results.md, results.csv, breakdown.md and "
+                      f"figures in {time.perf_counter() - start:.1f} s")
             return 0
     except UserError as exc:
-        print(f"clip-surgery {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"clip-surgery {args.command}: error: {printable(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        summary = getattr(exc, "summary", None)
+        if summary is not None:
+            message = (f"interrupted after writing {summary.done} image"
+                       f"{'s' if summary.done != 1 else ''} this run (every output written "
+                       "is complete); run the same command again to resume")
+        else:
+            message = "interrupted"
+        print(f"\nclip-surgery {args.command}: {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     parser.print_help()
-    return 2
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

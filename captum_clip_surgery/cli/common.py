@@ -19,12 +19,52 @@ __all__ = [
     "input_size",
     "load_model",
     "load_named_or_shipped",
+    "printable",
     "square_transform",
 ]
 
 
 class UserError(Exception):
     r"""A mistake in the command's arguments: printed as one line, exit status 2."""
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    r"""``text`` safe to print on a terminal, on one line: control characters (escape
+    codes, newlines, ...) and other unprintable characters are shown escaped as Python
+    writes them (``\n``, ``\xNN``, ``\uNNNN``), undecodable bytes of a file name as
+    ``\xNN``.
+
+    Args:
+        text (object): a message or path (``str()`` of anything else).
+
+    Returns:
+        str: the escaped text.
+
+    Examples::
+
+        >>> printable("a\x1b[31mred.png")
+        'a\\x1b[31mred.png'
+    """
+    out = []
+    for ch in str(text):
+        if ch.isprintable():
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def first_line(exc: BaseException) -> str:

@@ -16,23 +16,70 @@ from captum_clip_surgery.cli.common import (
     first_line,
     input_size,
     load_named_or_shipped,
+    printable,
     square_transform,
     world_size,
 )
 
 __all__ = ["run", "run_images"]
 
+#: The methods of the one-image figure, in its column order.
+FIGURE_METHODS = ("raw", "surgery")
 
-def _load_image(path: str) -> object:
-    from PIL import Image, UnidentifiedImageError
+
+def _max_pixels(args: argparse.Namespace) -> Optional[int]:
+    r"""``--max-pixels``: the pixel limit (``None``: no limit)."""
+    from captum_clip_surgery.explain.images import MAX_PIXELS
+
+    value = getattr(args, "max_pixels", None)
+    if value is None:
+        return MAX_PIXELS
+    if value < 0:
+        raise UserError(f"--max-pixels: expected a number of pixels (0: no limit), got {value}")
+    return value or None
+
+
+def _load_image(path: str, max_pixels: Optional[int] = None) -> object:
+    r"""``--image``: the file as RGB through the one image reader (every mode by its real
+    range, at most ``max_pixels`` pixels), or a one-line error."""
+    from PIL import UnidentifiedImageError
+
+    from captum_clip_surgery.explain.images import read_rgb
 
     if not os.path.exists(path):
         raise UserError(f"--image: file not found: {path}")
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return read_rgb(path, max_pixels)[0]
+    except ValueError as exc:
+        message = str(exc)
+        message = message[len("image: "):] if message.startswith("image: ") else message
+        raise UserError(f"--image: {message}") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"--image: cannot read {path} as an image ({exc})") from None
+
+
+def _figure_methods(clf: object) -> List[str]:
+    r"""The figure's methods defined for the model; those left out are said in one line."""
+    from captum_clip_surgery.methods.registry import get_method, method_title, supported_methods
+
+    defined = supported_methods(clf)
+    shown = [m for m in FIGURE_METHODS if m in defined]
+    left = [m for m in FIGURE_METHODS if m not in defined]
+    adapter = clf.adapter  # type: ignore[attr-defined]
+    if not shown:
+        raise UserError(
+            "--model: neither the raw CLIP map nor CLIP Surgery is defined for this model's "
+            f"image tower ({get_method(FIGURE_METHODS[0]).unsupported_reason(adapter)}); "
+            f"methods defined for it: {', '.join(defined)} (use --images with --method)"
+        )
+    if left:
+        reasons = "; ".join(f"{method_title(m)}: {get_method(m).unsupported_reason(adapter)}"
+                            for m in left)
+        print(printable(
+            f"clip-surgery explain: note: showing {', '.join(method_title(m) for m in shown)} "
+            f"only, left out {reasons}; methods defined for this model: {', '.join(defined)}"
+        ), file=sys.stderr)
+    return shown
 
 
 def run(args: argparse.Namespace) -> Optional[str]:
@@ -41,32 +88,35 @@ def run(args: argparse.Namespace) -> Optional[str]:
     ``--images``, which prints its own summary)."""
     import torch
 
-    if args.images:
-        return run_images(args)
-    for option in ("save_maps", "no_figures", "batch_size", "workers", "precision", "method"):
-        if getattr(args, option) not in (None, False):
+    for option in ("save_maps", "no_figures", "batch_size", "workers", "precision", "method",
+                   "overwrite", "allow_failures"):
+        if getattr(args, option, None) not in (None, False):
             flag = "--" + option.replace("_", "-")
             raise UserError(f"{flag}: only with --images (many images into a folder)")
 
     from captum_clip_surgery.apps.comparison import plot_text_grid
+    from captum_clip_surgery.explain.images import display_size
     from captum_clip_surgery.methods.clip_surgery import CLIPSurgeryAttribution
-    from captum_clip_surgery.methods.raw import RawCLIPAttribution
+    from captum_clip_surgery.methods.registry import build_method, method_title
 
     if args.pretrained and not args.model:
         raise UserError("--pretrained: give --model too (an open_clip model name)")
     check_device(args.device)
     if args.size is not None and args.size < 8:
         raise UserError(f"--size: expected a size of at least 8 pixels, got {args.size}")
+    max_pixels = _max_pixels(args)
     out = os.path.abspath(args.out or "explain.png")
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):
         raise UserError(f"--out: folder does not exist: {parent}")
+    if args.image and os.path.exists(out) and os.path.samefile(out, args.image):
+        raise UserError(f"--out: {out} is the input image; choose another file name")
 
     model, preprocess, tokenizer = load_named_or_shipped(args, args.device)
 
     class_set: Optional[List[str]] = None
     if args.image:
-        image = _load_image(args.image)
+        image = _load_image(args.image, max_pixels)
         texts = args.text
         if not texts:
             raise UserError("--text: give at least one text to explain with --image")
@@ -87,26 +137,35 @@ def run(args: argparse.Namespace) -> Optional[str]:
     clf = classifier(model, all_texts, tokenizer)
     transform = square_transform(model, input_size(clf, args.size))
     images = transform(image).unsqueeze(0)
-    try:
-        surgery = CLIPSurgeryAttribution(clf, surgery_blocks=args.surgery_blocks)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"--surgery-blocks: {first_line(exc)}") from None
-    raw = RawCLIPAttribution(clf)
+    shown = _figure_methods(clf)
+    explainers = {}
+    for name in shown:
+        if name == "surgery":
+            try:
+                explainers[name] = CLIPSurgeryAttribution(clf, surgery_blocks=args.surgery_blocks)
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"--surgery-blocks: {first_line(exc)}") from None
+        else:
+            explainers[name] = build_method(name, clf)
     with torch.no_grad():
         targets = [all_texts.index(t) for t in texts]
         batch = images.expand(len(texts), -1, -1, -1)
-        maps = {
-            "raw CLIP": raw.attribute(batch, target=targets),
-            "CLIP Surgery": surgery.attribute(batch, target=targets),
-        }
+        maps = {method_title(name): explainer.attribute(batch, target=targets)
+                for name, explainer in explainers.items()}
+    h, w = display_size((image.height, image.width))  # type: ignore[attr-defined]
+    if (h, w) != (image.height, image.width):  # type: ignore[attr-defined]
+        from PIL import Image
+
+        image = image.resize((w, h), Image.BICUBIC)  # type: ignore[attr-defined]
     fig = plot_text_grid(image, maps, texts)
     fig.savefig(out, dpi=110)
     return out
 
 
-def run_images(args: argparse.Namespace) -> Optional[str]:
+def run_images(args: argparse.Namespace) -> int:
     r"""``clip-surgery explain --images ...``: check the options, load the model, write
-    the folder and print the summary. Returns ``None`` (the summary is printed)."""
+    the folder and print the summary. Returns the exit status: 0, or 3 when an image
+    failed (0 with ``--allow-failures``)."""
     import torch
     import torch.distributed as dist
     from tqdm import tqdm
@@ -114,10 +173,12 @@ def run_images(args: argparse.Namespace) -> Optional[str]:
     from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
     from captum_clip_surgery.explain.folder import (
         IMAGE_EXTENSIONS,
+        OutputsExist,
+        check_out_dir,
         explain_to_folder,
         find_images,
     )
-    from captum_clip_surgery.methods.registry import method_names, supported_methods
+    from captum_clip_surgery.methods.registry import get_method, method_names, supported_methods
 
     precisions = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -147,6 +208,7 @@ def run_images(args: argparse.Namespace) -> Optional[str]:
         raise UserError(f"--workers: expected 0 or more worker processes, got {workers}")
     if args.size is not None and args.size < 8:
         raise UserError(f"--size: expected a size of at least 8 pixels, got {args.size}")
+    max_pixels = _max_pixels(args)
     if args.no_figures and not args.save_maps:
         raise UserError("--no-figures: nothing left to write; add --save-maps")
     paths = find_images(args.images)
@@ -162,6 +224,10 @@ def run_images(args: argparse.Namespace) -> Optional[str]:
                              "explain them into different --out folders")
         stems[stem] = p
     out = os.path.abspath(args.out or "explanations")
+    try:
+        check_out_dir(paths, out)  # before anything is created or loaded
+    except ValueError as exc:
+        raise UserError(f"--out: {str(exc).split(': ', 1)[1]}") from None
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -186,30 +252,41 @@ def run_images(args: argparse.Namespace) -> Optional[str]:
         except (TypeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise UserError(f"--model: {first}") from None
-        if method not in supported_methods(classifier):
+        defined = supported_methods(classifier)
+        if method not in defined:
+            reason = get_method(method).unsupported_reason(classifier.adapter)
             raise UserError(f"--method: {method!r} is not defined for this model's image tower "
-                             f"(supported: {', '.join(supported_methods(classifier))})")
+                             f"({reason}); methods defined for it: {', '.join(defined)}")
         options = None
         if method.startswith("surgery") and args.surgery_blocks is not None:
             options = {"surgery_blocks": args.surgery_blocks}
         rank = dist.get_rank() if dist.is_initialized() else 0
+        run_info = {"model": args.model or "shipped scenes model", "pretrained": args.pretrained,
+                    "size": args.size, "precision": precision}
 
         def report(path: str, message: str) -> None:
-            tqdm.write(f"clip-surgery explain: skipped {path}: {message}", file=sys.stderr)
+            tqdm.write(printable(f"clip-surgery explain: skipped {path}: {message}"),
+                       file=sys.stderr)
 
         try:
             summary = explain_to_folder(
                 paths, classifier, out, texts, method, save_maps=args.save_maps,
                 figures=not args.no_figures, preprocess=transform, batch_size=batch_size,
                 num_workers=workers, on_error=report, progress=True, method_options=options,
+                max_pixels=max_pixels, overwrite=args.overwrite, run_info=run_info,
             )
+        except OutputsExist as exc:
+            raise UserError(f"--out: {exc.describe()}; write into another --out folder, or add "
+                             "--overwrite to replace them") from None
         except ValueError as exc:
             if str(exc).startswith("surgery_blocks:"):
                 raise UserError(f"--surgery-blocks: {exc}") from None
             raise
         if rank == 0:
-            print(f"{out}: {summary}")
+            print(printable(f"{out}: {summary}"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return None
+    if summary.failed and not args.allow_failures:
+        return 3
+    return 0

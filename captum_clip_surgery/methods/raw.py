@@ -2,10 +2,11 @@ r"""The raw CLIP map (registry name ``"raw"``): the "no surgery at all" baseline
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 from torch import Tensor
 
+from captum_clip_surgery.adapters.base import AttentionPoolHead, CLIPAdapter
 from captum_clip_surgery.core.architecture import image_token_features
 from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
 
@@ -38,6 +39,24 @@ class RawCLIPAttribution(TokenMapAttribution):
     """
 
     default_feature_surgery: FeatureSurgery = "none"
+
+    @classmethod
+    def unsupported_reason(cls, adapter: CLIPAdapter) -> Optional[str]:
+        r"""Defined where every grid token can be a query of the model's own pooling: for
+        an attention-pool head, when the head says its tokens can query it (not CoCa's
+        attentional pooler, whose queries are narrower than its tokens).
+
+        Args:
+            adapter (CLIPAdapter): the model's adapter.
+
+        Returns:
+            str or None: why the raw map is not defined, or ``None``.
+        """
+        reason = super().unsupported_reason(adapter)
+        head = adapter.image.head
+        if reason is None and isinstance(head, AttentionPoolHead):
+            reason = head.token_query_reason()
+        return reason
 
     def token_features(self, images: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         r"""Plain-tower token features ``[B, 1 + h*w, D]`` and the grid ``(h, w)``."""

@@ -255,3 +255,83 @@ def test_explain_with_a_transformers_folder(tmp_path):
             "--text", "a red car", "--out", str(out)]
     assert main(argv) == 0
     assert out.stat().st_size > 0
+
+
+def test_coca_figure_shows_the_methods_defined_for_it(tmp_path, capsys, monkeypatch):
+    r"""``--model coca_ViT-B-32`` ended in a traceback: the raw map of the default figure is
+    not defined for CoCa's attentional pooler. The figure now holds the methods defined for
+    the model and one line says which it left out."""
+    import captum_clip_surgery.cli.common as common
+    from captum_clip_surgery.apps import comparison
+    from tests.adapters.test_openclip_towers import _tokenize
+    from tests.adapters.timm_models import tiny_native_clip
+
+    def load(name, pretrained, device):
+        from captum_clip_surgery.scenes.model import scenes_preprocess
+
+        return tiny_native_clip("coca"), scenes_preprocess(32), _tokenize
+
+    monkeypatch.setattr(common, "load_model", load)
+    drawn = []
+    real = comparison.plot_text_grid
+    monkeypatch.setattr(comparison, "plot_text_grid",
+                        lambda image, maps, texts: drawn.append(list(maps)) or real(image, maps, texts))
+    out = tmp_path / "coca.png"
+    assert main(["explain", "--model", "coca", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and _is_png(out)
+    assert drawn == [["CLIP Surgery"]]
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("clip-surgery explain: note: showing CLIP Surgery only, left out "
+                               "raw CLIP: the CoCa attentional pooler takes 24-wide queries")
+    assert "methods defined for this model: surgery, maskclip" in lines[0]
+    # asking for the raw map of many images is a one-line error saying why
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "a.png")
+    line = _error(["explain", "--model", "coca", "--images", str(folder), "--text", "dog",
+                   "--out", str(tmp_path / "maps"), "--method", "raw", "--save-maps"], capsys)
+    assert line.startswith("clip-surgery explain: error: --method: 'raw' is not defined for this "
+                           "model's image tower (the CoCa attentional pooler"), line
+
+
+def test_help_documents_the_exit_status():
+    from captum_clip_surgery.cli import build_parser
+
+    parser = build_parser()
+    for command in ([], ["explain"]):
+        text = (parser if not command else parser._subparsers._group_actions[0].choices[
+            command[0]]).format_help()
+        assert "exit status:" in text
+        for code in ("0 ", "1 ", "2 ", "3 ", "130 "):
+            assert f"\n  {code}" in text, (command, code)
+    evaluate = parser._subparsers._group_actions[0].choices["evaluate"].format_help()
+    assert "\n  2 " in evaluate and "\n  130 " in evaluate and "\n  3 " not in evaluate
+
+
+def test_every_method_choice_lists_the_registry_names(tmp_path, capsys):
+    r"""``--method`` / ``--methods`` help and every "unknown method" message list the
+    registered names (item 20 of issue 18; already so on main, kept so here)."""
+    from captum_clip_surgery import CLIPZeroShotClassifier, compare, explain_images
+    from captum_clip_surgery.cli import build_parser
+    from captum_clip_surgery.methods.registry import build_method, method_names
+
+    names = method_names()
+    choices = build_parser()._subparsers._group_actions[0].choices
+    flat = {c: " ".join(choices[c].format_help().split()) for c in ("explain", "evaluate")}
+    assert ("explanation method (default surgery): " + ", ".join(names)) in flat["explain"]
+    assert ("any of: " + ", ".join(names)) in flat["evaluate"]
+    listed = ", ".join(names)
+    lines = [_error(["explain", "--images", str(tmp_path), "--text", "a", "--method", "nope"],
+                    capsys),
+             _error(["evaluate", "--methods", "surgery,nope", "--limit", "1"], capsys)]
+    assert all(listed in line for line in lines), lines
+    model, _, tokenizer = load_scenes_clip()
+    clf = CLIPZeroShotClassifier(model, ["a", "b"], tokenizer=tokenizer)
+    for call in (lambda: build_method("nope", clf),
+                 lambda: compare(clf, torch.zeros(1, 3, 64, 64), 0, methods=["nope"]),
+                 lambda: explain_images([], clf, method="nope")):
+        with pytest.raises(ValueError, match="nope") as info:
+            call()
+        assert listed in str(info.value)

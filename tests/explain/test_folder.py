@@ -60,6 +60,11 @@ def transform(scenes_clip):
     return square_preprocess(int(scenes_clip[0].visual.image_size[0]), normalize.mean, normalize.std)
 
 
+def _outputs(folder):
+    r"""The outputs in a folder: its files but the records folder (``.clip-surgery``)."""
+    return sorted(n for n in os.listdir(folder) if n != ".clip-surgery")
+
+
 def _reference(explainer, path, transform, texts):
     r"""Per image and per text: the attribution's token map, resized to the file's size."""
     with Image.open(path) as im:
@@ -146,7 +151,7 @@ def test_folder_writes_maps_resumes_and_counts(clf, image_dir, tmp_path):
     summary = explain_to_folder(str(image_dir), clf, str(out), figures=False, batch_size=5)
     assert (summary.done, summary.skipped, summary.failed) == (12, 0, 0)
     expected = dict(explain_images(str(image_dir), clf, batch_size=3))
-    written = sorted(os.listdir(out))
+    written = _outputs(out)
     assert written == sorted(os.path.splitext(os.path.basename(p))[0] + ".npy" for p in expected)
     for path, maps in expected.items():
         array = np.load(out / (os.path.splitext(os.path.basename(path))[0] + ".npy"))
@@ -181,7 +186,7 @@ def test_unreadable_images_are_reported_skipped_and_counted(clf, image_dir, tmp_
     assert (summary.done, summary.skipped, summary.failed) == (3, 0, 2)
     assert sorted(os.path.basename(p) for p, _ in seen) == ["broken.png", "cut.jpg"]
     assert all(message for _, message in seen)
-    assert sorted(os.listdir(out)) == ["scene00.npy", "scene01.npy", "scene02.npy"]
+    assert _outputs(out) == ["scene00.npy", "scene01.npy", "scene02.npy"]
     with pytest.warns(RuntimeWarning, match="skipped .*broken.png"):
         assert len(list(explain_images([str(folder / "broken.png")], clf))) == 0
 
@@ -271,16 +276,20 @@ def test_cli_figures_precision_and_a_bad_file(image_dir, tmp_path, capsys):
     (folder / "a.png").write_bytes((image_dir / "scene00.png").read_bytes())
     (folder / "b.png").write_bytes(b"garbage")
     out = tmp_path / "out"
-    assert main(["explain", "--images", str(folder / "*.png"), "--text", "tomato",
-                 "--out", str(out), "--save-maps", "--precision", "bf16", "--workers", "0"]) == 0
+    argv = ["explain", "--images", str(folder / "*.png"), "--text", "tomato",
+            "--out", str(out), "--save-maps", "--precision", "bf16", "--workers", "0"]
+    assert main(argv) == 3  # an image failed: a distinct exit status
     captured = capsys.readouterr()
     assert "done 1, skipped 0 (already written), failed 1" in captured.out
     assert f"clip-surgery explain: skipped {folder / 'b.png'}: UnidentifiedImageError" in (
         captured.err)
-    assert sorted(os.listdir(out)) == ["a.npy", "a.png"]
+    assert _outputs(out) == ["a.npy", "a.png"]
     maps = np.load(out / "a.npy")
     assert maps.shape == (1, 64, 64) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1
+    # with --allow-failures the same run exits 0 (a.png is skipped, b.png fails again)
+    assert main(argv + ["--allow-failures"]) == 0
+    assert "done 0, skipped 1 (already written), failed 1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -345,8 +354,424 @@ def test_torchrun_two_ranks_write_every_image_once(clf, image_dir, tmp_path):
     # the totals add up every rank's writes: 7 means no image was written twice
     assert res.stdout.count("done 7, skipped 0 (already written), failed 0") == 1, res.stdout
     expected = dict(explain_images(str(folder), clf))
-    assert sorted(os.listdir(out)) == sorted(
+    assert _outputs(out) == sorted(
         os.path.splitext(os.path.basename(p))[0] + ".npy" for p in expected)
     for path, maps in expected.items():
         array = np.load(out / (os.path.splitext(os.path.basename(path))[0] + ".npy"))
         np.testing.assert_allclose(array, maps.numpy(), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ nothing lost, nothing silent
+
+
+def _copy(paths, folder):
+    folder.mkdir(exist_ok=True)
+    for p in paths:
+        (folder / os.path.basename(p)).write_bytes(open(p, "rb").read())
+    return find_images(str(folder))
+
+
+def _contents(folder):
+    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder))}
+
+
+def test_out_dir_holding_the_inputs_is_refused_before_anything(clf, image_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    same = tmp_path / "same"
+    paths = _copy(find_images(str(image_dir))[:2], same)  # scene00.png, scene01.jpg
+    before = _contents(same)
+    for images in (str(same), str(same / "*.png"), [paths[1]], paths):
+        for kwargs in ({}, {"save_maps": False}):  # figures only: not "already written" either
+            with pytest.raises(ValueError, match=r"^out_dir: .*same' is the folder of the input "
+                                                 r"image .*; explaining into it would write over"):
+                explain_to_folder(images, clf, str(same), **kwargs)
+    assert _contents(same) == before  # not a byte written, not a file added
+    # an output that is an input under another name (a hard link) in another folder
+    other = tmp_path / "other"
+    other.mkdir()
+    os.link(paths[0], other / "scene00.png")
+    with pytest.raises(ValueError, match=r"^out_dir: .*other/scene00.png' would be written over "
+                                         r"the input image .*same/scene00.png'"):
+        explain_to_folder([paths[0]], clf, str(other))
+    assert _contents(same) == before
+    # the command line: one line, exit 2, before the model is even loaded
+    import captum_clip_surgery.cli.explain as cli_explain
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli_explain, "load_named_or_shipped", no_model)
+    for images in (str(same), str(same / "*.png")):
+        assert main(["explain", "--images", images, "--text", "tomato", "--out", str(same),
+                     "--save-maps"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("clip-surgery explain: error: --out: ") and "is the folder of the " \
+            "input image" in err and err.count("\n") == 1, err
+    assert _contents(same) == before
+    with pytest.raises(ValueError, match="^out_dir: "):
+        explain_to_folder(paths, clf, str(same), figures=False)
+
+
+def _record(out, stem):
+    import json
+
+    with open(out / ".clip-surgery" / "images" / (stem + ".json")) as fh:
+        return json.load(fh)
+
+
+def _stamps(out):
+    return {n: os.stat(out / n).st_mtime_ns for n in _outputs(out)}
+
+
+def test_resume_redoes_or_refuses_when_what_made_an_output_differs(clf, scenes_clip, image_dir,
+                                                                   tmp_path, capsys):
+    import json
+
+    paths = _copy(find_images(str(image_dir))[:3], tmp_path / "in")
+    out = tmp_path / "maps"
+    first = explain_to_folder(paths, clf, str(out), texts=["tomato"], figures=False)
+    assert (first.done, first.skipped) == (3, 0)
+    record = _record(out, "scene00")
+    assert record["status"] == "complete" and record["outputs"] == {
+        "scene00.npy": os.path.getsize(out / "scene00.npy")}
+    assert record["size"] == record["map_size"] == [64, 64]
+    with open(out / ".clip-surgery" / "runs" / (record["run"] + ".json")) as fh:
+        settings = json.load(fh)["settings"]
+    assert settings["texts"] == ["tomato"] and settings["method"] == "surgery"
+    assert settings["model"]["digest"] and settings["package"]
+    stamps = _stamps(out)
+    # the same settings: skipped, untouched
+    assert explain_to_folder(paths, clf, str(out), texts=["tomato"], figures=False).skipped == 3
+    assert _stamps(out) == stamps
+    # other texts, another method, another model: refused, naming out_dir, nothing written
+    other_model = CLIPZeroShotClassifier(scenes_clip[0], TEXTS, tokenizer=scenes_clip[2],
+                                         templates=["a photo of a {}."])
+    for kwargs, differs in [({"texts": ["grass"]}, "texts"), ({"method": "raw"}, "method"),
+                            ({"explainer": other_model}, "templates")]:
+        call = dict({"texts": ["tomato"], "explainer": clf}, **kwargs)
+        with pytest.raises(ValueError, match=rf"^out_dir: .*maps' holds outputs this run would "
+                                             rf"replace \(images: 3 made with other settings "
+                                             rf"\(.*{differs}.* differ\).*pass overwrite=True"):
+            explain_to_folder(paths, call.pop("explainer"), str(out), figures=False, **call)
+    assert _stamps(out) == stamps
+    # overwrite=True redoes them with the new settings
+    redo = explain_to_folder(paths, clf, str(out), texts=["grass", "lemon"], figures=False,
+                             overwrite=True)
+    assert (redo.done, redo.skipped) == (3, 0)
+    expected = dict(explain_images(paths, clf, texts=["grass", "lemon"]))
+    for p in paths:
+        np.testing.assert_allclose(np.load(out / (os.path.basename(p)[:-4] + ".npy")),
+                                   expected[p].numpy(), atol=1e-5, rtol=0)
+    # an image file that changed is done again, alone
+    stamps = _stamps(out)
+    Image.open(image_dir / "scene05.jpg").convert("RGB").resize((64, 64)).save(paths[0])
+    again = explain_to_folder(paths, clf, str(out), texts=["grass", "lemon"], figures=False)
+    assert (again.done, again.skipped) == (1, 2)
+    (_, new), = explain_images([paths[0]], clf, texts=["grass", "lemon"])
+    np.testing.assert_allclose(np.load(out / "scene00.npy"), new.numpy(), atol=1e-5, rtol=0)
+    assert {n: s for n, s in _stamps(out).items() if n != "scene00.npy"} == {
+        n: s for n, s in stamps.items() if n != "scene00.npy"}
+    # an output changed since it was written, or a file this function did not write
+    np.save(out / "scene01.npy", np.zeros(3, dtype=np.float32))
+    (out / "scene02.png").write_bytes(b"my own drawing")
+    with pytest.raises(ValueError, match=r"\(images: 1 changed since written, 1 not written "
+                                         r"here; e\.g\. 'scene01.npy'\)") as info:
+        explain_to_folder(paths, clf, str(out), texts=["grass", "lemon"])
+    assert type(info.value).__name__ == "OutputsExist"
+    assert (out / "scene02.png").read_bytes() == b"my own drawing"
+
+
+def test_cli_resume_refuses_other_settings_in_one_line(image_dir, tmp_path, capsys):
+    paths = _copy(find_images(str(image_dir))[:3], tmp_path / "in")
+    out = tmp_path / "maps"
+    argv = ["explain", "--images", str(tmp_path / "in"), "--text", "grass", "--out", str(out),
+            "--save-maps", "--no-figures", "--workers", "0"]
+    assert main(argv) == 0
+    assert "done 3, skipped 0" in capsys.readouterr().out
+    stamps = _stamps(out)
+    # the command line: one line naming --out and --overwrite, exit 2; then --overwrite
+    argv[4] = "tomato"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clip-surgery explain: error: --out: ") and "add --overwrite" in err
+    assert "(images: 3 made with other settings (classifier_texts, texts differ)" in err
+    assert err.count("\n") == 1 and _stamps(out) == stamps
+    assert main(argv + ["--overwrite"]) == 0
+    assert "done 3, skipped 0" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "done 0, skipped 3" in capsys.readouterr().out
+    assert main(argv + ["--precision", "bf16"]) == 2  # another precision: refused too
+    assert "(info, model differ)" in capsys.readouterr().err
+    assert len(paths) == 3
+
+
+def test_an_interrupted_write_is_never_recorded_as_complete(clf, image_dir, tmp_path, monkeypatch):
+    from captum_clip_surgery.explain import folder
+
+    paths = find_images(str(image_dir))[:3]
+    out = tmp_path / "out"
+    real = folder._save_figure
+    calls = []
+
+    def interrupted(path, *args):
+        calls.append(path)
+        if len(calls) == 2:  # Ctrl-C while the second figure is drawn, its maps written
+            raise KeyboardInterrupt
+        return real(path, *args)
+
+    monkeypatch.setattr(folder, "_save_figure", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        explain_to_folder(paths, clf, str(out), texts=["tomato"], batch_size=1)
+    assert _outputs(out) == ["scene00.npy", "scene00.png", "scene01.npy"]
+    assert _record(out, "scene00")["status"] == "complete"
+    assert _record(out, "scene01")["status"] == "pending"  # its .npy is there, its .png not
+    assert type(info.value).__name__ == "ExplainInterrupted" and info.value.summary.done == 1
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    monkeypatch.setattr(folder, "_save_figure", real)
+    resumed = explain_to_folder(paths, clf, str(out), texts=["tomato"])
+    assert (resumed.done, resumed.skipped, resumed.failed) == (2, 1, 0)
+    assert all(_record(out, s)["status"] == "complete" for s in ("scene00", "scene01", "scene02"))
+
+
+def test_large_images_are_explained_and_drawn_at_a_bounded_size(clf, image_dir, tmp_path,
+                                                                 monkeypatch):
+    from captum_clip_surgery.explain import folder
+
+    src = Image.open(image_dir / "scene00.png").convert("RGB")
+    big = tmp_path / "big.png"
+    src.resize((300, 200), Image.BICUBIC).save(big)
+    # the image reduced by hand to the working size of 6000 pixels (s = sqrt(6000 / 60000))
+    small = tmp_path / "small" / "big.png"
+    small.parent.mkdir()
+    Image.open(big).resize((94, 63), Image.BICUBIC).save(small)
+    (_, maps), = explain_images([str(big)], clf, max_pixels=6000)
+    (_, want), = explain_images([str(small)], clf)
+    assert maps.shape == (3, 63, 94)
+    torch.testing.assert_close(maps, want, atol=1e-6, rtol=0)
+    # the folder writer says so: in the summary and in the image's record
+    drawn = []
+    real = folder.plot_text_grid
+
+    def spy(image, maps, texts, **kwargs):
+        drawn.append((image.size, tuple(next(iter(maps.values())).shape)))
+        return real(image, maps, texts, **kwargs)
+
+    monkeypatch.setattr(folder, "plot_text_grid", spy)
+    out = tmp_path / "out"
+    summary = explain_to_folder([str(big)], clf, str(out), texts=["tomato"], max_pixels=6000)
+    assert (summary.done, summary.reduced) == (1, 1)
+    assert "1 above the pixel limit written at a reduced size" in str(summary)
+    record = _record(out, "big")
+    assert record["size"] == [200, 300] and record["map_size"] == [63, 94]
+    assert np.load(out / "big.npy").shape == (1, 63, 94)
+    # figures draw at most FIGURE_MAX_SIDE pixels on a side, the maps resized with the image
+    wide = tmp_path / "wide.png"
+    src.resize((2000, 250), Image.BICUBIC).save(wide)
+    drawn.clear()
+    summary = explain_to_folder([str(wide)], clf, str(out), texts=["tomato"], save_maps=False)
+    assert (summary.done, summary.reduced) == (1, 0)
+    assert drawn == [((1024, 128), (1, 1, 128, 1024))]
+    # the pixel limit from the command line (0: none)
+    with pytest.raises(ValueError, match="^max_pixels: expected an int >= 1, got 0"):
+        explain_images([str(big)], clf, max_pixels=0)
+
+
+def test_a_failure_on_one_image_is_counted_and_the_run_goes_on(clf, image_dir, tmp_path,
+                                                               monkeypatch, capsys):
+    from captum_clip_surgery.explain import folder
+
+    paths = find_images(str(image_dir))[:4]
+    bad = (130, 100)  # scene02's size: its figure runs out of memory, as Captum's did at 12000²
+    real_plot = folder.plot_text_grid
+
+    def plot(image, maps, texts, **kwargs):
+        if image.size == (bad[1], bad[0]):
+            raise MemoryError("cannot allocate 11 GiB")
+        return real_plot(image, maps, texts, **kwargs)
+
+    monkeypatch.setattr(folder, "plot_text_grid", plot)
+    out = tmp_path / "figs"
+    summary = explain_to_folder(paths, clf, str(out), texts=["tomato"], batch_size=4,
+                                on_error=lambda p, m: None)
+    assert (summary.done, summary.failed) == (3, 1)
+    assert summary.failures == [(paths[2], "MemoryError: cannot allocate 11 GiB")]
+    # a batch whose forward fails is tried image by image: only the culprit fails
+    monkeypatch.setattr(folder, "plot_text_grid", real_plot)
+    real_maps = folder._batch_maps
+    culprit = []
+
+    def maps(classifier, name, method, images, texts):
+        if images.shape[0] > 1 or (culprit and torch.equal(images[0], culprit[0])):
+            raise RuntimeError("CUDA out of memory")
+        return real_maps(classifier, name, method, images, texts)
+
+    transform = folder._default_preprocess(clf)
+    culprit.append(transform(Image.open(paths[1]).convert("RGB")))
+    monkeypatch.setattr(folder, "_batch_maps", maps)
+    out = tmp_path / "maps"
+    summary = explain_to_folder(paths, clf, str(out), figures=False, batch_size=4,
+                                on_error=lambda p, m: None)
+    assert (summary.done, summary.failed) == (3, 1)
+    assert summary.failures == [(paths[1], "RuntimeError: CUDA out of memory")]
+    expected = dict(explain_images(paths, clf, batch_size=1))
+    for p in paths[:1] + paths[2:]:
+        np.testing.assert_allclose(np.load(out / (os.path.basename(p)[:-4] + ".npy")),
+                                   expected[p].numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_directory_named_like_an_output_is_a_failed_image(clf, image_dir, tmp_path, capsys):
+    paths = find_images(str(image_dir))[:3]
+    out = tmp_path / "out"
+    (out / "scene01.npy").mkdir(parents=True)
+    seen = []
+    summary = explain_to_folder(paths, clf, str(out), figures=False,
+                                on_error=lambda p, m: seen.append((p, m)))
+    assert (summary.done, summary.failed) == (2, 1)
+    assert seen == [(paths[1], f"IsADirectoryError: {out / 'scene01.npy'} exists and is not a "
+                               "file; remove or rename it to write this output")]
+    assert os.path.isdir(out / "scene01.npy")
+    out = tmp_path / "cli"
+    (out / "scene01.npy").mkdir(parents=True)
+    argv = ["explain", "--images", str(image_dir / "scene0[012].*"), "--text", "tomato",
+            "--out", str(out), "--save-maps", "--no-figures", "--workers", "0"]
+    assert main(argv) == 3
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "scene01.npy exists and is not a file" in captured.err
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_are_removed_and_only_ours(clf, image_dir, tmp_path):
+    paths = find_images(str(image_dir))[:2]
+    out = tmp_path / "out"
+    records = out / ".clip-surgery" / "images"
+    records.mkdir(parents=True)
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [out / f".scene00.npy.{dead}.tmp", out / f".other.png.{dead}.tmp",
+             records / f".scene00.json.{dead}.tmp"]
+    kept = [out / f".scene01.npy.{alive}.tmp",  # a live process is writing it
+            out / ".notes.tmp", out / f"scene00.npy.{dead}.tmp", out / f".scene00.txt.{dead}.tmp",
+            out / f".scene00.npy.{dead}.tmp.bak", out / "mine.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"")
+    summary = explain_to_folder(paths, clf, str(out), figures=False)
+    assert summary.done == 2
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
+
+
+def test_cli_prints_file_names_escaped(image_dir, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes((image_dir / "scene00.png").read_bytes())
+    name = "evil\x1b]0;pwned\x07\x1b[2J.png"
+    (folder / name).write_bytes(b"not an image")
+    out = tmp_path / "out\x1b[31m"
+    code = main(["explain", "--images", str(folder), "--text", "tomato", "--out", str(out),
+                 "--save-maps", "--no-figures", "--workers", "0"])
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert "\x1b" not in stream.replace("\x1b[A", "") and "\x07" not in stream
+    assert "skipped " + str(folder) + "/evil\\x1b]0;pwned\\x07\\x1b[2J.png: " in captured.err
+    assert "out\\x1b[31m: done 1" in captured.out
+    assert code == 3
+    from captum_clip_surgery.cli.common import printable
+
+    assert printable("a\x1b[31mred\n.png") == "a\\x1b[31mred\\n.png"
+    assert printable("caf\u00e9 \u2028 \udcff") == "caf\u00e9 \\u2028 \\xff"
+
+
+#: A driver of the command line whose writes of maps are slow (``slow``) or hang half-way
+#: (``hang``), so that a signal reliably lands in the middle of a run.
+_DRIVER = r'''
+import sys, time
+import numpy as np
+mode = sys.argv[1]
+real = np.save
+def save(fh, array):
+    if mode == "hang":
+        fh.write(b"\x93NUMPY half-written")
+        fh.flush()
+        time.sleep(600)
+    time.sleep(0.3)
+    real(fh, array)
+np.save = save
+from captum_clip_surgery.cli import main
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+def _start(tmp_path, mode, argv):
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, str(driver), mode] + argv, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+
+
+def _wait_for(condition, proc, seconds=120.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_exits_130_then_resumes(image_dir, tmp_path, capsys):
+    import signal
+
+    out = tmp_path / "out"
+    argv = ["explain", "--images", str(image_dir), "--text", "tomato", "--out", str(out),
+            "--save-maps", "--no-figures", "--workers", "0", "--batch-size", "1"]
+    proc = _start(tmp_path, "slow", argv)
+    _wait_for(lambda: out.is_dir() and any(n.endswith(".npy") for n in os.listdir(out)), proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("explain:")]  # (the progress bar)
+    assert len(lines) == 1, stderr
+    written = len([n for n in _outputs(out) if n.endswith(".npy")])
+    assert 1 <= written < 12
+    assert lines[0] == (f"clip-surgery explain: interrupted after writing {written} image"
+                        f"{'s' if written > 1 else ''} this run (every output written is "
+                        "complete); run the same command again to resume")
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+    # the same command resumes: the written images are skipped, the others done
+    assert main(argv) == 0
+    assert f"done {12 - written}, skipped {written} (already written), failed 0" in (
+        capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_sigkill_leftovers_are_cleaned_and_the_image_redone(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["explain", "--images", str(image_dir), "--text", "tomato", "--out", str(out),
+            "--save-maps", "--no-figures", "--workers", "0", "--batch-size", "1"]
+    proc = _start(tmp_path, "hang", argv)
+    temporaries = lambda: [n for n in os.listdir(out) if n.endswith(".tmp")] if out.is_dir() else []  # noqa: E731
+    _wait_for(lambda: bool(temporaries()), proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = temporaries()
+    assert left == [f".scene00.npy.{proc.pid}.tmp"]  # what SIGKILL leaves behind
+    record = out / ".clip-surgery" / "images" / "scene00.json"
+    status = _record(out, "scene00")["status"] if record.exists() else None
+    assert not (out / "scene00.npy").exists()
+    assert main(argv) == 0
+    assert "done 12, skipped 0 (already written), failed 0" in capsys.readouterr().out
+    assert temporaries() == []
+    assert status == "pending"  # the killed image was never claimed as complete
+    for p in find_images(str(image_dir)):
+        stem = os.path.splitext(os.path.basename(p))[0]
+        assert np.load(out / (stem + ".npy")).shape[0] == 1
+        assert _record(out, stem)["status"] == "complete"

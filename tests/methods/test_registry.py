@@ -165,3 +165,31 @@ def test_registry_imports_no_method_until_one_is_built():
     fresh = registry.MethodRecord("x", "captum_clip_surgery.methods.sclip:SCLIPAttribution")
     assert fresh.display_title == "x"
     assert issubclass(fresh.load(), Attribution) and not isinstance(fresh.target, str)
+
+
+def test_registry_is_truthful_for_the_coca_pooler():
+    r"""CoCa's attentional pooler takes queries narrower than its tokens: the raw map (grid
+    tokens as queries of the pool) is not defined there, and the registry says so, so that
+    every caller (``compare``'s default, the command line) leaves it out; every method it
+    lists runs."""
+    from captum_clip_surgery import compare
+    from tests.adapters.test_openclip_towers import _tokenize
+    from tests.adapters.timm_models import native_size, tiny_native_clip
+
+    model = tiny_native_clip("coca")
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES, tokenizer=_tokenize)
+    defined = supported_methods(clf)
+    assert "raw" not in defined and {"surgery", "maskclip"} <= set(defined)
+    reason = get_method("raw").unsupported_reason(clf.adapter)
+    assert reason.startswith("the CoCa attentional pooler takes 24-wide queries but the stream "
+                             "tokens are 32 wide")
+    s = native_size(model)
+    images = torch.rand(1, 3, s, s)
+    with pytest.raises(TypeError, match="model: the CoCa attentional pooler"):
+        build_method("raw", clf).attribute(images, target=0)  # what the registry foresaw
+    maps = compare(clf, images, 0)  # the default methods defined for this tower
+    assert "raw" not in maps and set(maps) == set(supported_methods(clf, tag="default"))
+    for name in defined:
+        if get_method(name).kind in ("token", "relevance"):
+            out = build_method(name, clf).attribute(images, target=1)
+            assert out.shape == (1, 1, s, s) and torch.isfinite(out).all(), name
