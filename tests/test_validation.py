@@ -97,7 +97,7 @@ def test_bad_texts_per_call_and_templates():
     explainer = _explainer()
     with pytest.raises(ValueError, match="texts: expected at least one text"):
         explainer.attribute(torch.randn(1, 3, 32, 32), target=0, texts=[])
-    with pytest.raises(ValueError, match="templates: each template needs exactly one"):
+    with pytest.raises(ValueError, match="templates: template 0 .* must hold exactly one"):
         CLIPZeroShotClassifier(tiny_vit(), ["dog"], templates=["no placeholder"])
     with pytest.raises(TypeError, match="tokenizer: expected a callable"):
         CLIPZeroShotClassifier(tiny_vit(), ["dog"], tokenizer="bpe")

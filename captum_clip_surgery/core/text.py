@@ -3,6 +3,7 @@ r"""Text side (``docs/method.md`` §5): prompt templates, prompt-ensembled text 
 from __future__ import annotations
 
 import functools
+import string
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -67,14 +68,55 @@ def validate_texts(texts: object, name: str = "texts") -> List[str]:
 
 
 def validate_templates(templates: object) -> Tuple[str, ...]:
-    r"""Return ``templates`` as a tuple of format strings with one ``{}``."""
+    r"""Return ``templates`` as a tuple of format strings, each with exactly one plain
+    ``{}`` replacement field, or raise a clear error naming ``templates``.
+
+    Every template is parsed as :meth:`str.format` parses it
+    (:meth:`string.Formatter.parse`): it must hold one replacement field, ``{}``
+    itself (no name or index such as ``{x}`` / ``{0}``, no conversion or format
+    spec); literal braces are written doubled (``"{{{}}}"`` gives ``{dog}``). A
+    template that would fill in the same text for every class (``"{{}}"``: the
+    literal ``{}``) or fail at the first call (``"a {x} of {}"``, ``"{} }"``) is
+    refused here, at construction.
+
+    Args:
+        templates (list[str] or None): prompt templates; ``None`` gives the default 85.
+
+    Returns:
+        tuple[str, ...]: the templates.
+
+    Raises:
+        TypeError: when ``templates`` is not a list of strings.
+        ValueError: naming ``templates`` and the template at fault.
+
+    Examples::
+
+        >>> validate_templates(["a photo of a {}.", "{}"])
+        ('a photo of a {}.', '{}')
+    """
     if templates is None:
         return default_templates()
     items = validate_texts(templates, "templates")
-    for t in items:
-        if t.count("{}") != 1:
+    for i, t in enumerate(items):
+        try:
+            fields = [(name, spec, conversion)
+                      for _, name, spec, conversion in string.Formatter().parse(t)
+                      if name is not None]
+        except ValueError as exc:  # a single '{' or '}'
             raise ValueError(
-                f"templates: each template needs exactly one '{{}}' placeholder, got {t!r}"
+                f"templates: template {i} ({t!r}) is not a valid format string ({exc}); "
+                "write literal braces doubled ('{{' and '}}')"
+            ) from None
+        plain = [f for f in fields if f == ("", "", None)]
+        if len(fields) != 1 or len(plain) != 1:
+            shown = ", ".join(
+                "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "")
+                + "}" for name, spec, conversion in fields
+            ) or "none"
+            raise ValueError(
+                f"templates: template {i} ({t!r}) must hold exactly one '{{}}' placeholder for "
+                f"the text (no names, indices, conversions or format specs; literal braces "
+                f"doubled), got replacement fields: {shown}"
             )
     return tuple(items)
 
