@@ -294,8 +294,21 @@ def resolve_target(target: Any, batch: int, texts: Sequence[str]) -> Tensor:
 
 
 def check_feature_surgery(mode: Union[str, Tensor]) -> None:
-    r"""Check the ``feature_surgery`` argument."""
+    r"""Check the ``feature_surgery`` argument: a mode name, or a dense, real, finite
+    tensor of redundant features (a NaN or infinity would make every score NaN and
+    every map zero)."""
     if isinstance(mode, Tensor):
+        check_dense_tensor("feature_surgery", mode)
+        if not mode.is_floating_point():
+            raise TypeError(
+                f"feature_surgery: expected a floating-point tensor of redundant features, "
+                f"got {mode.dtype}"
+            )
+        if not bool(torch.isfinite(mode).all()):
+            raise ValueError(
+                "feature_surgery: the tensor of redundant features holds NaN or infinite "
+                "values; expected finite features [C] or [T, C]"
+            )
         return
     if mode not in ("auto", "classes", "empty", "none"):
         raise ValueError(
