@@ -141,7 +141,7 @@ class _ModeState:
         self.flags: List[Tuple[nn.Module, bool]] = []
 
 
-_mode_states: "weakref.WeakKeyDictionary[nn.Module, _ModeState]" = weakref.WeakKeyDictionary()
+_mode_states: weakref.WeakKeyDictionary[nn.Module, _ModeState] = weakref.WeakKeyDictionary()
 _mode_states_lock = threading.Lock()
 
 
