@@ -31,9 +31,16 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, T
 from torch import Tensor, nn
 
 from captum_clip_surgery._validation import check_bool, check_int
+from captum_clip_surgery.adapters._common import check_tokenizer_distinguishes, hf_tokenizer
 from captum_clip_surgery.adapters.registry import get_adapter, registered_adapters
 
-__all__ = ["MAX_PARAMETERS", "config_parameters", "load_clip", "square_preprocess"]
+__all__ = [
+    "MAX_PARAMETERS",
+    "config_parameters",
+    "load_clip",
+    "load_tokenizer",
+    "square_preprocess",
+]
 
 HF_PREFIX = "hf-hub:"
 
@@ -364,8 +371,67 @@ def _open_clip_model(name: str, pretrained: Optional[str], device: str) -> Tuple
     return model.eval(), open_clip.get_tokenizer(name)
 
 
+def load_tokenizer(name_or_path: str) -> Any:
+    r"""A tokenizer by name or folder, from local files or caches only.
+
+    Tried in turn: ``transformers.AutoTokenizer.from_pretrained(name_or_path,
+    local_files_only=True)`` (a folder holding tokenizer files, or a hub id in the local
+    Hugging Face cache), then open_clip's tokenizer of an open_clip model name.
+
+    Args:
+        name_or_path (str): a folder, a Hugging Face hub id, or an open_clip model name.
+
+    Returns:
+        a tokenizer :class:`CLIPZeroShotClassifier` takes.
+
+    Raises:
+        ValueError: naming ``tokenizer`` when none can be loaded.
+
+    Examples::
+
+        >>> tokenizer = load_tokenizer("google/siglip-base-patch16-224")  # cached hub id
+        >>> model, preprocess, _ = load_clip("./siglip-without-tokenizer-files")
+    """
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(f"tokenizer: expected a folder, hub id or model name, got {name_or_path!r}")
+    reasons: List[str] = []
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # libraries log each failed download; our error says it
+    try:
+        try:
+            import transformers
+        except ImportError:
+            transformers = None
+        if transformers is not None:
+            try:
+                return transformers.AutoTokenizer.from_pretrained(
+                    name_or_path, local_files_only=True
+                )
+            except Exception as exc:  # not a tokenizer folder / not cached
+                reasons.append(f"transformers: {_first_line(exc).rstrip('. ')}")
+        import open_clip
+
+        if name_or_path in open_clip.list_models():
+            try:
+                return open_clip.get_tokenizer(name_or_path)
+            except Exception as exc:  # its tokenizer must be downloaded
+                reasons.append(f"open_clip: {_first_line(exc).rstrip('. ')}")
+    finally:
+        logging.disable(previous)
+    raise ValueError(
+        f"tokenizer: could not load a tokenizer from {name_or_path!r} from local files "
+        f"({'; '.join(reasons) or 'not a folder, cached hub id or open_clip model name'}); "
+        "expected a folder with tokenizer files, a Hugging Face hub id in the local cache, "
+        "or an open_clip model name"
+    )
+
+
 def load_clip(
-    name: str, pretrained: Optional[str] = None, device: str = "cpu", allow_partial: bool = False
+    name: str,
+    pretrained: Optional[str] = None,
+    device: str = "cpu",
+    allow_partial: bool = False,
+    tokenizer: Optional[str] = None,
 ) -> Tuple[nn.Module, Callable[[Any], Tensor], Any]:
     r"""Load a CLIP model, its square preprocessing and its tokenizer from local files.
 
@@ -380,6 +446,9 @@ def load_clip(
             naming them, instead of the default error. A config that describes more
             than twice the parameters its checkpoint holds is refused all the same.
             open_clip checkpoints always load strictly.
+        tokenizer (str, optional): where the tokenizer comes from (a folder, a cached
+            hub id or an open_clip model name, see :func:`load_tokenizer`), for a
+            model folder saved without its tokenizer files; default the model's own.
 
     Returns:
         tuple: ``(model in eval mode, preprocess(PIL) -> [3, S, S], tokenizer)``;
@@ -392,7 +461,9 @@ def load_clip(
         ValueError: unknown name, files missing from the local cache, a model that
             cannot be loaded, a checkpoint that lacks tensors of the model or holds
             others (naming them), a folder without weights, or a config far larger than
-            its checkpoint or than :data:`MAX_PARAMETERS` (refused before building); the
+            its checkpoint or than :data:`MAX_PARAMETERS` (refused before building), a
+            tokenizer that cannot be loaded or cannot tell texts apart (e.g. the empty
+            one ``AutoTokenizer`` makes of a folder saved without tokenizer files); the
             message starts with the argument's name.
 
     Examples::
@@ -403,10 +474,13 @@ def load_clip(
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"model: expected a model name, hf-hub: id or folder, got {name!r}")
     check_bool("allow_partial", allow_partial)
+    own_tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else None
     for adapter_cls in registered_adapters():  # families registered by other packages first
         loaded = adapter_cls.load(name, pretrained, device)
         if loaded is not None:
-            return _with_preprocess(name, *loaded)
+            model, loaded_tokenizer = loaded
+            chosen = own_tokenizer if own_tokenizer is not None else loaded_tokenizer
+            return _with_preprocess(name, model, chosen)
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)  # libraries log each failed download; our error says it
     try:
@@ -440,21 +514,30 @@ def load_clip(
                     "pretrained: only for open_clip models; a transformers model's weights come "
                     "with its folder or hub id"
                 )
-            model, tokenizer = _transformers_model(target, device, allow_partial)
+            model, loaded_tokenizer = _transformers_model(target, device, allow_partial)
         else:
-            model, tokenizer = _open_clip_model(target, pretrained, device)
+            model, loaded_tokenizer = _open_clip_model(target, pretrained, device)
     finally:
         logging.disable(previous)
-    return _with_preprocess(name, model, tokenizer)
+    if own_tokenizer is not None:
+        return _with_preprocess(name, model, own_tokenizer)
+    return _with_preprocess(name, model, loaded_tokenizer, family == "transformers")
 
 
 def _with_preprocess(
-    name: str, model: nn.Module, tokenizer: Any
+    name: str, model: nn.Module, tokenizer: Any, need_tokenizer: bool = False
 ) -> Tuple[nn.Module, Callable[[Any], Tensor], Any]:
-    r"""``(model, its square preprocessing, tokenizer)`` for a loaded model."""
+    r"""``(model, its square preprocessing, tokenizer)`` for a loaded model; a Hugging Face
+    tokenizer that cannot tell texts apart is refused, and with ``need_tokenizer`` a
+    missing one too (the adapter's default says what to pass)."""
     try:
         adapter = get_adapter(model)
     except TypeError as exc:
         raise ValueError(f"model: {name!r} loaded but {_first_line(exc)}") from None
+    if tokenizer is not None and hf_tokenizer(tokenizer) is not None:
+        check_tokenizer_distinguishes(tokenizer, adapter.text.context_length,
+                                      f" (the tokenizer files of {name!r})")
+    elif tokenizer is None and need_tokenizer:
+        adapter.text.default_tokenizer()  # raises the clear error when there is none
     size = adapter.input_size()[0]
     return model, square_preprocess(size, adapter.image_mean, adapter.image_std), tokenizer

@@ -23,6 +23,21 @@ from captum_clip_surgery.cli.common import UserError
 __all__ = ["UserError", "build_parser", "main"]
 
 
+def _add_loading_options(parser: argparse.ArgumentParser) -> None:
+    r"""``--tokenizer`` and ``--allow-partial-weights``: how ``--model`` is loaded."""
+    parser.add_argument(
+        "--tokenizer", default=None, metavar="PATH_OR_NAME",
+        help="tokenizer for --model: a folder with tokenizer files, a Hugging Face hub id in "
+        "the local cache or an open_clip model name, read from local files only (for a model "
+        "folder saved without its tokenizer files; default: the model's own)",
+    )
+    parser.add_argument(
+        "--allow-partial-weights", action="store_true",
+        help="load a transformers checkpoint that lacks some of the model's tensors (they stay "
+        "random) with a warning, instead of refusing it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     r"""The ``clip-surgery`` argument parser (method names from the registry)."""
     from captum_clip_surgery.methods.registry import method_names
@@ -60,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", default=None, metavar="TAG|PATH",
         help="open_clip pretrained tag (e.g. openai) or a local checkpoint file",
     )
+    _add_loading_options(ex)
     ex.add_argument("--size", type=int, default=None, metavar="PX",
                     help="square input size (default: the model's own)")
     ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -100,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None,
                     help="open_clip name, hf-hub: id or local folder (default: shipped)")
     ev.add_argument("--pretrained", default=None, metavar="TAG|PATH")
+    _add_loading_options(ev)
     ev.add_argument("--size", type=int, default=None, metavar="PX",
                     help="square input size (default: the model's own)")
     ev.add_argument("--batch-size", type=int, default=8)

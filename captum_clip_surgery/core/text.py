@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery._validation import check_bool, check_int
-from captum_clip_surgery.adapters._common import openai_imagenet_templates, tokenize
+from captum_clip_surgery.adapters._common import (
+    check_distinct_token_ids,
+    check_tokenizer_distinguishes,
+    hf_tokenizer,
+    openai_imagenet_templates,
+    tokenize,
+)
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 
 __all__ = [
@@ -163,7 +169,10 @@ class TextFeatureCache:
             of strings to token ids ``[N, L]`` (a tensor, or a mapping with
             ``input_ids``), or a Hugging Face tokenizer / processor (called
             padded and truncated to the model's context length); default: the
-            model family's own tokenizer.
+            model family's own tokenizer. A Hugging Face tokenizer that gives two
+            plainly different texts the same ids is refused here (``ValueError``
+            naming ``tokenizer``), any tokenizer that does so for the texts of a call
+            when they are encoded.
         truncate (bool): run the text tower only up to the last EOT position.
         chunk_size (int): most prompts encoded per forward.
         bucket_overhead (float, optional): the cost of one forward in tokens,
@@ -189,6 +198,8 @@ class TextFeatureCache:
         check_int("chunk_size", chunk_size, minimum=1)
         self.adapter = adapter
         self.tokenizer = tokenizer if tokenizer is not None else adapter.text.default_tokenizer()
+        if hf_tokenizer(self.tokenizer) is not None:  # e.g. an empty one of a bare folder
+            check_tokenizer_distinguishes(self.tokenizer, adapter.text.context_length)
         self.truncate = truncate
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
@@ -210,9 +221,13 @@ class TextFeatureCache:
         Raises:
             TypeError: naming ``tokenizer`` when it does not give ``N`` rows of
                 integer token ids.
+            ValueError: naming ``tokenizer`` when it gives several different texts
+                all the same ids (a degenerate tokenizer, e.g. the empty one of a
+                Hugging Face folder saved without its tokenizer files).
         """
         context = self.adapter.text.context_length
         ids = check_token_ids(tokenize(self.tokenizer, texts, context), len(texts), context)
+        check_distinct_token_ids(list(texts), ids)
         return ids.to(self.adapter.device)
 
     def features(self, texts: Sequence[str], templates: Tuple[str, ...]) -> Tensor:

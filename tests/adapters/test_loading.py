@@ -103,7 +103,7 @@ def test_transformers_folder_loads_with_its_tokenizer(tmp_path):
 
 def _hf_folder(tmp_path, name="hf-clip"):
     r"""A very small transformers ``CLIPModel`` saved with ``save_pretrained`` (3 vision
-    layers of 16 tensors each)."""
+    layers of 16 tensors each) and a tokenizer."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.CLIPConfig(
@@ -116,6 +116,8 @@ def _hf_folder(tmp_path, name="hf-clip"):
     hf = transformers.CLIPModel(config).eval()
     folder = tmp_path / name
     hf.save_pretrained(str(folder))
+    # a small word-level tokenizer (ids below the vocabulary of 99) beside the weights
+    pytest.importorskip("tests.adapters.hosts").siglip_tokenizer().save_pretrained(str(folder))
     return hf, folder
 
 
@@ -238,3 +240,36 @@ def test_open_clip_folder_without_weights_or_with_partial_weights(tmp_path):
     weights.unlink()  # open_clip itself would build a random model and only log it
     with pytest.raises(ValueError, match=r"holds an open_clip_config\.json but no weights"):
         load_clip(str(folder))
+
+
+# --------------------------------------------------------------------------------------
+# a model folder saved without its tokenizer files (issue 18, item 3)
+
+
+def test_folder_without_tokenizer_files_needs_a_tokenizer(tmp_path):
+    from captum_clip_surgery import CLIPZeroShotClassifier
+    from captum_clip_surgery.adapters.loading import load_tokenizer
+
+    hosts = pytest.importorskip("tests.adapters.hosts")
+    source = hosts.openclip_vit()
+    folder = tmp_path / "hf-clip"
+    hosts.to_hf(source).save_pretrained(str(folder))
+    with pytest.raises(ValueError, match=r"^tokenizer \(the tokenizer files of .*\): gives the "
+                                         r"same token ids .*--tokenizer PATH_OR_NAME"):
+        load_clip(str(folder))
+    tokenizer_folder = tmp_path / "clip-tokenizer"
+    hosts.clip_tokenizer().save_pretrained(str(tokenizer_folder))
+    model, _, tokenizer = load_clip(str(folder), tokenizer=str(tokenizer_folder))
+    ours = CLIPZeroShotClassifier(model, ["dog", "a red car"], templates=["{}"], tokenizer=tokenizer)
+    theirs = CLIPZeroShotClassifier(source, ["dog", "a red car"], templates=["{}"])
+    torch.testing.assert_close(ours.text_features, theirs.text_features, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"^tokenizer: could not load a tokenizer from "):
+        load_clip(str(folder), tokenizer=str(tmp_path / "nowhere"))
+    # SigLIP: AutoTokenizer knows no tokenizer for the bare folder; the message says what to pass
+    siglip_folder = tmp_path / "siglip"
+    hosts.siglip().save_pretrained(str(siglip_folder))
+    with pytest.raises(ValueError, match=r"to build an AutoTokenizer\); pass the model's own "
+                                         r"tokenizer: .*google/siglip-base-patch16-224"):
+        load_clip(str(siglip_folder))
+    # an open_clip model name gives open_clip's tokenizer
+    assert load_tokenizer("ViT-B-16")(["a dog"]).shape == (1, 77)
