@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--deletion-steps", type=int, default=20)
     ev.add_argument("--no-faithfulness", action="store_true",
                     help="skip deletion / insertion curves")
-    ev.add_argument("--baseline", choices=("blur", "mean", "zero"), default="blur",
-                    help="what deleted pixels become in deletion / insertion (default blur; "
-                         "use mean or zero where the model reads colour, as on the scenes)")
+    ev.add_argument("--baseline", choices=("blur", "mean", "zero"), default=None,
+                    help="what deleted pixels become in deletion / insertion (default: the "
+                         "dataset's own: mean on the scenes, whose model reads colour so a "
+                         "blur deletes nothing; blur on voc and folder); the results table "
+                         "names it")
     ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
     return parser
 
