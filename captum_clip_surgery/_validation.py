@@ -22,6 +22,7 @@ __all__ = [
     "check_blocks",
     "check_bool",
     "check_choice",
+    "check_dense_tensor",
     "check_device",
     "check_feature_surgery",
     "check_image_tensor",
@@ -125,11 +126,31 @@ def check_unit_interval(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_dense_tensor(name: str, x: Tensor) -> Tensor:
+    r"""Return ``x`` if it holds its values: refuse meta tensors (shape only, no data) and
+    sparse, nested or MKL-DNN layouts, which the computation cannot take (they would fail
+    deep inside, e.g. ``Tensor.item() cannot be called on meta tensors``)."""
+    if x.is_meta or x.device.type == "meta":
+        raise TypeError(
+            f"{name}: expected a tensor holding data, got a meta tensor (shape "
+            f"{list(x.shape)}, no values); create it on a real device ('cpu', 'cuda', ...)"
+        )
+    if getattr(x, "is_nested", False):
+        raise TypeError(f"{name}: expected a dense tensor, got a nested tensor")
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"{name}: expected a dense (strided) tensor, got layout {x.layout}; convert it "
+            "with .to_dense()"
+        )
+    return x
+
+
 def check_image_tensor(name: str, images: Any) -> Tensor:
-    r"""Return ``images`` if it is a floating-point ``[B, C, H, W]`` tensor with ``B >= 1``
-    (no model involved; :func:`prepare_images` checks images against a model)."""
+    r"""Return ``images`` if it is a dense floating-point ``[B, C, H, W]`` tensor with
+    ``B >= 1`` (no model involved; :func:`prepare_images` checks images against a model)."""
     if not isinstance(images, Tensor):
         raise TypeError(f"{name}: expected a Tensor [B, C, H, W], got {type(images).__name__}")
+    check_dense_tensor(name, images)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"{name}: expected [B, C, H, W] with B >= 1, got {list(images.shape)}")
     if not images.is_floating_point():
@@ -167,7 +188,8 @@ def prepare_images(
 
     Rule: floating-point images on any device are moved to the model's device
     and cast to its dtype (gradients flow back through the move); integer
-    images, wrong shapes and non-finite values are refused.
+    images, wrong shapes, non-finite values, meta tensors and sparse (or other
+    non-strided) layouts are refused, naming ``name``.
 
     Any image size: with ``pad`` (default) an image whose sides are not a multiple
     of the grid cell (the patch size, or a conv trunk's total stride) is padded
@@ -178,6 +200,7 @@ def prepare_images(
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
+    check_dense_tensor(name, images)
     if images.ndim != 4:
         raise ValueError(
             f"{name}: expected a 4-D tensor [B, 3, H, W], got shape {list(images.shape)}"
@@ -271,8 +294,21 @@ def resolve_target(target: Any, batch: int, texts: Sequence[str]) -> Tensor:
 
 
 def check_feature_surgery(mode: Union[str, Tensor]) -> None:
-    r"""Check the ``feature_surgery`` argument."""
+    r"""Check the ``feature_surgery`` argument: a mode name, or a dense, real, finite
+    tensor of redundant features (a NaN or infinity would make every score NaN and
+    every map zero)."""
     if isinstance(mode, Tensor):
+        check_dense_tensor("feature_surgery", mode)
+        if not mode.is_floating_point():
+            raise TypeError(
+                f"feature_surgery: expected a floating-point tensor of redundant features, "
+                f"got {mode.dtype}"
+            )
+        if not bool(torch.isfinite(mode).all()):
+            raise ValueError(
+                "feature_surgery: the tensor of redundant features holds NaN or infinite "
+                "values; expected finite features [C] or [T, C]"
+            )
         return
     if mode not in ("auto", "classes", "empty", "none"):
         raise ValueError(

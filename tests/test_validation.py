@@ -97,7 +97,7 @@ def test_bad_texts_per_call_and_templates():
     explainer = _explainer()
     with pytest.raises(ValueError, match="texts: expected at least one text"):
         explainer.attribute(torch.randn(1, 3, 32, 32), target=0, texts=[])
-    with pytest.raises(ValueError, match="templates: each template needs exactly one"):
+    with pytest.raises(ValueError, match="templates: template 0 .* must hold exactly one"):
         CLIPZeroShotClassifier(tiny_vit(), ["dog"], templates=["no placeholder"])
     with pytest.raises(TypeError, match="tokenizer: expected a callable"):
         CLIPZeroShotClassifier(tiny_vit(), ["dog"], tokenizer="bpe")
@@ -227,3 +227,61 @@ def test_every_bad_argument_is_named(snapshot):
     for call, error, message in cases:
         with pytest.raises(error, match=message):
             call()
+
+
+
+def _meta(shape=(1, 3, 32, 32)):
+    return torch.empty(*shape, device="meta")
+
+
+def _sparse(shape=(1, 3, 32, 32)):
+    return torch.randn(*shape).to_sparse()
+
+
+def _entry_points(explainer):
+    r"""Every public function images enter by (issue 18, item 14), as ``(argument name,
+    call)``; ``maps`` of the deletion metric too."""
+    from captum_clip_surgery import (
+        CheferAttribution,
+        compare,
+        explain_text_tokens,
+        multilabel_scores,
+        segment,
+        text_to_points,
+    )
+    from captum_clip_surgery.evaluation.faithfulness import (
+        deletion_insertion,
+        infidelity_score,
+        sensitivity_score,
+    )
+
+    clf = explainer.classifier
+    maps, images = torch.rand(1, 1, 32, 32), torch.randn(1, 3, 32, 32)
+    return [
+        ("inputs", lambda make: explainer.attribute(make(), target=0)),
+        ("inputs", lambda make: CheferAttribution(clf).attribute(make(), target=0)),
+        ("images", lambda make: explainer.similarity(make())),
+        ("images", lambda make: clf(make())),
+        ("images", lambda make: compare(clf, make(), 0, methods=["surgery", "saliency"])),
+        ("images", lambda make: segment(explainer, make())),
+        ("images", lambda make: multilabel_scores(clf, make())),
+        ("images", lambda make: text_to_points(explainer, make(), ["dog"])),
+        ("images", lambda make: explain_text_tokens(clf, make(), "a red car")),
+        ("images", lambda make: deletion_insertion(clf, make(), maps, 0)),
+        ("maps", lambda make: deletion_insertion(clf, images, make((1, 1, 32, 32)), 0)),
+        ("images", lambda make: infidelity_score(explainer.attribute, clf, make(), 0)),
+        ("images", lambda make: sensitivity_score(explainer.attribute, make(), 0)),
+    ]
+
+
+@pytest.mark.parametrize("make,message", [
+    (_meta, "expected a tensor holding data, got a meta tensor"),
+    (_sparse, "expected a dense \\(strided\\) tensor, got layout torch.sparse_coo"),
+])
+def test_meta_and_sparse_images_are_refused_where_images_enter(make, message, snapshot):
+    explainer = _explainer()
+    snap = snapshot(explainer.classifier.model)
+    for name, call in _entry_points(explainer):
+        with pytest.raises(TypeError, match=f"^{name}: {message}"):
+            call(make)
+    snap.assert_unchanged()

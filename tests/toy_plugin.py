@@ -52,7 +52,7 @@ class ToyBlock(nn.Module):
 class ToyCLIP(nn.Module):
     r"""A tiny CLIP that no library knows: 32-px images, patch 8, two blocks."""
 
-    def __init__(self, seed: int = 0, width: int = 32, embed: int = 16, vocab: int = 97) -> None:
+    def __init__(self, seed: int = 0, width: int = 32, embed: int = 16, vocab: int = 211) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.patch, self.grid, self.vocab, self.context = 8, 4, vocab, 8
@@ -77,8 +77,9 @@ class ToyCLIP(nn.Module):
         return (self.words(ids) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
 
-def toy_tokenizer(texts: List[str], context: int = 8, vocab: int = 97) -> Tensor:
-    r"""Words hashed to ids ``1..vocab-1``, padded with 0."""
+def toy_tokenizer(texts: List[str], context: int = 8, vocab: int = 211) -> Tensor:
+    r"""Words hashed to ids ``1..vocab-1``, padded with 0 (211 ids: no two words of the
+    scenes world collide, so no two class names get the same features)."""
     out = torch.zeros(len(texts), context, dtype=torch.long)
     for i, text in enumerate(texts):
         words = text.lower().replace(".", " ").split()[:context]

@@ -2,6 +2,8 @@ r"""Pieces shared by the adapters of several families.
 
 - :func:`tokenize`: any tokenizer a user holds (a callable returning token ids,
   a Hugging Face tokenizer or processor) to a ``LongTensor [N, L]``;
+  :func:`check_tokenizer_distinguishes` / :func:`check_distinct_token_ids`: refuse a
+  degenerate tokenizer (one that gives different texts the same ids);
 - :func:`run_text_blocks`: a pre-norm text transformer run functionally from its
   block views, with or without a causal mask (any attention backend the model
   was configured with is bypassed);
@@ -37,6 +39,10 @@ __all__ = [
     "CLIPAttentionPoolHead",
     "MultiheadBlockView",
     "clip_bpe_pieces",
+    "TOKENIZER_HELP",
+    "TOKENIZER_PROBES",
+    "check_distinct_token_ids",
+    "check_tokenizer_distinguishes",
     "hf_tokenizer",
     "openai_imagenet_templates",
     "run_text_blocks",
@@ -125,6 +131,52 @@ def tokenize(tokenizer: Any, texts: Sequence[str], context_length: int) -> Tenso
             f"{ids.shape[0]} rows"
         )
     return ids.long()
+
+
+#: Two plainly different texts a working tokenizer of any vocabulary tells apart.
+TOKENIZER_PROBES: Tuple[str, str] = ("a photo of a dog.", "a red car on the street.")
+
+#: What a degenerate tokenizer error says to do (one line, for the command line too).
+TOKENIZER_HELP = (
+    "pass the model's own tokenizer: tokenizer= a transformers tokenizer or processor (e.g. "
+    "AutoTokenizer.from_pretrained('openai/clip-vit-base-patch16'), or for SigLIP "
+    "'google/siglip-base-patch16-224': the hub id or folder the weights came from) or a "
+    "callable returning token ids [N, L]; on the command line --tokenizer PATH_OR_NAME"
+)
+
+
+def check_distinct_token_ids(texts: Sequence[str], ids: Tensor, where: str = "") -> None:
+    r"""Refuse token ids that are the same for every one of several different texts.
+
+    A tokenizer that cannot tell texts apart (e.g. the empty tokenizer, with a vocabulary
+    of 2, that ``AutoTokenizer`` builds for a Hugging Face folder saved without its
+    tokenizer files) gives every text the same features and every map the same picture.
+
+    Args:
+        texts (list[str]): the tokenized strings.
+        ids (Tensor): their ``[N, L]`` token ids.
+        where (str): what the tokenizer is, for the message.
+
+    Raises:
+        ValueError: naming ``tokenizer``, when the texts differ but every row of ``ids``
+            is the same.
+    """
+    distinct = list(dict.fromkeys(texts))
+    if len(distinct) < 2 or ids.shape[0] < 2 or not bool((ids == ids[:1]).all()):
+        return
+    raise ValueError(
+        f"tokenizer{where}: gives the same token ids {ids[0, :8].tolist()} to every one of "
+        f"{len(distinct)} different texts (e.g. {distinct[0]!r} and {distinct[1]!r}): an empty "
+        "or wrong tokenizer (a Hugging Face folder saved without its tokenizer files gives one "
+        "with a vocabulary of 2), or texts cut off by the context length; " + TOKENIZER_HELP
+    )
+
+
+def check_tokenizer_distinguishes(tokenizer: Any, context_length: int, where: str = "") -> None:
+    r"""Tokenize :data:`TOKENIZER_PROBES` and refuse a tokenizer that gives both the same
+    ids (see :func:`check_distinct_token_ids`)."""
+    texts = list(TOKENIZER_PROBES)
+    check_distinct_token_ids(texts, tokenize(tokenizer, texts, context_length), where)
 
 
 def run_text_blocks(blocks: Sequence[BlockView], x: Tensor, causal: bool) -> Tensor:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
+import threading
+import weakref
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -206,6 +208,30 @@ def resize_positional_embedding(
     return torch.cat([cls_row, grid_rows], dim=0)
 
 
+class _ModeState:
+    r"""Per-model bookkeeping of :func:`inference_mode_of`: how many calls are inside,
+    and the flags the outermost one saved."""
+
+    __slots__ = ("lock", "depth", "flags")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.flags: List[Tuple[nn.Module, bool]] = []
+
+
+_mode_states: weakref.WeakKeyDictionary[nn.Module, _ModeState] = weakref.WeakKeyDictionary()
+_mode_states_lock = threading.Lock()
+
+
+def _mode_state(module: nn.Module) -> _ModeState:
+    with _mode_states_lock:
+        state = _mode_states.get(module)
+        if state is None:
+            state = _mode_states[module] = _ModeState()
+        return state
+
+
 @contextlib.contextmanager
 def inference_mode_of(module: nn.Module) -> Iterator[None]:
     r"""Temporarily put every submodule of ``module`` in eval mode.
@@ -213,6 +239,15 @@ def inference_mode_of(module: nn.Module) -> Iterator[None]:
     Explanations use inference behaviour (no dropout, frozen batch-norm
     statistics) whatever mode the user's model is in. Each submodule's own
     ``training`` flag is restored on exit, also when an error is raised.
+
+    Safe under threads and when nested: the calls inside the context of one model
+    are counted (per model, under a lock); the first one to enter saves the flags
+    and puts the model in eval mode, the last one to leave restores the saved flags.
+    So while any thread explains the model, every thread sees it in eval mode (no
+    dropout in any call), and the model ends in the mode it was in before the first
+    call, however the calls of several threads overlap. (Flipping a flag is the only
+    way to switch off dropout inside the model's own modules; a thread that *trains*
+    the same model while another explains it would see eval mode too.)
 
     Args:
         module (nn.Module): the user's model.
@@ -222,14 +257,22 @@ def inference_mode_of(module: nn.Module) -> Iterator[None]:
         >>> with inference_mode_of(model):
         ...     features = model.encode_image(images)
     """
-    flags = [(m, m.training) for m in module.modules()]
+    state = _mode_state(module)
+    with state.lock:
+        if state.depth == 0:
+            state.flags = [(m, m.training) for m in module.modules()]
+            for m, _ in state.flags:
+                m.training = False
+        state.depth += 1
     try:
-        for m, _ in flags:
-            m.training = False
         yield
     finally:
-        for m, flag in flags:
-            m.training = flag
+        with state.lock:
+            state.depth -= 1
+            if state.depth == 0:
+                for m, flag in state.flags:
+                    m.training = flag
+                state.flags = []
 
 
 class BlockView(abc.ABC):

@@ -30,7 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_clip_surgery.adapters._common import clip_bpe_pieces, run_text_blocks
+from captum_clip_surgery.adapters._common import (
+    TOKENIZER_HELP,
+    check_tokenizer_distinguishes,
+    clip_bpe_pieces,
+    run_text_blocks,
+)
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     BlockView,
@@ -268,24 +273,29 @@ class _HFSiglipVisionView(ImageTowerView):
         return x + pos.to(x.dtype), grid
 
 
-def _auto_tokenizer(name_or_path: str) -> Any:
-    r"""``AutoTokenizer.from_pretrained(name_or_path)`` from local files only."""
+def _auto_tokenizer(name_or_path: str, context_length: int) -> Any:
+    r"""``AutoTokenizer.from_pretrained(name_or_path)`` from local files only; a tokenizer
+    that cannot be loaded, or one that cannot tell texts apart (a folder saved without its
+    tokenizer files), is a one-line ``ValueError`` naming ``tokenizer`` and saying what to
+    pass."""
     if not name_or_path:
         raise ValueError(
             "tokenizer: this transformers model was not loaded with from_pretrained (its "
-            "name_or_path is empty), so its tokenizer is unknown; pass tokenizer= (a transformers "
-            "tokenizer or processor, or a callable returning token ids [N, L])"
+            "name_or_path is empty), so its tokenizer is unknown; " + TOKENIZER_HELP
         )
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
     except Exception as error:  # noqa: BLE001 - any loading failure becomes one clear message
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")
         raise ValueError(
-            f"tokenizer: could not load the tokenizer of {name_or_path!r} from local files "
-            f"({type(error).__name__}: {error}); pass tokenizer= (a transformers tokenizer or "
-            "processor, or a callable returning token ids [N, L])"
-        ) from error
+            f"tokenizer: no tokenizer for {name_or_path!r} in local files (transformers: "
+            f"{reason}); " + TOKENIZER_HELP
+        ) from None
+    check_tokenizer_distinguishes(tokenizer, context_length,
+                                  f" (AutoTokenizer of {name_or_path!r})")
+    return tokenizer
 
 
 class _HFTextView(TextTowerView):
@@ -304,7 +314,7 @@ class _HFTextView(TextTowerView):
         self.context_length = int(tower.embeddings.position_embedding.weight.shape[0])
 
     def default_tokenizer(self) -> Callable[[List[str]], Tensor]:
-        return _auto_tokenizer(self.name_or_path)
+        return _auto_tokenizer(self.name_or_path, self.context_length)
 
     def _final_states(self, ids: Tensor) -> Tensor:
         r"""Every position after ``final_layer_norm``, ``[N, L, width]``."""

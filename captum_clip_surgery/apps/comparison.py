@@ -143,8 +143,11 @@ def compare(
             f"classifier: expected a CLIPZeroShotClassifier, got {type(classifier).__name__}"
         )
     images, _ = unpack_inputs(images)
-    # moved to the model's device and dtype; each method pads for its own forward
-    prepared = prepare_images(classifier.adapter, images, "images", pad=False)
+    # moved to the model's device and dtype; each method pads for its own forward. A tensor
+    # object of this call's own (the maps are detached anyway): Captum's gradient methods
+    # switch requires_grad of their input on and off again, which must not reach the
+    # caller's tensor, shared perhaps by calls in other threads.
+    prepared = prepare_images(classifier.adapter, images, "images", pad=False).detach()
     index = resolve_target(target, prepared.shape[0], classifier.texts).to(prepared.device)
     if methods is None:
         methods = list(supported_methods(classifier, tag="default"))

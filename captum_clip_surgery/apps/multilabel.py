@@ -17,6 +17,7 @@ from torch import Tensor
 
 from captum_clip_surgery._validation import check_positive_number, check_unit_interval
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
+from captum_clip_surgery.core.feature_surgery import check_distinct_texts
 from captum_clip_surgery.core.feature_surgery import feature_surgery_scores as _feature_surgery
 from captum_clip_surgery.core.text import validate_texts
 from captum_clip_surgery.methods.base import TokenMapAttribution
@@ -115,6 +116,7 @@ def multilabel_scores(
         f = clf.image_features(images).unsqueeze(1)
         e = clf.encode_texts(texts_)
         if feature_surgery == "classes":
+            check_distinct_texts(texts_, e)  # duplicates cancel out: refused, named
             s = _feature_surgery(f, e, "classes", temperature=float(temperature))
         elif feature_surgery == "empty":
             s = _feature_surgery(f, e, "redundant", clf.empty_text_features())

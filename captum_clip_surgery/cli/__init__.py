@@ -48,6 +48,21 @@ EVALUATE_EXIT_CODES = """exit status:
   130  interrupted (Ctrl-C)"""
 
 
+def _add_loading_options(parser: argparse.ArgumentParser) -> None:
+    r"""``--tokenizer`` and ``--allow-partial-weights``: how ``--model`` is loaded."""
+    parser.add_argument(
+        "--tokenizer", default=None, metavar="PATH_OR_NAME",
+        help="tokenizer for --model: a folder with tokenizer files, a Hugging Face hub id in "
+        "the local cache or an open_clip model name, read from local files only (for a model "
+        "folder saved without its tokenizer files; default: the model's own)",
+    )
+    parser.add_argument(
+        "--allow-partial-weights", action="store_true",
+        help="load a transformers checkpoint that lacks some of the model's tensors (they stay "
+        "random) with a warning, instead of refusing it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     r"""The ``clip-surgery`` argument parser (method names from the registry)."""
     from captum_clip_surgery.methods.registry import method_names
@@ -87,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", default=None, metavar="TAG|PATH",
         help="open_clip pretrained tag (e.g. openai) or a local checkpoint file",
     )
+    _add_loading_options(ex)
     ex.add_argument("--size", type=int, default=None, metavar="PX",
                     help="square input size (default: the model's own)")
     ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -140,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None,
                     help="open_clip name, hf-hub: id or local folder (default: shipped)")
     ev.add_argument("--pretrained", default=None, metavar="TAG|PATH")
+    _add_loading_options(ev)
     ev.add_argument("--size", type=int, default=None, metavar="PX",
                     help="square input size (default: the model's own)")
     ev.add_argument("--batch-size", type=int, default=8)
@@ -149,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--deletion-steps", type=int, default=20)
     ev.add_argument("--no-faithfulness", action="store_true",
                     help="skip deletion / insertion curves")
-    ev.add_argument("--baseline", choices=("blur", "mean", "zero"), default="blur",
-                    help="what deleted pixels become in deletion / insertion (default blur; "
-                         "use mean or zero where the model reads colour, as on the scenes)")
+    ev.add_argument("--baseline", choices=("blur", "mean", "zero"), default=None,
+                    help="what deleted pixels become in deletion / insertion (default: the "
+                         "dataset's own: mean on the scenes, whose model reads colour so a "
+                         "blur deletes nothing; blur on voc and folder); the results table "
+                         "names it")
     ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
 
     sv = sub.add_parser(

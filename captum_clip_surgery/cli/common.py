@@ -8,7 +8,7 @@ Each function imports what it needs when it runs, so building the parser (and
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = [
     "UserError",
@@ -115,21 +115,37 @@ def input_size(clf: Any, size: Optional[int]) -> int:
 
 
 def load_model(
-    name: str, pretrained: Optional[str], device: str
+    name: str,
+    pretrained: Optional[str],
+    device: str,
+    tokenizer: Optional[str] = None,
+    allow_partial: bool = False,
 ) -> Tuple[Any, Callable[[Any], Any], Any]:
     r"""``load_clip`` with its errors as one-line user errors."""
     from captum_clip_surgery.adapters.loading import load_clip
 
     try:
-        return load_clip(name, pretrained, device)
+        return load_clip(name, pretrained, device, allow_partial=allow_partial,
+                         tokenizer=tokenizer)
     except ValueError as exc:
-        raise UserError(f"--{exc}") from None
+        raise UserError(f"--{' '.join(str(exc).split())}") from None
 
 
 def load_named_or_shipped(args: Any, device: str) -> Tuple[Any, Callable[[Any], Any], Any]:
-    r"""``--model`` (and ``--pretrained``) when given, else the shipped scenes model."""
+    r"""``--model`` (with ``--pretrained``, ``--tokenizer``, ``--allow-partial-weights``)
+    when given, else the shipped scenes model."""
+    tokenizer = getattr(args, "tokenizer", None)
+    allow_partial = bool(getattr(args, "allow_partial_weights", False))
     if args.model:
-        return load_model(args.model, args.pretrained, device)
+        options: Dict[str, Any] = {}
+        if tokenizer is not None:
+            options["tokenizer"] = tokenizer
+        if allow_partial:
+            options["allow_partial"] = True
+        return load_model(args.model, args.pretrained, device, **options)
+    if tokenizer is not None or allow_partial:
+        given = "--tokenizer" if tokenizer is not None else "--allow-partial-weights"
+        raise UserError(f"{given}: give --model too (the shipped scenes model has its own)")
     from captum_clip_surgery.scenes import load_scenes_clip
 
     return load_scenes_clip(device=device)

@@ -59,6 +59,7 @@ class _CheckedDataset:
         self.dataset = dataset
         self.class_names = dataset.class_names
         self.class_kinds = getattr(dataset, "class_kinds", None)
+        self.default_baseline = getattr(dataset, "default_baseline", None)
 
     def __len__(self) -> int:
         return len(self.dataset)

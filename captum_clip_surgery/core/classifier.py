@@ -2,6 +2,8 @@ r"""Zero-shot CLIP classifier: the forward function every attribution explains."
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -17,6 +19,19 @@ from captum_clip_surgery.core.text import TextFeatureCache, validate_templates, 
 __all__ = ["CLIPZeroShotClassifier"]
 
 
+def _this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
+    r"""``hook``, called only for forwards run in the thread that registered it."""
+    owner = threading.get_ident()
+
+    @functools.wraps(hook)
+    def filtered(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() != owner:
+            return None  # another thread's forward: not this hook's call
+        return hook(*args, **kwargs)
+
+    return filtered
+
+
 class TokenGrid(nn.Module):
     r"""Identity layer that shows a block's grid tokens as a ``[B, C, h, w]`` map.
 
@@ -25,6 +40,12 @@ class TokenGrid(nn.Module):
     methods, e.g. ``LayerGradCam``, see a spatial layer. It is owned by the
     classifier and never inserted into the user's model.
 
+    One grid layer serves every call on the classifier, also from several threads at
+    once: a forward hook or forward pre-hook registered on it (what Captum's layer
+    methods install for the length of one ``attribute`` call) fires only for
+    forwards run in the thread that registered it, so the hooks of concurrent calls
+    never see each other's tensors.
+
     Args:
         prefix (int): number of tokens before the grid in the stream.
     """
@@ -32,6 +53,18 @@ class TokenGrid(nn.Module):
     def __init__(self, prefix: int = 1) -> None:
         super().__init__()
         self.prefix = prefix
+
+    def register_forward_hook(self, hook: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        r"""As :meth:`torch.nn.Module.register_forward_hook`; the hook fires only for
+        forwards run in the registering thread."""
+        return super().register_forward_hook(_this_thread_only(hook), *args, **kwargs)
+
+    def register_forward_pre_hook(
+        self, hook: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        r"""As :meth:`torch.nn.Module.register_forward_pre_hook`; the hook fires only for
+        forwards run in the registering thread."""
+        return super().register_forward_pre_hook(_this_thread_only(hook), *args, **kwargs)
 
     def forward(self, tokens: Tensor, grid: Tuple[int, int]) -> Tensor:
         r"""``[B, P + h*w, C]`` tokens to a ``[B, C, h, w]`` grid."""

@@ -2,14 +2,63 @@ r"""Feature surgery: removal of the redundant features shared by all texts (``do
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from captum_clip_surgery._validation import check_positive_number
 
-__all__ = ["feature_surgery_scores"]
+__all__ = ["check_distinct_texts", "duplicate_rows", "feature_surgery_scores"]
+
+
+def duplicate_rows(features: Tensor) -> List[List[int]]:
+    r"""Groups of indices of rows that are exactly equal, ``[[i, j, ...], ...]`` (each
+    group in increasing order, groups by their first index; empty when all rows differ).
+
+    Args:
+        features (Tensor): ``[T, C]``.
+
+    Returns:
+        list[list[int]]: the groups of two or more equal rows.
+    """
+    _, inverse = torch.unique(features.detach(), dim=0, return_inverse=True)
+    groups: dict = {}
+    for i, g in enumerate(inverse.tolist()):
+        groups.setdefault(g, []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def check_distinct_texts(texts: Sequence[str], text_features: Tensor) -> None:
+    r"""Refuse a text set that class-set feature surgery cannot use: duplicate texts.
+
+    Class-set feature surgery subtracts from each text's score the weighted mean over
+    the set; texts with equal features (the same text twice, or texts that the
+    tokenizer maps to the same tokens, e.g. ``"Dog"`` and ``"dog"`` for CLIP's
+    lower-casing BPE) get equal scores, so with only such texts every map would be
+    exactly zero, and otherwise the repeated text counts twice in the redundant
+    features. Rather than return such maps silently, this raises.
+
+    Args:
+        texts (list[str]): the ``T`` texts (for the message).
+        text_features (Tensor): their ``[T, C]`` features.
+
+    Raises:
+        ValueError: naming ``texts`` and the duplicates.
+    """
+    groups = duplicate_rows(text_features)
+    if not groups:
+        return
+    shown = "; ".join(
+        (f"{texts[g[0]]!r} {len(g)} times" if len({texts[i] for i in g}) == 1
+         else " and ".join(repr(texts[i]) for i in g) + " have identical text features")
+        for g in groups[:5]
+    )
+    raise ValueError(
+        f"texts: class-set feature surgery needs distinct texts, got duplicates ({shown}): "
+        "equal texts cancel out (two equal texts give all-zero maps); remove the "
+        "duplicates, or use feature_surgery='empty' or 'none'"
+    )
 
 
 def feature_surgery_scores(
@@ -27,7 +76,9 @@ def feature_surgery_scores(
 
     - ``"classes"``: ``w = p / mean(p)``, ``p = softmax(temperature · f_cls·e_t)``
       over the texts, per image; ``S[i, t] = w_t s_it − mean_t' (w_t' s_it')``
-      with ``s_it = f_i·e_t``.
+      with ``s_it = f_i·e_t``. The text features must be distinct: equal rows
+      (duplicate texts) cancel out — two equal texts alone give all-zero scores —
+      and are refused with a ``ValueError`` (see :func:`check_distinct_texts`).
     - ``"redundant"``: ``S[i, t] = f_i·(e_t − r)`` with ``r`` the
       ``redundant_features`` (e.g. the empty string's embedding).
     - ``"none"``: ``S[i, t] = f_i·e_t``.
@@ -37,7 +88,7 @@ def feature_surgery_scores(
         text_features (Tensor): ``[T, C]`` unit text features.
         mode (str): ``"classes"``, ``"redundant"`` or ``"none"``.
         redundant_features (Tensor, optional): ``[C]`` or ``[T, C]``, needed by
-            ``"redundant"``.
+            ``"redundant"``; finite (NaN or infinity would make every score NaN).
         temperature (float): softmax temperature of the class-set weights (2 in
             the release).
 
@@ -65,6 +116,8 @@ def feature_surgery_scores(
             raise TypeError(
                 f"redundant_features: expected a Tensor, got {type(redundant_features).__name__}"
             )
+        if not bool(torch.isfinite(redundant_features).all()):
+            raise ValueError("redundant_features: expected finite values, got NaN or infinity")
         r = redundant_features.float().to(e.device)
         if r.ndim == 1:
             r = r.unsqueeze(0)
@@ -75,6 +128,14 @@ def feature_surgery_scores(
             )
         return f @ (e - r).t()
     t = check_positive_number("temperature", temperature)
+    groups = duplicate_rows(e)
+    if groups:
+        rows = "; ".join(" = ".join(str(i) for i in g) for g in groups[:5])
+        raise ValueError(
+            f"text_features: mode 'classes' needs distinct text features, rows {rows} are "
+            "equal (duplicate texts cancel out: the redundant features they share are "
+            "the texts themselves); remove the duplicates, or use mode 'redundant' or 'none'"
+        )
     s = f @ e.t()
     p = torch.softmax(t * s[:, 0, :], dim=-1)
     w = p / p.mean(dim=-1, keepdim=True)

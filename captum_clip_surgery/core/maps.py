@@ -8,13 +8,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["grid_extent", "minmax_normalize", "to_pixels", "upsample"]
+__all__ = ["FLAT_TOLERANCE", "grid_extent", "minmax_normalize", "to_pixels", "upsample"]
+
+
+#: Relative flatness tolerance of :func:`minmax_normalize`: a map whose range
+#: ``max - min`` is at most this times its largest magnitude ``max |x|`` is flat. 64 float32
+#: machine epsilons (about 7.6e-6): float32 rounding alone moves a dot product of a few
+#: hundred terms by this much, so a smaller contrast carries no information.
+FLAT_TOLERANCE: float = 64 * torch.finfo(torch.float32).eps
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:
     r"""Min-max normalise each map over its spatial positions, in float32.
 
-    A constant map (no contrast) becomes all zeros instead of NaN.
+    A flat map becomes all zeros: one whose range is at most
+    :data:`FLAT_TOLERANCE` (64 float32 epsilons, about 7.6e-6) times its largest
+    magnitude, ``max - min <= FLAT_TOLERANCE * max |x|`` — a constant map (instead of
+    NaN), and one whose only contrast is float rounding noise (e.g. a constant image,
+    whose tokens differ only in the last bits), which min-max would otherwise stretch
+    into a full-contrast picture of noise. An all-zero output therefore means "no
+    contrast", never "lowest everywhere".
 
     Args:
         maps (Tensor): ``[B, K, h, w]``.
@@ -26,6 +39,8 @@ def minmax_normalize(maps: Tensor) -> Tensor:
 
         >>> minmax_normalize(torch.tensor([[[[1.0, 3.0]]]]))
         tensor([[[[0., 1.]]]])
+        >>> minmax_normalize(torch.tensor([[[[0.3, 0.3 + 3e-8]]]]))  # rounding noise: flat
+        tensor([[[[0., 0.]]]])
     """
     if not isinstance(maps, Tensor):
         raise TypeError(f"maps: expected a Tensor [B, K, h, w], got {type(maps).__name__}")
@@ -39,8 +54,10 @@ def minmax_normalize(maps: Tensor) -> Tensor:
     lo = flat.amin(dim=-1, keepdim=True).unsqueeze(-1)
     hi = flat.amax(dim=-1, keepdim=True).unsqueeze(-1)
     span = hi - lo
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (x - lo) / safe, torch.zeros_like(x))
+    magnitude = torch.maximum(hi.abs(), lo.abs())
+    contrast = span > FLAT_TOLERANCE * magnitude  # False for a constant (or all-zero) map
+    safe = torch.where(contrast, span, torch.ones_like(span))
+    return torch.where(contrast, (x - lo) / safe, torch.zeros_like(x))
 
 
 def upsample(

@@ -3,6 +3,7 @@ r"""Text side (``docs/method.md`` §5): prompt templates, prompt-ensembled text 
 from __future__ import annotations
 
 import functools
+import string
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -10,7 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery._validation import check_bool, check_int
-from captum_clip_surgery.adapters._common import openai_imagenet_templates, tokenize
+from captum_clip_surgery.adapters._common import (
+    check_distinct_token_ids,
+    check_tokenizer_distinguishes,
+    hf_tokenizer,
+    openai_imagenet_templates,
+    tokenize,
+)
 from captum_clip_surgery.adapters.base import CLIPAdapter, inference_mode_of
 
 __all__ = [
@@ -67,14 +74,55 @@ def validate_texts(texts: object, name: str = "texts") -> List[str]:
 
 
 def validate_templates(templates: object) -> Tuple[str, ...]:
-    r"""Return ``templates`` as a tuple of format strings with one ``{}``."""
+    r"""Return ``templates`` as a tuple of format strings, each with exactly one plain
+    ``{}`` replacement field, or raise a clear error naming ``templates``.
+
+    Every template is parsed as :meth:`str.format` parses it
+    (:meth:`string.Formatter.parse`): it must hold one replacement field, ``{}``
+    itself (no name or index such as ``{x}`` / ``{0}``, no conversion or format
+    spec); literal braces are written doubled (``"{{{}}}"`` gives ``{dog}``). A
+    template that would fill in the same text for every class (``"{{}}"``: the
+    literal ``{}``) or fail at the first call (``"a {x} of {}"``, ``"{} }"``) is
+    refused here, at construction.
+
+    Args:
+        templates (list[str] or None): prompt templates; ``None`` gives the default 85.
+
+    Returns:
+        tuple[str, ...]: the templates.
+
+    Raises:
+        TypeError: when ``templates`` is not a list of strings.
+        ValueError: naming ``templates`` and the template at fault.
+
+    Examples::
+
+        >>> validate_templates(["a photo of a {}.", "{}"])
+        ('a photo of a {}.', '{}')
+    """
     if templates is None:
         return default_templates()
     items = validate_texts(templates, "templates")
-    for t in items:
-        if t.count("{}") != 1:
+    for i, t in enumerate(items):
+        try:
+            fields = [(name, spec, conversion)
+                      for _, name, spec, conversion in string.Formatter().parse(t)
+                      if name is not None]
+        except ValueError as exc:  # a single '{' or '}'
             raise ValueError(
-                f"templates: each template needs exactly one '{{}}' placeholder, got {t!r}"
+                f"templates: template {i} ({t!r}) is not a valid format string ({exc}); "
+                "write literal braces doubled ('{{' and '}}')"
+            ) from None
+        plain = [f for f in fields if f == ("", "", None)]
+        if len(fields) != 1 or len(plain) != 1:
+            shown = ", ".join(
+                "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "")
+                + "}" for name, spec, conversion in fields
+            ) or "none"
+            raise ValueError(
+                f"templates: template {i} ({t!r}) must hold exactly one '{{}}' placeholder for "
+                f"the text (no names, indices, conversions or format specs; literal braces "
+                f"doubled), got replacement fields: {shown}"
             )
     return tuple(items)
 
@@ -121,7 +169,10 @@ class TextFeatureCache:
             of strings to token ids ``[N, L]`` (a tensor, or a mapping with
             ``input_ids``), or a Hugging Face tokenizer / processor (called
             padded and truncated to the model's context length); default: the
-            model family's own tokenizer.
+            model family's own tokenizer. A Hugging Face tokenizer that gives two
+            plainly different texts the same ids is refused here (``ValueError``
+            naming ``tokenizer``), any tokenizer that does so for the texts of a call
+            when they are encoded.
         truncate (bool): run the text tower only up to the last EOT position.
         chunk_size (int): most prompts encoded per forward.
         bucket_overhead (float, optional): the cost of one forward in tokens,
@@ -147,6 +198,8 @@ class TextFeatureCache:
         check_int("chunk_size", chunk_size, minimum=1)
         self.adapter = adapter
         self.tokenizer = tokenizer if tokenizer is not None else adapter.text.default_tokenizer()
+        if hf_tokenizer(self.tokenizer) is not None:  # e.g. an empty one of a bare folder
+            check_tokenizer_distinguishes(self.tokenizer, adapter.text.context_length)
         self.truncate = truncate
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
@@ -168,9 +221,13 @@ class TextFeatureCache:
         Raises:
             TypeError: naming ``tokenizer`` when it does not give ``N`` rows of
                 integer token ids.
+            ValueError: naming ``tokenizer`` when it gives several different texts
+                all the same ids (a degenerate tokenizer, e.g. the empty one of a
+                Hugging Face folder saved without its tokenizer files).
         """
         context = self.adapter.text.context_length
         ids = check_token_ids(tokenize(self.tokenizer, texts, context), len(texts), context)
+        check_distinct_token_ids(list(texts), ids)
         return ids.to(self.adapter.device)
 
     def features(self, texts: Sequence[str], templates: Tuple[str, ...]) -> Tensor:

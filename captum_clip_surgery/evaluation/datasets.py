@@ -60,6 +60,10 @@ def masks_from_index_map(
 
 class _MaskDataset(Dataset):
     class_names: List[str]
+    #: The deletion / insertion baseline :func:`~captum_clip_surgery.evaluation.evaluate`
+    #: uses for this dataset when none is given: ``"blur"`` for natural images (a blurred
+    #: photo keeps its colours but loses the shapes and textures a model reads).
+    default_baseline: str = "blur"
 
     def _item(self, image: Image.Image, masks: torch.Tensor, index: int) -> Dict[str, Any]:
         return {
@@ -83,12 +87,20 @@ class ScenesSegmentation(_MaskDataset):
             ``HELD_OUT_START`` (scenes the shipped model never saw).
         seed (int): world seed when ``world`` is not given.
 
+    Its deletion / insertion baseline (:attr:`default_baseline`) is ``"mean"``: the
+    scenes are flat-coloured objects on textured backgrounds and the shipped model reads
+    colour, so a blurred scene still shows every object's class (deleting pixels then
+    removes almost no evidence, and every method gets the same AUCs); the image's mean
+    colour removes it.
+
     Examples::
 
         >>> ds = ScenesSegmentation(size=200)
         >>> item = ds[0]; item["masks"].shape[0] == len(ds.class_names)
         True
     """
+
+    default_baseline: str = "mean"
 
     def __init__(
         self, world: Optional[Any] = None, size: int = 200, start: Optional[int] = None, seed: int = 0

@@ -11,7 +11,12 @@ from captum.metrics import infidelity, sensitivity_max
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from captum_clip_surgery._validation import check_image_tensor, check_int, check_positive_number
+from captum_clip_surgery._validation import (
+    check_dense_tensor,
+    check_image_tensor,
+    check_int,
+    check_positive_number,
+)
 
 __all__ = ["deletion_insertion", "infidelity_score", "sensitivity_score"]
 
@@ -25,6 +30,7 @@ BLUR_SIGMA = 5.0
 def _baseline(images: Tensor, baseline: Union[str, Tensor]) -> Tensor:
     b, c, h, w = images.shape
     if isinstance(baseline, Tensor):
+        check_dense_tensor("baseline", baseline)
         if baseline.shape not in ((c, h, w), (1, c, h, w), (b, c, h, w)):
             raise ValueError(
                 f"baseline: expected a tensor [{c}, {h}, {w}] or [{b}, {c}, {h}, {w}] (the "
@@ -152,6 +158,7 @@ def deletion_insertion(
     b, c, h, w = images.shape
     if not isinstance(maps, Tensor):
         raise TypeError(f"maps: expected a Tensor [B, 1, H, W], got {type(maps).__name__}")
+    check_dense_tensor("maps", maps)
     if maps.ndim == 3:
         maps = maps.unsqueeze(1)
     if maps.shape != (b, 1, h, w):

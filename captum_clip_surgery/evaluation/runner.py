@@ -44,6 +44,14 @@ from captum_clip_surgery.methods.registry import (
 __all__ = ["EvaluationResult", "evaluate", "square_preprocess"]
 
 #: Metrics of the summary table, in order, with their column titles.
+#: What deleted pixels become under each baseline (the note under the result tables).
+BASELINE_WORDS = {
+    "blur": "removed pixels become a Gaussian blur of the image",
+    "mean": "removed pixels become the image's mean colour",
+    "zero": "removed pixels become zeros, the normalised mean colour of the model's data",
+    "tensor": "removed pixels become a given image",
+}
+
 COLUMNS = (
     ("msc", "mSC ↑"),
     ("miou", "mIoU ↑"),
@@ -71,6 +79,9 @@ class EvaluationResult:
         methods (list[str]): method names in order.
         num_images (int): images evaluated.
         class_names (list[str]): the dataset's classes (orders :meth:`breakdown`).
+        baseline (str, optional): the deletion / insertion baseline (``"blur"``,
+            ``"mean"``, ``"zero"`` or ``"tensor"``); ``None`` without faithfulness.
+            :meth:`to_markdown` and :meth:`breakdown_markdown` name it under the table.
     """
 
     records: List[Dict[str, Any]]
@@ -78,6 +89,7 @@ class EvaluationResult:
     methods: List[str]
     num_images: int
     class_names: List[str] = field(default_factory=list)
+    baseline: Optional[str] = None
 
     @property
     def curves(self) -> Dict[str, Dict[str, Tensor]]:
@@ -192,7 +204,7 @@ class EvaluationResult:
                     "–" if math.isnan(row[k]) else f"{row[k]:.{digits}f}" for k in keys]
                 lines.append(f"| {method_title(method)} | {group or '–'} | "
                              + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self._baseline_note()
 
     def to_markdown(self, digits: int = 3) -> str:
         r"""The summary as a markdown table (one row per method)."""
@@ -207,7 +219,14 @@ class EvaluationResult:
                 cells.append("–" if math.isnan(v) else (f"{v:.4f}" if key == "seconds_per_image"
                                                          else f"{v:.{digits}f}"))
             lines.append(f"| {method_title(method)} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self._baseline_note()
+
+    def _baseline_note(self) -> str:
+        r"""The line under a table that says what deleted pixels became."""
+        if self.baseline is None:
+            return ""
+        what = BASELINE_WORDS.get(self.baseline, self.baseline)
+        return f"\nDeletion / insertion baseline: {self.baseline} ({what}).\n"
 
     def write(self, out_dir: str) -> Dict[str, str]:
         r"""Write ``results.md``, ``results.csv`` (summary), ``breakdown.md`` /
@@ -241,9 +260,10 @@ class EvaluationResult:
         keys = [k for k, _ in COLUMNS] + ["negative_share", "pairs"]
         with open(paths["csv"], "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["method"] + keys)
+            writer.writerow(["method"] + keys + ["baseline"])
             for method, row in summary.items():
-                writer.writerow([method] + [repr(float(row[k])) for k in keys])
+                writer.writerow([method] + [repr(float(row[k])) for k in keys]
+                                + [self.baseline or ""])
         with open(paths["records"], "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             cols = ["method", "index", "class", "kind", "msc", "pointing", "energy",
@@ -362,7 +382,7 @@ def evaluate(
     thresholds: Optional[Tensor] = None,
     faithfulness: bool = True,
     deletion_steps: int = 20,
-    baseline: Union[str, Tensor] = "blur",
+    baseline: Optional[Union[str, Tensor]] = None,
     method_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
     progress: bool = True,
     per_pair: bool = False,
@@ -396,7 +416,12 @@ def evaluate(
         thresholds (Tensor, optional): IoU threshold grid (default 0..1 step 0.05).
         faithfulness (bool): compute deletion / insertion AUCs.
         deletion_steps (int): steps of the deletion / insertion curves.
-        baseline (str or Tensor): deletion / insertion baseline.
+        baseline (str or Tensor, optional): what deleted pixels become in the deletion /
+            insertion curves (``"blur"``, ``"mean"``, ``"zero"`` or a tensor); default the
+            dataset's ``default_baseline`` (``"mean"`` for the scenes world, whose model
+            reads colour so that a blur deletes nothing; ``"blur"`` for natural images
+            and datasets that declare none). The result's :attr:`~EvaluationResult.baseline`
+            and the note under its tables say which was used.
         method_kwargs (dict, optional): per-method ``attribute`` keyword arguments.
         progress (bool): show a tqdm progress bar (rank 0 only).
         per_pair (bool): explain every (image, class) pair in its own batch row with
@@ -435,6 +460,12 @@ def evaluate(
         raise TypeError(
             f"preprocess: expected a callable PIL image -> [3, h, w] tensor, got "
             f"{type(preprocess).__name__}"
+        )
+    if baseline is None:
+        baseline = getattr(dataset, "default_baseline", None) or "blur"
+    if isinstance(baseline, str) and (baseline not in BASELINE_WORDS or baseline == "tensor"):
+        raise ValueError(
+            f"baseline: expected 'blur', 'mean', 'zero' or a tensor, got {baseline!r}"
         )
     class_names = list(getattr(dataset, "class_names", []))
     kinds = dict(getattr(dataset, "class_kinds", None) or {})
@@ -522,5 +553,6 @@ def evaluate(
     # One order whatever the batching or the number of ranks: method, image, class.
     records.sort(key=lambda r: (list(specs).index(r["method"]), r["index"],
                                 class_names.index(r["class"])))
+    used = (baseline if isinstance(baseline, str) else "tensor") if faithfulness else None
     return EvaluationResult(records=records, thresholds=thresholds, methods=list(specs),
-                            num_images=len(subset), class_names=class_names)
+                            num_images=len(subset), class_names=class_names, baseline=used)

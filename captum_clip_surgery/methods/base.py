@@ -64,6 +64,7 @@ from captum_clip_surgery.adapters.base import (
 )
 from captum_clip_surgery.core.architecture import dense_rows, run_blocks
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier, as_classifier
+from captum_clip_surgery.core.feature_surgery import check_distinct_texts
 from captum_clip_surgery.core.feature_surgery import feature_surgery_scores as _feature_surgery
 from captum_clip_surgery.core.maps import minmax_normalize, to_pixels
 from captum_clip_surgery.core.text import validate_texts
@@ -288,16 +289,21 @@ class TokenMapAttribution(ClassifierAttribution, abc.ABC):
     ) -> Tuple[Tensor, Tuple[int, int]]:
         check_feature_surgery(mode)
         grad = torch.is_grad_enabled() and images.requires_grad
+        classes = not isinstance(mode, Tensor) and (
+            mode == "classes" or (mode == "auto" and len(texts) >= 2)
+        )
         with inference_mode_of(self.classifier.model), torch.set_grad_enabled(grad), \
                 self.running():
+            e = self.classifier.encode_texts(texts)
+            if classes:  # duplicate texts cancel out: refused before the image forward
+                check_distinct_texts(texts, e)
             feats, grid = self.token_features(images)
             f = F.normalize(feats.float(), dim=-1)
-            e = self.classifier.encode_texts(texts)
             if isinstance(mode, Tensor):
                 s = _feature_surgery(f, e, "redundant", mode.to(f.device))
             elif mode == "empty" or (mode == "auto" and len(texts) < 2):
                 s = _feature_surgery(f, e, "redundant", self.classifier.empty_text_features())
-            elif mode in ("classes", "auto"):
+            elif classes:
                 s = _feature_surgery(f, e, "classes")
             else:
                 s = _feature_surgery(f, e, "none")

@@ -296,8 +296,13 @@ def test_default_tokenizer_comes_from_the_checkpoint_folder_or_a_clear_error():
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         loaded = type(model).from_pretrained(folder).eval()
-        with pytest.raises(ValueError, match="^tokenizer: could not load the tokenizer of"):
+        # SigLIP's AutoTokenizer error, on one line and to the end: what to pass
+        with pytest.raises(ValueError, match=r"^tokenizer: no tokenizer for .* in local files "
+                                             r"\(transformers: .*to build an AutoTokenizer\); "
+                                             r"pass the model's own tokenizer: .*--tokenizer "
+                                             r"PATH_OR_NAME$") as caught:
             CLIPZeroShotClassifier(loaded, TEXTS)
+        assert "\n" not in str(caught.value) and "google/siglip" in str(caught.value)
         tok.save_pretrained(folder)
         default = CLIPZeroShotClassifier(loaded, TEXTS, templates=TEMPLATES)
         given = CLIPZeroShotClassifier(model, TEXTS, templates=TEMPLATES, tokenizer=tok)
@@ -361,3 +366,34 @@ def test_both_layer_calling_forms_and_wrapped_tower_layouts():
     assert _tower(holder, "vision_model", "vision tower") is model.vision_model
     with pytest.raises(TypeError, match="model: no text tower found"):
         _tower(holder, "text_model", "text tower")
+
+
+def test_folder_without_tokenizer_files_is_a_clear_error_not_identical_maps(tmp_path):
+    r"""Issue 18, item 3: ``AutoTokenizer`` of a CLIP folder saved without its tokenizer
+    files is an empty tokenizer (a vocabulary of 2) that gives every text the same ids."""
+    model, tok = build("clip-sdpa")
+    folder = tmp_path / "clip-without-tokenizer"
+    model.save_pretrained(str(folder))
+    loaded = type(model).from_pretrained(str(folder)).eval()
+    empty = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    padded = empty(["dog", "a red car"], padding="max_length", max_length=16)["input_ids"]
+    assert len(empty) <= 3 and padded[0] == padded[1]  # every text the same ids
+    degenerate = r"gives the same token ids .* to every one of 2 different texts"
+    with pytest.raises(ValueError, match=r"^tokenizer \(AutoTokenizer of .*\): " + degenerate):
+        CLIPZeroShotClassifier(loaded, TEXTS, templates=["{}"])  # the default tokenizer
+    with pytest.raises(ValueError, match=r"^tokenizer: " + degenerate + r" .*--tokenizer"):
+        CLIPZeroShotClassifier(loaded, TEXTS, templates=["{}"], tokenizer=empty)
+    with pytest.raises(ValueError, match=r"^tokenizer: " + degenerate):
+        CLIPZeroShotClassifier(loaded, TEXTS, tokenizer=hosts.ProcessorLike(empty))
+    # any tokenizer: texts of a call that all get the same ids are refused when encoded
+    constant = CLIPZeroShotClassifier(loaded, TEXTS, templates=["{}"],
+                                      tokenizer=lambda texts: tok(["dog"] * len(texts),
+                                                                  return_tensors="pt"))
+    with pytest.raises(ValueError, match=r"^tokenizer: gives the same token ids .* to every "
+                                         r"one of 3 different texts \(e\.g\. 'dog' and 'cat'\)"):
+        constant.encode_texts(TEXTS)
+    # the real tokenizer saved beside the weights: the default works and tells texts apart
+    tok.save_pretrained(str(folder))
+    clf = CLIPZeroShotClassifier(loaded, TEXTS, templates=["{}"])
+    features = clf.text_features
+    assert torch.unique(features, dim=0).shape[0] == len(TEXTS)

@@ -335,3 +335,25 @@ def test_every_method_choice_lists_the_registry_names(tmp_path, capsys):
         with pytest.raises(ValueError, match="nope") as info:
             call()
         assert listed in str(info.value)
+
+
+def test_tokenizer_option_for_a_folder_without_tokenizer_files(tmp_path, capsys):
+    r"""Issue 18, item 3: without tokenizer files one line says to pass --tokenizer; with it
+    the folder explains (and evaluates)."""
+    hosts = pytest.importorskip("tests.adapters.hosts")
+    folder = tmp_path / "hf-clip"
+    hosts.to_hf(hosts.openclip_vit()).save_pretrained(str(folder))
+    tokenizer = tmp_path / "tokenizer"
+    hosts.clip_tokenizer().save_pretrained(str(tokenizer))
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), color=(200, 30, 30)).save(image)
+    argv = ["explain", "--model", str(folder), "--image", str(image), "--text", "dog",
+            "--text", "a red car", "--out", str(tmp_path / "hf.png")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tokenizer PATH_OR_NAME" in err, err
+    assert "gives the same token ids" in err
+    assert main(argv + ["--tokenizer", str(tokenizer)]) == 0
+    assert main(["explain", "--tokenizer", str(tokenizer), "--out", str(tmp_path / "x.png")]) == 2
+    assert "--tokenizer: give --model too" in capsys.readouterr().err

@@ -75,3 +75,67 @@ def test_train_mode_model_is_explained_with_inference_behaviour(snapshot):
     torch.testing.assert_close(a, b)  # no dropout: deterministic
     snap.assert_unchanged()
     assert model.training
+
+
+def _in_threads(n, work):
+    import threading
+
+    errors, start = [], threading.Barrier(n)
+
+    def run(i):
+        try:
+            start.wait()
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_gradcam_from_several_threads_at_once(snapshot, tmp_path):
+    r"""Issue 18, item 16: Captum's hooks sit on the classifier's shared grid layer; calls
+    of several threads (and other methods' forwards through the same layer) must neither
+    fail nor see each other's tensors."""
+    from captum.attr import LayerGradCam
+    from PIL import Image
+
+    from captum_clip_surgery import build_method, compare, explain_images
+
+    model = tiny_vit()
+    snap = snapshot(model)
+    clf = CLIPZeroShotClassifier(model, TEXTS, templates=FEW_TEMPLATES)
+    images = [images_for(model, b=2, seed=s) for s in range(4)]
+    shared = LayerGradCam(clf, clf.gradcam_layer(-1))  # one Captum object for every thread
+    expected = [shared.attribute(x, target=[1, 3]) for x in images]
+    expected_compare = [compare(clf, x, "grass", methods=["gradcam", "saliency"]) for x in images]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40 + 8 * i, 32), color=(60 * i, 90, 200)).save(folder / f"{i}.png")
+    expected_folder = dict(explain_images(str(folder), clf, method="gradcam", texts=["cat"]))
+
+    def work(i):
+        for r in range(3):
+            k = (i + r) % len(images)
+            torch.testing.assert_close(shared.attribute(images[k], target=[1, 3]), expected[k],
+                                       rtol=0, atol=1e-6)
+            own = build_method("gradcam", clf).attribute(images[k], target=[1, 3])
+            torch.testing.assert_close(own, expected[k], rtol=0, atol=1e-6)
+            got = compare(clf, images[k], "grass", methods=["gradcam", "saliency"])
+            for name, m in got.items():
+                torch.testing.assert_close(m, expected_compare[k][name], rtol=0, atol=1e-6)
+            if r == 0:
+                for path, maps in explain_images(str(folder), clf, method="gradcam",
+                                                 texts=["cat"]):
+                    torch.testing.assert_close(maps, expected_folder[path], rtol=0, atol=1e-6)
+
+    errors = _in_threads(4, work)
+    assert not errors, repr(errors[0])
+    assert all(not layer._forward_hooks and not layer._forward_pre_hooks
+               for layer in clf.grid_layers)  # every Captum hook removed again
+    snap.assert_unchanged()

@@ -281,3 +281,56 @@ def test_line_styles_stay_distinct_past_ten_methods():
     assert len(set(pairs)) == 14
     assert styles[0] == {"color": "C0", "linestyle": "-"}
     assert styles[10] == {"color": "C0", "linestyle": "--"}  # the colour comes back, dashed
+
+
+def test_deletion_baseline_is_the_datasets_own_and_is_named(scenes, tmp_path):
+    r"""Issue 18, item 17: the scenes world deletes to its mean colour by default (a blur
+    keeps every object's colour, which the scenes model reads), natural-image datasets to a
+    blur; the result and its tables say which."""
+    from captum_clip_surgery.evaluation import FolderSegmentation, VOCSegmentationMasks
+    from captum_clip_surgery.evaluation.faithfulness import deletion_insertion
+
+    data, clf, transform = scenes
+    assert ScenesSegmentation.default_baseline == "mean"
+    assert FolderSegmentation.default_baseline == VOCSegmentationMasks.default_baseline == "blur"
+    kwargs = dict(limit=2, deletion_steps=3, progress=False, batch_size=2)
+    default = evaluate(["surgery"], data, clf, transform, **kwargs)
+    assert default.baseline == "mean"
+    # the records are the curves of deletion_insertion with the mean-colour baseline
+    explicit = evaluate(["surgery"], data, clf, transform, baseline="mean", **kwargs)
+    _assert_same_records(default.records, explicit.records, tol=0)
+    blur = evaluate(["surgery"], data, clf, transform, baseline="blur", **kwargs)
+    assert blur.baseline == "blur"
+    assert [r["deletion_curve"] for r in blur.records] != [r["deletion_curve"] for r in default.records]
+    item = data[0]
+    image = transform(item["image"])[None]
+    c = int(torch.nonzero(item["present"]).flatten()[0])
+    maps = CLIPSurgeryAttribution(clf).attribute(image, target=c)
+    from captum_clip_surgery.apps.comparison import footing
+
+    maps = footing(maps, clf, image.shape[-2:])
+    by_hand = deletion_insertion(clf, image, maps, c, steps=3, baseline="mean")
+    assert default.records[0]["deletion_curve"] == pytest.approx(
+        by_hand["deletion_curve"][0].tolist(), abs=1e-5)
+    # the tables say it, under the table; without faithfulness there is nothing to say
+    note = "Deletion / insertion baseline: mean (removed pixels become the image's mean colour)."
+    assert default.to_markdown().rstrip().endswith(note)
+    assert note in default.breakdown_markdown("kind")
+    assert "baseline" not in evaluate(["surgery"], data, clf, transform, faithfulness=False,
+                                      **kwargs).to_markdown()
+    paths = default.write(str(tmp_path / "out"))
+    with open(paths["csv"], newline="") as fh:
+        assert [r["baseline"] for r in csv.DictReader(fh)] == ["mean"]
+    with pytest.raises(ValueError, match="baseline: expected 'blur', 'mean', 'zero' or a tensor"):
+        evaluate(["surgery"], data, clf, transform, baseline="gray", **kwargs)
+
+
+def test_cli_evaluate_names_the_baseline(tmp_path, capsys):
+    from captum_clip_surgery.cli import main
+
+    common = ["evaluate", "--limit", "1", "--methods", "raw", "--deletion-steps", "2"]
+    assert main(common + ["--out", str(tmp_path / "a")]) == 0
+    assert "Deletion / insertion baseline: mean" in capsys.readouterr().out
+    assert "baseline: mean" in (tmp_path / "a" / "results.md").read_text()
+    assert main(common + ["--baseline", "blur", "--out", str(tmp_path / "b")]) == 0
+    assert "Deletion / insertion baseline: blur" in capsys.readouterr().out

@@ -90,7 +90,7 @@ def test_build_method_and_defaults():
     assert type(build_method("surgery_empty", clf)) is CLIPSurgeryAttribution
     assert build_method("surgery", clf, surgery_blocks=2).surgery_blocks == 2
     assert method_defaults("surgery_empty", clf, images) == {"feature_surgery": "empty"}
-    assert method_defaults("ig", clf, images) == {"n_steps": 50, "internal_batch_size": 30}
+    assert method_defaults("ig", clf, images) == {"n_steps": 50, "internal_batch_size": 8}
     assert method_defaults("occlusion", clf, images) == {
         "sliding_window_shapes": (3, 8, 8), "strides": (3, 8, 8)}
     assert method_defaults("gradcam", clf, images) == {"relu_attributions": True}
@@ -193,3 +193,35 @@ def test_registry_is_truthful_for_the_coca_pooler():
         if get_method(name).kind in ("token", "relevance"):
             out = build_method(name, clf).attribute(images, target=1)
             assert out.shape == (1, 1, s, s) and torch.isfinite(out).all(), name
+
+
+def test_integrated_gradients_runs_a_bounded_number_of_steps_per_pass():
+    r"""Issue 18, item 18: 50 steps of a batch in one pass keep every step's activations
+    (13.6 GB for the README's ViT-B/16 example); the default runs 8 steps per forward
+    whatever the batch, with the same attributions."""
+    from captum.attr import IntegratedGradients
+
+    from captum_clip_surgery import compare
+    from captum_clip_surgery.methods.captum_methods import IG_INTERNAL_BATCH
+
+    model = tiny_vit()
+    clf = CLIPZeroShotClassifier(model, ["dog", "cat"], templates=["{}"])
+    for batch in (1, 2, 30):
+        defaults = method_defaults("ig", clf, torch.zeros(batch, 3, 32, 32))
+        assert defaults["internal_batch_size"] == IG_INTERNAL_BATCH == 8
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = []
+    real_forward = clf.forward
+
+    def counting(x, *args):
+        rows.append(x.shape[0])
+        return real_forward(x, *args)
+
+    clf.forward = counting  # Captum calls the classifier: count the rows of each pass
+    maps = compare(clf, images, target=1, methods=["ig"])["ig"]
+    del clf.forward
+    assert max(rows) <= 8 and sum(r for r in rows if r > 2) >= 2 * 50
+    whole = IntegratedGradients(clf).attribute(images, target=1, n_steps=50)  # one pass
+    from captum_clip_surgery.apps.comparison import footing
+
+    torch.testing.assert_close(maps, footing(whole, clf, (32, 32)), atol=1e-5, rtol=1e-4)
