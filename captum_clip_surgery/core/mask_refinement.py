@@ -7,6 +7,7 @@ methods that refine a first-pass segmentation inside their forward (ResCLIP) use
 
 from __future__ import annotations
 
+import warnings
 from typing import List, Sequence, Tuple
 
 import torch
@@ -78,8 +79,13 @@ def pamr(
     ``M_p ← Σ_q softmax(a)_pq M_q``.
 
     Used by NACLIP's published results (10 iterations, dilations 8 and 16) on the
-    raw cosine scores at the image size; usable with every dense method through
-    :func:`~captum_clip_surgery.segment` (``pamr=True``).
+    raw cosine scores at the image size, and inside ResCLIP's forward; usable with every
+    dense method through :func:`~captum_clip_surgery.segment` (``pamr=True``).
+
+    On CPU and CUDA each iteration is one sparse (CSR, ``8 · len(dilations)`` entries a
+    row) times dense product per image, the scores of a pixel contiguous; other devices
+    add shifted views. Both equal the original's convolution layout up to float32
+    rounding (the order of the sums).
 
     Args:
         images (Tensor): ``[B, C, H, W]`` images (any normalisation; the affinity
@@ -104,18 +110,77 @@ def pamr(
     m = logits.float()
     if tuple(m.shape[-2:]) != (h, w):
         m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=True)
+    if iterations == 0:
+        return m
+    offsets = _offsets(dils)
+    affinity = _affinity(image, dils, offsets)
+    if m.device.type in _SPARSE_DEVICES:
+        return _propagate_sparse(affinity, m, offsets, iterations)
+    return _propagate_dense(affinity, m, offsets, iterations)
+
+
+#: Devices whose sparse CSR x dense product runs the propagation (others use shifted views).
+_SPARSE_DEVICES = ("cpu", "cuda")
+
+
+def _affinity(image: Tensor, dils: Sequence[int], offsets: List[Tuple[int, int]]) -> Tensor:
+    r"""``softmax`` over the neighbours of ``-|I_p - I_q| / (1e-8 + 0.1 σ_p)`` (mean over
+    colour channels), ``[B, Q, H, W]``; ``σ_p`` the unbiased standard deviation over the 9
+    positions of every dilation (two passes over shifted views, no stacked copy)."""
+    h, w = image.shape[-2:]
     pad = max(dils)
     padded = F.pad(image, (pad,) * 4, mode="replicate")
-    offsets = _offsets(dils)
-    # σ_p: std over the 9 positions of each dilation (centre included), all dilations together
-    window = [image] * len(dils) + [_shift(padded, dy, dx, pad, (h, w)) for dy, dx in offsets]
-    std = torch.stack(window, dim=2).std(dim=2)  # [B, C, H, W]
-    denom = 1e-8 + 0.1 * std
-    affinity = torch.stack(
-        [(-(image - _shift(padded, dy, dx, pad, (h, w))).abs() / denom).mean(dim=1)
-         for dy, dx in offsets],
-        dim=1,
-    ).softmax(dim=1)  # [B, Q, H, W]
+    shifted = [_shift(padded, dy, dx, pad, (h, w)) for dy, dx in offsets]
+    count = len(dils) + len(shifted)  # the centre once per dilation
+    total = image * len(dils)
+    for s in shifted:
+        total = total + s
+    mean = total / count
+    squares = (image - mean) ** 2 * len(dils)
+    for s in shifted:
+        squares = squares + (s - mean) ** 2
+    denom = 1e-8 + 0.1 * (squares / (count - 1)).sqrt()
+    return torch.stack([(-(image - s).abs() / denom).mean(dim=1) for s in shifted],
+                       dim=1).softmax(dim=1)
+
+
+def _neighbour_index(h: int, w: int, offsets: List[Tuple[int, int]], device: torch.device) -> Tensor:
+    r"""Flat index ``[h * w, Q]`` of every pixel's neighbours (clamped: replicate padding)."""
+    rows = torch.arange(h, device=device).view(h, 1)
+    cols = torch.arange(w, device=device).view(1, w)
+    return torch.stack([((rows + dy).clamp(0, h - 1) * w + (cols + dx).clamp(0, w - 1)).reshape(-1)
+                        for dy, dx in offsets], dim=1)
+
+
+def _propagate_sparse(
+    affinity: Tensor, m: Tensor, offsets: List[Tuple[int, int]], iterations: int
+) -> Tensor:
+    r"""``iterations`` times ``M_p ← Σ_q a_pq M_q`` as a sparse ``[HW, HW]`` (CSR, ``Q`` entries
+    a row) times dense ``[HW, K]`` product per image: one pass over memory per iteration,
+    the ``K`` scores of a pixel contiguous."""
+    b, q, h, w = affinity.shape
+    n, k = h * w, m.shape[1]
+    columns = _neighbour_index(h, w, offsets, m.device).reshape(-1)
+    crow = torch.arange(0, n * q + 1, q, device=m.device)
+    out = []
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product is stable
+        warnings.simplefilter("ignore", UserWarning)
+        for i in range(b):
+            a = torch.sparse_csr_tensor(crow, columns, affinity[i].permute(1, 2, 0).reshape(-1),
+                                        size=(n, n), check_invariants=False)
+            x = m[i].reshape(k, n).t().contiguous()
+            for _ in range(iterations):
+                x = a @ x
+            out.append(x.t().reshape(k, h, w))
+    return torch.stack(out)
+
+
+def _propagate_dense(
+    affinity: Tensor, m: Tensor, offsets: List[Tuple[int, int]], iterations: int
+) -> Tensor:
+    r"""The same propagation with replicate-padded shifted views (any device)."""
+    h, w = m.shape[-2:]
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     for _ in range(iterations):
         mp = F.pad(m, (pad,) * 4, mode="replicate")
         out = torch.zeros_like(m)
