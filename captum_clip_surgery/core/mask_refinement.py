@@ -125,7 +125,7 @@ _SPARSE_DEVICES = ("cpu", "cuda")
 
 def _affinity(image: Tensor, dils: Sequence[int], offsets: List[Tuple[int, int]]) -> Tensor:
     r"""``softmax`` over the neighbours of ``-|I_p - I_q| / (1e-8 + 0.1 σ_p)`` (mean over
-    colour channels), ``[B, Q, H, W]``; ``σ_p`` the unbiased standard deviation over the 9
+    colour channels), ``[B, H, W, Q]``; ``σ_p`` the unbiased standard deviation over the 9
     positions of every dilation (two passes over shifted views, no stacked copy)."""
     h, w = image.shape[-2:]
     pad = max(dils)
@@ -133,15 +133,15 @@ def _affinity(image: Tensor, dils: Sequence[int], offsets: List[Tuple[int, int]]
     shifted = [_shift(padded, dy, dx, pad, (h, w)) for dy, dx in offsets]
     count = len(dils) + len(shifted)  # the centre once per dilation
     total = image * len(dils)
-    for s in shifted:
-        total = total + s
-    mean = total / count
-    squares = (image - mean) ** 2 * len(dils)
-    for s in shifted:
-        squares = squares + (s - mean) ** 2
-    denom = 1e-8 + 0.1 * (squares / (count - 1)).sqrt()
-    return torch.stack([(-(image - s).abs() / denom).mean(dim=1) for s in shifted],
-                       dim=1).softmax(dim=1)
+    for v in shifted:
+        total.add_(v)
+    mean = total.div_(count)
+    squares = (image - mean).square_().mul_(len(dils))
+    for v in shifted:
+        squares.add_((v - mean).square_())
+    denom = squares.div_(count - 1).sqrt_().mul_(0.1).add_(1e-8)
+    scores = [(image - v).abs_().div_(denom).mean(dim=1) for v in shifted]
+    return torch.stack(scores, dim=-1).neg_().softmax(dim=-1)
 
 
 def _neighbour_index(h: int, w: int, offsets: List[Tuple[int, int]], device: torch.device) -> Tensor:
@@ -158,16 +158,17 @@ def _propagate_sparse(
     r"""``iterations`` times ``M_p ← Σ_q a_pq M_q`` as a sparse ``[HW, HW]`` (CSR, ``Q`` entries
     a row) times dense ``[HW, K]`` product per image: one pass over memory per iteration,
     the ``K`` scores of a pixel contiguous."""
-    b, q, h, w = affinity.shape
+    b, h, w, q = affinity.shape
     n, k = h * w, m.shape[1]
-    columns = _neighbour_index(h, w, offsets, m.device).reshape(-1)
-    crow = torch.arange(0, n * q + 1, q, device=m.device)
+    index = torch.int32 if n * q < 2**31 else torch.int64  # int32: a fifth faster on CPU
+    columns = _neighbour_index(h, w, offsets, m.device).reshape(-1).to(index)
+    crow = torch.arange(0, n * q + 1, q, device=m.device, dtype=index)
     out = []
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the product is stable
         warnings.simplefilter("ignore", UserWarning)
         for i in range(b):
-            a = torch.sparse_csr_tensor(crow, columns, affinity[i].permute(1, 2, 0).reshape(-1),
-                                        size=(n, n), check_invariants=False)
+            a = torch.sparse_csr_tensor(crow, columns, affinity[i].reshape(-1), size=(n, n),
+                                        check_invariants=False)
             x = m[i].reshape(k, n).t().contiguous()
             for _ in range(iterations):
                 x = a @ x
@@ -185,6 +186,6 @@ def _propagate_dense(
         mp = F.pad(m, (pad,) * 4, mode="replicate")
         out = torch.zeros_like(m)
         for qi, (dy, dx) in enumerate(offsets):
-            out = out + affinity[:, qi : qi + 1] * _shift(mp, dy, dx, pad, (h, w))
+            out = out + affinity[:, None, :, :, qi] * _shift(mp, dy, dx, pad, (h, w))
         m = out
     return m

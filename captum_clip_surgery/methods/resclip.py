@@ -471,8 +471,8 @@ class ResCLIPAttribution(TokenMapAttribution):
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if self.pamr_iterations:
             logits = pamr(images, logits, self.pamr_iterations, self.pamr_dilations)
-        probs = (self.sfr_logit_scale * logits).softmax(dim=1)
-        label = probs.argmax(dim=1).masked_fill(probs.amax(dim=1) < self.temp_thd, 0)
+        top, label = (self.sfr_logit_scale * logits).softmax(dim=1).max(dim=1)  # first max
+        label = label.masked_fill(top < self.temp_thd, 0)
         return patch_mode(label, image.patch_size, len(texts))
 
     def _call_texts(self, texts: Optional[Sequence[str]]) -> List[str]:
