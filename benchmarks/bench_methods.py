@@ -10,7 +10,9 @@ so allocator caches from earlier calls cannot hide it; the timed calls follow. R
 measured the same way.
 
 Targets of the training-free family (METHODS-FAMILY): GEM ≤ 1.5× the forward's time,
-SCLIP / ClearCLIP / NACLIP ≤ 1.1×, LeGrad ≤ 3× with peak memory ≤ GradCAM's. The time
+SCLIP / ClearCLIP / NACLIP ≤ 1.1×, LeGrad ≤ 3× with peak memory ≤ GradCAM's; issue 20:
+SC-CLIP ≤ 1.3×, ResCLIP ≤ 1.3× (its default: NACLIP + RCS + SFR, whose first pass scores
+all 20 texts and runs PAMR at the input's pixels). The time
 ratio is paired: each timed call follows a plain forward in the same process, and the
 median of the per-pair ratios is reported (robust to load changes on shared machines;
 IG, timed once, uses the forward's own median).
@@ -27,7 +29,7 @@ import subprocess
 import sys
 
 METHODS = ["forward", "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig",
-           "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip"]
+           "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip", "scclip", "resclip"]
 
 _CHILD = r"""
 import json, statistics, sys, time
@@ -36,7 +38,7 @@ from captum.attr import IntegratedGradients, LayerGradCam, Saliency
 from captum_clip_surgery import (CLIPAttentionRelevance, CLIPSimilarityMap, CLIPSurgeryAttribution,
                                  CLIPZeroShotClassifier, ClearCLIPAttribution, GEMAttribution,
                                  GradECLIPAttribution, LeGradAttribution, MaskCLIPAttribution, NACLIPAttribution,
-                                 SCLIPAttribution)
+                                 ResCLIPAttribution, SCCLIPAttribution, SCLIPAttribution)
 
 method, device, repeats, ig_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 batch = int(sys.argv[5])
@@ -52,10 +54,12 @@ if method == "forward":
     def run():
         with torch.no_grad():
             return model.encode_image(images)
-elif method in ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "naclip"):
+elif method in ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "naclip", "scclip",
+                "resclip"):
     cls = {"surgery": CLIPSurgeryAttribution, "raw": CLIPSimilarityMap, "maskclip": MaskCLIPAttribution,
            "gem": GEMAttribution, "sclip": SCLIPAttribution, "clearclip": ClearCLIPAttribution,
-           "naclip": NACLIPAttribution}[method]
+           "naclip": NACLIPAttribution, "scclip": SCCLIPAttribution,
+           "resclip": ResCLIPAttribution}[method]
     explainer = cls(clf)
     def run():
         with torch.no_grad():

@@ -58,6 +58,8 @@ _LAZY: Dict[str, str] = {
     "NACLIPAttribution": "methods.naclip",
     "LeGradAttribution": "methods.legrad",
     "GradECLIPAttribution": "methods.gradeclip",
+    "SCCLIPAttribution": "methods.scclip",
+    "ResCLIPAttribution": "methods.resclip",
     "CheferAttribution": "methods.chefer",
     "CLIPAttentionRelevance": "methods.chefer",
     "DEFAULT_METHODS": "methods.registry",

@@ -73,3 +73,25 @@ def scene_batch(
     clf = CLIPZeroShotClassifier(model, world.class_names, templates=SCENE_TEMPLATES,
                                  tokenizer=tokenizer)
     return world, samples, images, clf
+
+
+def assert_decisions_then_maps(
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    got_decisions: torch.Tensor,
+    expected_decisions: torch.Tensor,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+) -> float:
+    r"""Compare a method that switches on hard thresholds with its plain reference
+    (METHODS-2025 §9): the per-image decisions first (``[B, N]``: outlier flags, labels),
+    which may differ in at most one token of an image (a value within float rounding of a
+    threshold), then the outputs ``[B, ...]`` of the images whose decisions agree (at
+    least one must). Returns the largest difference over those images."""
+    assert got_decisions.shape == expected_decisions.shape
+    flips = (got_decisions != expected_decisions).reshape(got_decisions.shape[0], -1).sum(dim=1)
+    assert int(flips.max()) <= 1, f"decisions differ in {flips.tolist()} tokens per image"
+    agree = flips == 0
+    assert bool(agree.any()), "no image with the reference's decisions"
+    torch.testing.assert_close(got[agree], expected[agree], atol=atol, rtol=rtol)
+    return float((got[agree] - expected[agree]).abs().max())

@@ -8,7 +8,7 @@ last block) and computes feature surgery in the element-wise B×N×T×C form.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import open_clip
 import torch
@@ -491,3 +491,248 @@ def gradeclip_map(model: open_clip.CLIP, image: Tensor, text_feature: Tensor) ->
     lam = (lam - lam.min()) / (lam.max() - lam.min())
     heat = torch.stack([torch.relu(lam[i] * (grad[0] * v[0, 1 + i]).sum()) for i in range(h * w)])
     return heat.detach().reshape(h, w)
+
+
+# ---------------------------------------------------------------------------------------
+# The 2024-25 CLIP-only methods (METHODS-2025 §2-3): SC-CLIP and ResCLIP, written from
+# the releases (SuleBai/SC-CLIP clip/model.py, yvhangyang/ResCLIP clip/model.py) one
+# image at a time as they run, with einsum attention; grid indices are row * w + col.
+# ---------------------------------------------------------------------------------------
+
+
+def scclip_lof(x: Tensor, neighbors: int = 30, contamination: float = 0.05) -> Tensor:
+    r"""The release's ``lof_pytorch`` on ONE image's tokens ``[N, C]``: outlier mask ``[N]``.
+    Pairwise differences summed explicitly; the 31 nearest, the first (itself) dropped."""
+    k = min(neighbors, x.shape[0] - 1)
+    d = torch.norm(x[:, None] - x[None, :], dim=2, p=2) ** 2
+    knn_d, knn_i = torch.topk(d, k=k + 1, largest=False)
+    knn_d, knn_i = knn_d[:, 1:], knn_i[:, 1:]
+    k_dist = knn_d[:, -1].unsqueeze(1).expand_as(knn_d)
+    reach = torch.max(knn_d, k_dist)
+    lrd = k / torch.nan_to_num(reach.mean(dim=1), nan=1e-6)
+    lof = (lrd[knn_i] / lrd.unsqueeze(1)).mean(dim=1)
+    return lof > torch.quantile(lof.float(), 1 - contamination)
+
+
+def scclip_repair(x: Tensor, outliers: Tensor, grid: Tuple[int, int]) -> Tensor:
+    r"""Each outlier of ONE image's grid tokens ``[N, C]`` replaced by the mean of its
+    non-outlier 8-neighbours inside the grid (unchanged without one), by loops."""
+    h, w = grid
+    out = x.clone()
+    for index in torch.nonzero(outliers).flatten().tolist():
+        r, c = divmod(index, w)
+        near = [rr * w + cc for rr in (r - 1, r, r + 1) for cc in (c - 1, c, c + 1)
+                if (rr, cc) != (r, c) and 0 <= rr < h and 0 <= cc < w
+                and not bool(outliers[rr * w + cc])]
+        if near:
+            out[index] = x[near].sum(dim=0) / len(near)
+    return out
+
+
+def scclip_tokens(
+    model: open_clip.CLIP,
+    images: Tensor,
+    pre: int = 9,
+    post: int = 4,
+    fusion: Tuple[int, int] = (4, 10),
+    beta: float = 0.4,
+    temperature: float = 3.0,
+    res_cls: float = 0.3,
+    neighbors: int = 30,
+    contamination: float = 0.05,
+) -> Tuple[Tensor, Tensor]:
+    r"""SC-CLIP: ``([B, 1+N, D]`` tokens (row 0 the plain class token), ``[B, N]`` outliers).
+    Layers are 1-based stream indices (x^(l) after block l); one image at a time."""
+    out = [_scclip_image(model, image, pre, post, fusion, beta, temperature, res_cls, neighbors,
+                         contamination) for image in images.split(1)]
+    return torch.cat([t for t, _ in out]), torch.stack([m for _, m in out])
+
+
+def _scclip_image(
+    model: open_clip.CLIP,
+    image: Tensor,
+    pre: int,
+    post: int,
+    fusion: Tuple[int, int],
+    beta: float,
+    temperature: float,
+    res_cls: float,
+    neighbors: int,
+    contamination: float,
+) -> Tuple[Tensor, Tensor]:
+    blocks = list(model.visual.transformer.resblocks)
+    last = blocks[-1]
+    x, grid = _vit_embed(model, image, "bicubic_offset")
+    feats = []
+    for blk in blocks[:-1]:
+        x = _plain_block(blk, x)
+        feats.append(x)
+    plain_cls = _plain_block(last, x)[:, :1]
+    outliers = scclip_lof(x[0, 1:], neighbors, contamination)
+    cls = x[:, :1]
+    y = scclip_repair(x[0, 1:], outliers, grid)[None]
+    f = scclip_repair(feats[pre - 1][0, 1:], outliers, grid)
+    f = f / f.norm(dim=1, keepdim=True)
+    mid = f @ f.t()
+    before = torch.where(mid < beta, torch.zeros_like(mid), mid)
+    y = (before / (before.sum(dim=-1, keepdim=True) + 1e-6)) @ y
+
+    def adjust(t: Tensor, c: Tensor) -> Tensor:
+        q, k, v = _qkv(last, _ln(last.ln_1, t))
+        m = (mid - mid.mean()) * temperature
+        m = m.masked_fill(m < 0.0, float("-inf")).softmax(dim=-1)
+        a = (m[None, None] + _probs(k, k, k.shape[-1] ** -0.5)) / 2
+        return _ls(last.ls_1, _out(last, _mix(a, v))) + res_cls * c
+
+    y = adjust(y, cls)
+    g = feats[post - 1][0, 1:]
+    g = g / g.norm(dim=1, keepdim=True)
+    after = g @ g.t()
+    after = torch.where(after < beta, torch.zeros_like(after), after)
+    after = after / (after.sum(dim=-1, keepdim=True) + 1e-6)
+    y = after @ y
+    fused = torch.zeros_like(feats[0])
+    for layer in range(fusion[0], fusion[1] + 1):
+        fused = fused + feats[layer - 1]
+    y = y + after @ adjust(fused[:, 1:], fused[:, :1])
+    return _head(model, torch.cat([plain_cls, y], dim=1)), outliers
+
+
+def resclip_prior(labels: Tensor, grid: Tuple[int, int], sigma: float) -> Tensor:
+    r"""The release's ``generate_attention_sfr`` (delete_same_entity on) for ONE image's
+    patch labels ``[h, w]``, then ``/ max`` and the float16 cast of ``custom_attn``:
+    ``[1 + N, 1 + N]`` with a zero class row and column. Paths as ``check_path`` does
+    them: all pairs at once, ``t = linspace(0, 1, M + 1)`` in float32."""
+    h, w = grid
+    n = h * w
+    out = torch.zeros(n + 1, n + 1)
+    idx = torch.arange(n)
+    i, j = torch.meshgrid(idx, idx, indexing="ij")
+    i_r, i_c, j_r, j_c = i // w, i % w, j // w, j % w
+    same = (labels[i_r, i_c] == labels[j_r, j_c]).float()
+    start = torch.stack((i_r, i_c), dim=-1).view(-1, 2)
+    end = torch.stack((j_r, j_c), dim=-1).view(-1, 2)
+    steps = torch.max(torch.abs(end - start), dim=1)[0]
+    top = int(steps.max())
+    t = torch.linspace(0, 1, steps=top + 1).unsqueeze(1).unsqueeze(0)
+    coords = (start.unsqueeze(1) * (1 - t) + end.unsqueeze(1) * t).round().long()
+    valid = torch.arange(top + 1).unsqueeze(0) <= steps.unsqueeze(1)
+    first = labels[start[:, 0], start[:, 1]].unsqueeze(1)
+    seen = labels[coords[:, :, 0], coords[:, :, 1]]
+    paths = ((seen == first) | ~valid).all(dim=1).view(n, n)
+    decay = torch.exp(-steps.view(n, n) / top)
+    same = torch.where(paths, same, same * decay)
+    size = min(n, int(6 * sigma + 1))
+    size = size if size % 2 == 1 else size + 1
+    x = torch.arange(size) - size // 2
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    blurred = F.relu(F.conv1d(same.unsqueeze(1), kernel.view(1, 1, -1), padding=size // 2).squeeze(1))
+    out[1:, 1:] = blurred / (blurred.sum(dim=1, keepdim=True) + 1e-8)
+    return (out / out.max()).half().float()
+
+
+def resclip_tokens(
+    model: open_clip.CLIP,
+    images: Tensor,
+    text_features: Tensor,
+    base: str = "naclip",
+    rcs: Tuple[float, float] = (2.0, 0.6),
+    sfr: Tuple[float, float] = (2.1, 0.6),
+    temp_thd: float = 0.1,
+    use_rcs: bool = True,
+    use_sfr: bool = True,
+    rcs_layers: Tuple[int, ...] = (6, 7, 8, 9),
+    sigma: float = 5.0,
+    logit_scale: float = 40.0,
+    pamr_steps: int = 10,
+    dilations: Tuple[int, ...] = (8, 16),
+) -> Tuple[Tensor, Tensor]:
+    r"""ResCLIP: ``([B, 1+N, D]`` tokens (row 0 the plain class token), ``[B, N]`` patch
+    labels of the first pass (zeros without SFR)); one image at a time.
+    ``text_features`` ``[T, D]`` unit."""
+    out = [_resclip_image(model, image, text_features, base, rcs, sfr, temp_thd, use_rcs, use_sfr,
+                          rcs_layers, sigma, logit_scale, pamr_steps, dilations)
+           for image in images.split(1)]
+    return torch.cat([t for t, _ in out]), torch.stack([m for _, m in out])
+
+
+_OMEGAS: Dict[Tuple[Tuple[int, int], float], Tensor] = {}
+
+
+def _resclip_image(
+    model: open_clip.CLIP,
+    image: Tensor,
+    text_features: Tensor,
+    base: str,
+    rcs: Tuple[float, float],
+    sfr: Tuple[float, float],
+    temp_thd: float,
+    use_rcs: bool,
+    use_sfr: bool,
+    rcs_layers: Tuple[int, ...],
+    sigma: float,
+    logit_scale: float,
+    pamr_steps: int,
+    dilations: Tuple[int, ...],
+) -> Tuple[Tensor, Tensor]:
+    blocks = list(model.visual.transformer.resblocks)
+    last = blocks[-1]
+    patch = model.visual.patch_size[0]
+    x, grid = _vit_embed(model, image, "bicubic_offset")
+    h, w = grid
+    maps = []
+    for layer, blk in enumerate(blocks[:-1], start=1):
+        q, k, v = _qkv(blk, _ln(blk.ln_1, x))
+        a = _probs(q, k, q.shape[-1] ** -0.5)
+        x = x + _ls(blk.ls_1, _out(blk, _mix(a, v)))
+        x = x + _ls(blk.ls_2, _mlp(blk, _ln(blk.ln_2, x)))
+        if layer in rcs_layers:
+            maps.append(a)
+    a_rcs = torch.stack(maps).mean(dim=0) if maps else None
+    q, k, v = _qkv(last, _ln(last.ln_1, x))
+    scale = q.shape[-1] ** -0.5
+    if (grid, sigma) not in _OMEGAS:  # the loops are slow; the grid repeats across images
+        _OMEGAS[(grid, sigma)] = naclip_omega(grid, sigma)
+    omega = _OMEGAS[(grid, sigma)]
+
+    def final(prior: Optional[Tensor]) -> Tensor:
+        def logits(a: Tensor, b: Tensor) -> Tensor:
+            s = torch.einsum("bnhd,bmhd->bhnm", a, b) * scale
+            if prior is not None:
+                s = sfr[0] * ((1 - sfr[1]) * s + sfr[1] * prior)
+            return s
+
+        if base == "naclip":
+            p = (logits(k, k) + omega).softmax(dim=-1)
+        elif base == "clearclip":
+            p = logits(q, q).softmax(dim=-1)
+        else:
+            p = logits(q, q).softmax(dim=-1) + logits(k, k).softmax(dim=-1)
+        if use_rcs:
+            p = rcs[0] * ((1 - rcs[1]) * p + rcs[1] * a_rcs)
+        o = _ls(last.ls_1, _out(last, _mix(p, v)))
+        if base != "sclip":
+            return o
+        z = x + o
+        return z + _ls(last.ls_2, _mlp(last, _ln(last.ln_2, z)))
+
+    prior = None
+    labels = torch.zeros(h * w, dtype=torch.long)
+    if use_sfr:
+        f = _head(model, final(None)[:, 1:])
+        f = f / f.norm(dim=-1, keepdim=True)
+        s = (f @ text_features.t()).permute(0, 2, 1).reshape(1, -1, h, w)
+        s = F.interpolate(s, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        s = pamr(image, s, pamr_steps, list(dilations))
+        probs = torch.softmax(s[0] * logit_scale, dim=0)
+        pixel = probs.argmax(dim=0)
+        pixel[probs.max(dim=0)[0] < temp_thd] = 0
+        for r in range(h):
+            for c in range(w):
+                cell = pixel[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].flatten()
+                counts = torch.bincount(cell, minlength=text_features.shape[0])
+                labels[r * w + c] = int(torch.nonzero(counts == counts.max())[0])
+        prior = resclip_prior(labels.reshape(h, w), grid, sigma)
+    plain_cls = _plain_block(last, x)[:, :1]
+    return _head(model, torch.cat([plain_cls, final(prior)[:, 1:]], dim=1)), labels

@@ -1,120 +1,12 @@
-r"""PAMR, pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020)."""
+r"""PAMR, pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020).
+
+The function lives in :mod:`captum_clip_surgery.core.mask_refinement` (one layer down, so
+that methods whose forward refines a first-pass segmentation, e.g. ResCLIP's semantic
+feedback, can use it); this module keeps its import path for applications.
+"""
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from captum_clip_surgery.core.mask_refinement import pamr
 
 __all__ = ["pamr"]
-
-
-def _offsets(dilations: Sequence[int]) -> List[Tuple[int, int]]:
-    r"""The 8 neighbour offsets ``(dy, dx)`` at every dilation, in one list."""
-    out = []
-    for r in dilations:
-        out.extend((dy * r, dx * r) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
-    return out
-
-
-def _shift(padded: Tensor, dy: int, dx: int, pad: int, size: Tuple[int, int]) -> Tensor:
-    r"""``x[p + (dy, dx)]`` for every pixel ``p`` from a replicate-padded tensor."""
-    h, w = size
-    return padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
-
-
-def _check(images: object, logits: object, iterations: object, dilations: object) -> List[int]:
-    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise TypeError(
-            "images: expected a floating-point tensor [B, C, H, W], got "
-            + (f"shape {list(images.shape)} {images.dtype}" if isinstance(images, Tensor)
-               else type(images).__name__)
-        )
-    if not isinstance(logits, Tensor) or logits.ndim != 4 or not logits.is_floating_point():
-        raise TypeError(
-            "logits: expected a floating-point tensor [B, K, h, w], got "
-            + (f"shape {list(logits.shape)} {logits.dtype}" if isinstance(logits, Tensor)
-               else type(logits).__name__)
-        )
-    if logits.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"logits: expected the images' batch size {images.shape[0]}, got {logits.shape[0]}"
-        )
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations: expected an int >= 0, got {iterations!r}")
-    if isinstance(dilations, (str, bytes)) or not isinstance(dilations, (list, tuple)):
-        raise TypeError(f"dilations: expected a sequence of positive ints, got {dilations!r}")
-    if not dilations or any(
-        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations
-    ):
-        raise ValueError(f"dilations: expected a non-empty sequence of positive ints, got {dilations!r}")
-    return [int(d) for d in dilations]
-
-
-def pamr(
-    images: Tensor,
-    logits: Tensor,
-    iterations: int = 10,
-    dilations: Sequence[int] = (8, 16),
-) -> Tensor:
-    r"""Refine class score maps with the image's local colour affinities (PAMR).
-
-    The scores are upsampled to the image (bilinear, ``align_corners=True``).
-    For every pixel ``p`` and each dilation ``r`` the 8 neighbours ``q`` at offset
-    ``r`` (replicate padding at the borders) get the affinity
-    ``a_pq = mean over colour channels of -|I_p - I_q| / (1e-8 + 0.1 σ_p)``, with
-    ``σ_p`` the per-channel standard deviation (unbiased) of ``I`` over the 9
-    positions of every dilation (``9 · len(dilations)`` values, the centre counted
-    once per dilation); the affinities are normalised with a softmax over all
-    ``8 · len(dilations)`` neighbours. Then ``iterations`` times every score map
-    becomes the affinity-weighted mean of its neighbours,
-    ``M_p ← Σ_q softmax(a)_pq M_q``.
-
-    Used by NACLIP's published results (10 iterations, dilations 8 and 16) on the
-    raw cosine scores at the image size; usable with every dense method through
-    :func:`~captum_clip_surgery.segment` (``pamr=True``).
-
-    Args:
-        images (Tensor): ``[B, C, H, W]`` images (any normalisation; the affinity
-            is invariant to a per-channel affine change of ``I``).
-        logits (Tensor): ``[B, K, h, w]`` class scores (any size; upsampled).
-        iterations (int): refinement steps (default 10; 0 only upsamples).
-        dilations (list[int]): neighbour distances in pixels (default ``(8, 16)``).
-
-    Returns:
-        Tensor: ``[B, K, H, W]`` refined scores, float32 on the logits' device.
-
-    Examples::
-
-        >>> images = torch.rand(1, 3, 64, 64)
-        >>> scores = torch.randn(1, 5, 8, 8)
-        >>> pamr(images, scores, iterations=10, dilations=(8, 16)).shape
-        torch.Size([1, 5, 64, 64])
-    """
-    dils = _check(images, logits, iterations, dilations)
-    image = images.detach().float().to(logits.device)
-    h, w = image.shape[-2:]
-    m = logits.float()
-    if tuple(m.shape[-2:]) != (h, w):
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=True)
-    pad = max(dils)
-    padded = F.pad(image, (pad,) * 4, mode="replicate")
-    offsets = _offsets(dils)
-    # σ_p: std over the 9 positions of each dilation (centre included), all dilations together
-    window = [image] * len(dils) + [_shift(padded, dy, dx, pad, (h, w)) for dy, dx in offsets]
-    std = torch.stack(window, dim=2).std(dim=2)  # [B, C, H, W]
-    denom = 1e-8 + 0.1 * std
-    affinity = torch.stack(
-        [(-(image - _shift(padded, dy, dx, pad, (h, w))).abs() / denom).mean(dim=1)
-         for dy, dx in offsets],
-        dim=1,
-    ).softmax(dim=1)  # [B, Q, H, W]
-    for _ in range(iterations):
-        mp = F.pad(m, (pad,) * 4, mode="replicate")
-        out = torch.zeros_like(m)
-        for qi, (dy, dx) in enumerate(offsets):
-            out = out + affinity[:, qi : qi + 1] * _shift(mp, dy, dx, pad, (h, w))
-        m = out
-    return m

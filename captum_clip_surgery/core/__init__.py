@@ -8,7 +8,9 @@ r"""The core: what every method stands on.
   Surgery's dual path, run through the adapter views;
 - :mod:`~captum_clip_surgery.core.feature_surgery`: redundant-feature removal;
 - :mod:`~captum_clip_surgery.core.maps`: from token-grid scores to maps lined up with
-  the input.
+  the input;
+- :mod:`~captum_clip_surgery.core.mask_refinement`: PAMR (:func:`pamr`), used by
+  segmentation and inside ResCLIP's forward.
 
 Argument checks live one layer lower, in :mod:`captum_clip_surgery._validation`.
 """

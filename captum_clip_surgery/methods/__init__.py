@@ -4,8 +4,8 @@ r"""Explanation methods: one module per method, their base classes and the regis
 - :mod:`~captum_clip_surgery.methods.registry`: one record per method
   (:func:`register_method`, :func:`build_method`, :func:`supported_methods`, ...);
 - one module per method: ``clip_surgery``, ``raw``, ``maskclip``, ``gem``, ``sclip``,
-  ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, and
-  ``captum_methods`` (Captum's own methods as the registry builds them).
+  ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, ``scclip``,
+  ``resclip``, and ``captum_methods`` (Captum's own methods as the registry builds them).
 
 Names are imported on first use, so that reading the registry (the command line's
 help) imports neither Captum nor the methods.
@@ -33,6 +33,8 @@ _LAZY: Dict[str, str] = {
     "NACLIPAttribution": "naclip",
     "LeGradAttribution": "legrad",
     "GradECLIPAttribution": "gradeclip",
+    "SCCLIPAttribution": "scclip",
+    "ResCLIPAttribution": "resclip",
     "CheferAttribution": "chefer",
     "CLIPAttentionRelevance": "chefer",
     "DEFAULT_METHODS": "registry",

@@ -21,6 +21,8 @@ from captum_clip_surgery import (
     GEMAttribution,
     MaskCLIPAttribution,
     NACLIPAttribution,
+    ResCLIPAttribution,
+    SCCLIPAttribution,
     SCLIPAttribution,
 )
 from captum_clip_surgery.adapters import (
@@ -131,6 +133,12 @@ CASES: Dict[str, Tuple[type, str, Callable[..., Tensor]]] = {
     "clearclip": (ClearCLIPAttribution, "bicubic_offset", ref.clearclip_tokens),
     "naclip": (NACLIPAttribution, "bicubic_offset", ref.naclip_tokens),
     "gem": (GEMAttribution, "bicubic_antialias", ref.gem_tokens),
+    # 7 blocks: the proportional layers (SC-CLIP 5, 2, 2..5; ResCLIP's RCS blocks 4, 5)
+    "scclip": (SCCLIPAttribution, "bicubic_offset",
+               lambda m, x: ref.scclip_tokens(m, x, 5, 2, (2, 5))[0]),
+    "resclip": (ResCLIPAttribution, "bicubic_offset",
+                lambda m, x: ref.resclip_tokens(m, x, CLIPZeroShotClassifier(
+                    m, TEXTS, templates=FEW_TEMPLATES).text_features, rcs_layers=(4, 5))[0]),
 }
 
 

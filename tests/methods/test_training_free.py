@@ -16,6 +16,8 @@ from captum_clip_surgery import (
     GEMAttribution,
     LeGradAttribution,
     NACLIPAttribution,
+    ResCLIPAttribution,
+    SCCLIPAttribution,
     SCLIPAttribution,
     build_method,
     compare,
@@ -35,6 +37,8 @@ TOKEN_MAP = {
     "sclip": SCLIPAttribution,
     "clearclip": ClearCLIPAttribution,
     "naclip": NACLIPAttribution,
+    "scclip": SCCLIPAttribution,
+    "resclip": ResCLIPAttribution,
 }
 
 

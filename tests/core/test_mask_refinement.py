@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from captum_clip_surgery import pamr
+from captum_clip_surgery.core import mask_refinement
 from tests import reference as ref
 
 
@@ -62,6 +63,19 @@ def test_pamr_matches_conv_kernel_reference(dilations):
     # batch = per-image calls
     single = torch.cat([pamr(image[i : i + 1], logits[i : i + 1], 3, dilations) for i in range(2)])
     torch.testing.assert_close(got, single)
+
+
+@pytest.mark.parametrize("size", [(24, 20), (6, 9)], ids=["image", "below-the-dilation"])
+def test_sparse_and_shifted_view_propagation_agree(size, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 3, *size, generator=g)
+    logits = torch.randn(2, 5, 3, 3, generator=g)
+    sparse = pamr(image, logits, iterations=4, dilations=(8, 16))
+    expected = ref.pamr(image, logits, 4, [8, 16])
+    torch.testing.assert_close(sparse, expected, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(mask_refinement, "_SPARSE_DEVICES", ())  # e.g. MPS: shifted views
+    torch.testing.assert_close(pamr(image, logits, iterations=4, dilations=(8, 16)), expected,
+                               atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
