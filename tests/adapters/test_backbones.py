@@ -15,6 +15,7 @@ from captum_clip_surgery.adapters import (
     CLIPTowerBackbone,
     VisionBackbone,
     aligned_size,
+    backbone_registry,
     get_adapter,
     get_backbone,
     register_backbone,
@@ -22,7 +23,6 @@ from captum_clip_surgery.adapters import (
     supported_backbones,
     unregister_backbone,
 )
-from captum_clip_surgery.adapters import backbone_registry
 from captum_clip_surgery.adapters.backbone_hf import HFDinov2Backbone, HFViTBackbone
 from captum_clip_surgery.adapters.backbone_timm import TimmViTBackbone
 from tests import reference as ref
