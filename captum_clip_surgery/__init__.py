@@ -33,6 +33,9 @@ _LAZY: Dict[str, str] = {
     "CLIPAdapter": "adapters.base",
     "HFCLIPPair": "adapters.huggingface",
     "get_adapter": "adapters.registry",
+    "get_backbone": "adapters.backbone_registry",
+    "register_backbone": "adapters.backbone_registry",
+    "VisionBackbone": "adapters.backbone",
     "load_clip": "adapters.loading",
     "register_adapter": "adapters.registry",
     # core
@@ -57,6 +60,7 @@ _LAZY: Dict[str, str] = {
     "LeGradAttribution": "methods.legrad",
     "GradECLIPAttribution": "methods.gradeclip",
     "CheferAttribution": "methods.chefer",
+    "ProxyCLIPAttribution": "methods.proxyclip",
     "CLIPAttentionRelevance": "methods.chefer",
     "DEFAULT_METHODS": "methods.registry",
     "DENSE_METHODS": "methods.registry",

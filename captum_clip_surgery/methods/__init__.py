@@ -4,7 +4,7 @@ r"""Explanation methods: one module per method, their base classes and the regis
 - :mod:`~captum_clip_surgery.methods.registry`: one record per method
   (:func:`register_method`, :func:`build_method`, :func:`supported_methods`, ...);
 - one module per method: ``clip_surgery``, ``raw``, ``maskclip``, ``gem``, ``sclip``,
-  ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, and
+  ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, ``proxyclip``, and
   ``captum_methods`` (Captum's own methods as the registry builds them).
 
 Names are imported on first use, so that reading the registry (the command line's
@@ -34,6 +34,7 @@ _LAZY: Dict[str, str] = {
     "LeGradAttribution": "legrad",
     "GradECLIPAttribution": "gradeclip",
     "CheferAttribution": "chefer",
+    "ProxyCLIPAttribution": "proxyclip",
     "CLIPAttentionRelevance": "chefer",
     "DEFAULT_METHODS": "registry",
     "DENSE_METHODS": "registry",

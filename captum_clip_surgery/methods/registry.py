@@ -482,6 +482,7 @@ _builtin("clearclip", _M + "clearclip:ClearCLIPAttribution", "ClearCLIP", ("trai
 _builtin("naclip", _M + "naclip:NACLIPAttribution", "NACLIP", ("training_free",))
 _builtin("legrad", _M + "legrad:LeGradAttribution", "LeGrad", ("training_free",))
 _builtin("gradeclip", _M + "gradeclip:GradECLIPAttribution", "Grad-ECLIP", ("training_free",))
+_builtin("proxyclip", _M + "proxyclip:ProxyCLIPAttribution", "ProxyCLIP", ("training_free",))
 
 
 def _captum_defaults(function: str, classifier: Any, images: Any) -> Dict[str, Any]:
