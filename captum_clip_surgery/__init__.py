@@ -61,6 +61,8 @@ _LAZY: Dict[str, str] = {
     "GradECLIPAttribution": "methods.gradeclip",
     "CheferAttribution": "methods.chefer",
     "ProxyCLIPAttribution": "methods.proxyclip",
+    "CASSAttribution": "methods.cass",
+    "CASS_SETTINGS": "methods.cass",
     "CLIPAttentionRelevance": "methods.chefer",
     "DEFAULT_METHODS": "methods.registry",
     "DENSE_METHODS": "methods.registry",

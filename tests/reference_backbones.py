@@ -131,13 +131,16 @@ def cass_tokens(
     rank: int = 10,
     eigen_scaling: bool = True,
     sigma: float = 5.0,
-) -> Tuple[Tensor, Tensor]:
+    matching: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
     r"""CASS's last block (``clip/model.py:240-473`` of the release), one image at a time:
-    tokens ``[B, 1 + h*w, D]`` (row 0 the model's own embedding) and the decisions (the
-    Hungarian matching, ``[B, H]``: the DINO head mixed into each CLIP head).
+    tokens ``[B, 1 + h*w, D]`` (row 0 the model's own embedding), the decisions (the
+    Hungarian matching, ``[B, H]``: the DINO head mixed into each CLIP head) and the cost
+    matrices ``[B, H, H]``.
 
     ``dino_keys`` are the backbone's last-block keys of the grid tokens, heads concatenated,
-    ``[B, I*J, C]``, on the backbone's grid ``dino_grid``."""
+    ``[B, I*J, C]``, on the backbone's grid ``dino_grid``. ``matching`` replaces the
+    Hungarian algorithm's choice (for a tie: two matchings of equal total cost)."""
     from scipy.optimize import linear_sum_assignment
 
     from tests.reference import naclip_omega
@@ -147,7 +150,7 @@ def cass_tokens(
     b, _, heads, d = k.shape
     scale = d**-0.5
     omega = naclip_omega((h, w), sigma)[1:, 1:]
-    outs, matches = [], []
+    outs, matches, costs = [], [], []
     for i in range(b):
         kc = k[i, 1:].permute(1, 0, 2)  # [H, N, d], class token dropped
         vc = v[i, 1:]  # [N, H, d]
@@ -164,6 +167,9 @@ def cass_tokens(
             for c in range(heads):
                 cost[r, c] = 1 - _w1(lam_d[r] / lam_d[r].abs().sum(), lam_c[c] / lam_c[c].abs().sum())
         rows, cols = linear_sum_assignment(cost.numpy())
+        costs.append(cost)
+        if matching is not None:
+            cols = matching[i].numpy()
         combined = torch.zeros_like(ac)
         for r, c in zip(rows.tolist(), cols.tolist()):
             wd = 1 - cost[r, c]
@@ -183,7 +189,7 @@ def cass_tokens(
         o = torch.einsum("hnm,mhd->nhd", a, vc).reshape(h * w, heads * d)
         outs.append(_out(last, o))
     tokens = _head(model, torch.stack(outs))
-    return torch.cat([pooled, tokens], dim=1), torch.stack(matches)
+    return torch.cat([pooled, tokens], dim=1), torch.stack(matches), torch.stack(costs)
 
 
 def cass_text_logits(

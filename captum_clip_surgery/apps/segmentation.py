@@ -150,7 +150,8 @@ def sliding_window_scores(
         s = explainer.similarity(padded, names, feature_surgery)
         return upsample(s, (padded.shape[-2], padded.shape[-1]))[:, :, :hc, :wc]
 
-    canvas, count = _slide(score, images, crop, stride)
+    with explainer.sliding_windows(images):
+        canvas, count = _slide(score, images, crop, stride)
     return canvas / count
 
 

@@ -4,7 +4,7 @@ r"""Explanation methods: one module per method, their base classes and the regis
 - :mod:`~captum_clip_surgery.methods.registry`: one record per method
   (:func:`register_method`, :func:`build_method`, :func:`supported_methods`, ...);
 - one module per method: ``clip_surgery``, ``raw``, ``maskclip``, ``gem``, ``sclip``,
-  ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, ``proxyclip``, and
+  ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, ``proxyclip``, ``cass``, and
   ``captum_methods`` (Captum's own methods as the registry builds them).
 
 Names are imported on first use, so that reading the registry (the command line's
@@ -35,6 +35,8 @@ _LAZY: Dict[str, str] = {
     "GradECLIPAttribution": "gradeclip",
     "CheferAttribution": "chefer",
     "ProxyCLIPAttribution": "proxyclip",
+    "CASSAttribution": "cass",
+    "CASS_SETTINGS": "cass",
     "CLIPAttentionRelevance": "chefer",
     "DEFAULT_METHODS": "registry",
     "DENSE_METHODS": "registry",

@@ -292,16 +292,31 @@ class TokenMapAttribution(ClassifierAttribution, abc.ABC):
                 self.running():
             feats, grid = self.token_features(images)
             f = F.normalize(feats.float(), dim=-1)
-            e = self.classifier.encode_texts(texts)
-            if isinstance(mode, Tensor):
-                s = _feature_surgery(f, e, "redundant", mode.to(f.device))
-            elif mode == "empty" or (mode == "auto" and len(texts) < 2):
-                s = _feature_surgery(f, e, "redundant", self.classifier.empty_text_features())
-            elif mode in ("classes", "auto"):
-                s = _feature_surgery(f, e, "classes")
-            else:
-                s = _feature_surgery(f, e, "none")
+            s = self.text_scores(f, self.classifier.encode_texts(texts), texts, mode)
         return s, grid
+
+    def text_scores(
+        self, features: Tensor, text_features: Tensor, texts: List[str], mode: FeatureSurgery
+    ) -> Tensor:
+        r"""Scores ``[B, 1 + h*w, T]`` of unit token features ``[B, 1 + h*w, D]`` against
+        unit text features ``[T, D]`` under the feature surgery ``mode`` (see
+        :meth:`similarity`). A method that changes the text side per image (CASS) overrides
+        it."""
+        f, e = features, text_features
+        if isinstance(mode, Tensor):
+            return _feature_surgery(f, e, "redundant", mode.to(f.device))
+        if mode == "empty" or (mode == "auto" and len(texts) < 2):
+            return _feature_surgery(f, e, "redundant", self.classifier.empty_text_features())
+        if mode in ("classes", "auto"):
+            return _feature_surgery(f, e, "classes")
+        return _feature_surgery(f, e, "none")
+
+    def sliding_windows(self, images: Tensor) -> ContextManager[None]:
+        r"""The context in which :func:`~captum_clip_surgery.sliding_window_scores` scores
+        the windows of ``images`` (prepared, not padded); by default nothing. A method that
+        reads the whole image while scoring its windows (CASS's global scores) overrides it.
+        """
+        return contextlib.nullcontext()
 
     def similarity(
         self,

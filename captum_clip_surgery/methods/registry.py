@@ -483,6 +483,7 @@ _builtin("naclip", _M + "naclip:NACLIPAttribution", "NACLIP", ("training_free",)
 _builtin("legrad", _M + "legrad:LeGradAttribution", "LeGrad", ("training_free",))
 _builtin("gradeclip", _M + "gradeclip:GradECLIPAttribution", "Grad-ECLIP", ("training_free",))
 _builtin("proxyclip", _M + "proxyclip:ProxyCLIPAttribution", "ProxyCLIP", ("training_free",))
+_builtin("cass", _M + "cass:CASSAttribution", "CASS", ("training_free",))
 
 
 def _captum_defaults(function: str, classifier: Any, images: Any) -> Dict[str, Any]:
@@ -497,8 +498,8 @@ METHOD_NAMES: Tuple[str, ...] = tuple(_records)
 #: Methods :func:`~captum_clip_surgery.compare` runs when none are named.
 DEFAULT_METHODS: Tuple[str, ...] = tuple(r.name for r in _records.values() if "default" in r.tags)
 
-#: The training-free family beside CLIP Surgery: GEM, SCLIP, ClearCLIP, NACLIP, LeGrad and
-#: Grad-ECLIP.
+#: The training-free family beside CLIP Surgery: GEM, SCLIP, ClearCLIP, NACLIP, LeGrad,
+#: Grad-ECLIP, ProxyCLIP and CASS.
 TRAINING_FREE_METHODS: Tuple[str, ...] = tuple(
     r.name for r in _records.values() if "training_free" in r.tags
 )
