@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import math
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -379,6 +380,13 @@ class CASSAttribution(TokenMapAttribution):
                 f"{heads} heads; use a backbone whose key width is a multiple of {heads}"
             )
         self._clusters: Dict[Tuple[str, ...], List[int]] = {}
+
+    @classmethod
+    def unsupported_reason(cls, adapter: Any) -> Optional[str]:
+        r"""Also ``"needs scipy"`` where scipy is not installed."""
+        if importlib.util.find_spec("scipy") is None:
+            return "needs scipy (pip install scipy)"
+        return super().unsupported_reason(adapter)
 
     # ------------------------------------------------------------------ image side
 
