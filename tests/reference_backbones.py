@@ -15,7 +15,7 @@ agree (:func:`assert_decisions_then_close`).
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import open_clip
 import torch
@@ -233,12 +233,9 @@ def lposs(
     vals, idx = sims.topk(min(k, n), dim=1)
     dist = torch.cdist(positions.double()[None], positions.double()[None])[0] ** power
     geometry = torch.exp(-sigma * dist)
-    w = torch.zeros(n, n, dtype=torch.float64)
-    knn = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        for s, j in zip(vals[i].tolist(), idx[i].tolist()):
-            w[i, j] = max(s, 0.0) ** gamma * float(geometry[i, j])
-            knn[i, j] = True
+    knn = torch.zeros(n, n, dtype=torch.bool).scatter(1, idx, True)
+    sims_all = torch.zeros(n, n, dtype=torch.float64).scatter(1, idx, vals)
+    w = torch.where(knn, sims_all.clamp(min=0) ** gamma * geometry, torch.zeros_like(sims_all))
     w = w + w.t()
     w.fill_diagonal_(0)
     deg = w.sum(dim=1)
@@ -298,17 +295,11 @@ def lposs_plus(
     h, w = lab.shape[:2]
     n = h * w
     lab = lab.reshape(n, 3)
-    weights = torch.zeros(n, n, dtype=torch.float64)
-    rows: List[int] = []
-    for p in range(n):
-        py, px = divmod(p, w)
-        for dy in range(-radius, radius + 1):
-            for dx in range(-radius, radius + 1):
-                qy, qx = py + dy, px + dx
-                if (dy or dx) and 0 <= qy < h and 0 <= qx < w:
-                    q = qy * w + qx
-                    weights[p, q] = torch.exp(-(lab[p] - lab[q]).pow(2).sum().sqrt() / tau)
-        rows.append(p)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    yy, xx = yy.reshape(-1), xx.reshape(-1)
+    chebyshev = torch.maximum((yy[:, None] - yy[None]).abs(), (xx[:, None] - xx[None]).abs())
+    near = (chebyshev <= radius) & (chebyshev > 0)  # the (2r+1)² window, the pixel itself out
+    weights = torch.where(near, torch.exp(-torch.cdist(lab, lab) / tau), torch.zeros(n, n).double())
     deg = weights.sum(dim=1)
     deg[deg == 0] = 1
     dm = torch.diag(deg**-0.5)

@@ -3,18 +3,19 @@ r"""Open-vocabulary semantic segmentation from token maps (``docs/method.md`` §
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_clip_surgery._validation import check_unit_interval, prepare_images
+from captum_clip_surgery._validation import check_choice, check_unit_interval, prepare_images
+from captum_clip_surgery.apps.lposs import lposs_plus, lposs_scores
 from captum_clip_surgery.apps.mask_refinement import pamr as _pamr
-from captum_clip_surgery.core.maps import to_pixels, upsample
+from captum_clip_surgery.core.maps import upsample
 from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
 
-__all__ = ["segment", "sliding_window_scores"]
+__all__ = ["REFINEMENTS", "segment", "sliding_window_scores"]
 
 
 def _output_size(output_size: object) -> Optional[Tuple[int, int]]:
@@ -155,6 +156,17 @@ def sliding_window_scores(
     return canvas / count
 
 
+#: The refinements :func:`segment` offers (``refine=``).
+REFINEMENTS = ("pamr", "lposs", "lposs+")
+
+
+def _unnormalised(explainer: TokenMapAttribution, images: Tensor) -> Tensor:
+    r"""Preprocessed images back to RGB in ``[0, 1]`` with the model's statistics (float32)."""
+    mean = torch.tensor(explainer.adapter.image_mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(explainer.adapter.image_std, device=images.device).view(1, 3, 1, 1)
+    return images.detach().float() * std + mean
+
+
 def _pamr_iterations(value: object) -> int:
     if isinstance(value, bool):
         return 10 if value else 0
@@ -175,6 +187,8 @@ def segment(
     pamr: Union[bool, int] = False,
     pamr_dilations: Sequence[int] = (8, 16),
     logit_scale: Optional[float] = None,
+    refine: Optional[str] = None,
+    refine_backbone: Any = None,
 ) -> Tensor:
     r"""Label maps: the per-pixel argmax over the class maps.
 
@@ -209,6 +223,18 @@ def segment(
     model's own scale in the background rule (SCLIP and NACLIP use 40,
     ClearCLIP 50).
 
+    ``refine`` names the refinement instead: ``"pamr"`` (as ``pamr=True``, or ``pamr``'s
+    iterations when given), ``"lposs"`` (the scores propagated over a second backbone's
+    patch graph that joins all the windows of an image,
+    :func:`~captum_clip_surgery.apps.lposs.lposs_scores`) or ``"lposs+"`` (LPOSS, then
+    propagation over the pixel graph of the image's colours at the input's size,
+    :func:`~captum_clip_surgery.apps.lposs.lposs_plus`, before the resize to
+    ``output_size``). LPOSS's graph backbone is ``refine_backbone`` (a DINO in the release,
+    ``dino_vitb16``; any model :func:`~captum_clip_surgery.adapters.get_backbone`
+    understands), by default the explainer's own second backbone (ProxyCLIP, CASS) or the
+    model's image tower. The release's protocol: short side 448, ``sliding_window=(224,
+    112)``, no threshold.
+
     Works with every token-map explainer (:class:`CLIPSurgeryAttribution`,
     :class:`CLIPSimilarityMap`, :class:`MaskCLIPAttribution`,
     :class:`GEMAttribution`, :class:`SCLIPAttribution`,
@@ -240,6 +266,9 @@ def segment(
             (default ``(8, 16)``).
         logit_scale (float, optional): the scale of the probabilities in the
             background rule; default the model's own.
+        refine (str, optional): ``"pamr"``, ``"lposs"`` or ``"lposs+"``; default ``None``
+            (only ``pamr`` applies). ``"lposs"`` / ``"lposs+"`` exclude ``pamr``.
+        refine_backbone (optional): LPOSS's graph backbone (see above).
 
     Returns:
         Tensor: ``[B, H, W]`` long labels on the images' device.
@@ -275,6 +304,18 @@ def segment(
         "sliding_window", sliding_window
     )
     iterations = _pamr_iterations(pamr)
+    if refine is not None:
+        check_choice("refine", refine, REFINEMENTS)
+        if refine == "pamr":
+            iterations = iterations or 10
+        elif iterations:
+            raise ValueError(
+                f"pamr: refine={refine!r} replaces PAMR; give pamr=False (got pamr={pamr!r})"
+            )
+    if refine_backbone is not None and refine not in ("lposs", "lposs+"):
+        raise ValueError(
+            f"refine_backbone: only LPOSS uses a graph backbone; got refine={refine!r}"
+        )
     if isinstance(pamr_dilations, (str, bytes)) or not isinstance(pamr_dilations, (list, tuple)) or (
         not pamr_dilations
         or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in pamr_dilations)
@@ -288,7 +329,10 @@ def segment(
     ):
         raise ValueError(f"logit_scale: expected a positive number or None, got {logit_scale!r}")
     with torch.no_grad():  # labels are discrete: no graph is needed
-        if window is None:
+        if refine in ("lposs", "lposs+"):
+            scores = lposs_scores(explainer, images, names, refine_backbone, window,
+                                  feature_surgery)
+        elif window is None:
             scores = explainer.similarity(images, names, feature_surgery)
         else:
             scores = sliding_window_scores(
@@ -296,7 +340,6 @@ def segment(
             )
     in_size = (images.shape[-2], images.shape[-1])
     target = size if size is not None else in_size
-    cell = explainer.adapter.image.patch_size
     scale = math.nan
     if threshold is not None:
         scale = (
@@ -305,8 +348,13 @@ def segment(
         )
     labels = []
     for b in range(scores.shape[0]):  # one image at a time bounds the [K, H, W] memory
-        if window is None:  # token grid over the padded input: cut the padding, then resize
-            up = to_pixels(scores[b : b + 1], cell, in_size, target)
+        if refine == "lposs+":  # the pixel graph at the input's size, then the resize
+            rgb = _unnormalised(explainer, images[b : b + 1])
+            up = upsample(lposs_plus(rgb.to(scores.device), scores[b : b + 1]), target)
+        elif window is None and refine != "lposs":
+            # token grid over the padded input: cut the padding, then resize
+            grid = (int(scores.shape[-2]), int(scores.shape[-1]))
+            up = upsample(scores[b : b + 1], target, explainer.token_extent(grid, in_size))
         else:  # the canvas already covers the image's pixels
             up = upsample(scores[b : b + 1], target)
         if iterations:
