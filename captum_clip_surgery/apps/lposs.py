@@ -40,6 +40,7 @@ from captum_clip_surgery._validation import (
     prepare_images,
 )
 from captum_clip_surgery.adapters.base import merge_heads
+from captum_clip_surgery.apps.windows import _pair_of_positive_ints, window_spans
 from captum_clip_surgery.core.maps import upsample
 from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
 from captum_clip_surgery.methods.second_backbone import backbone_input, resolve_backbone
@@ -356,7 +357,7 @@ def lposs_scores(
     graph, at the images' size.
 
     For every image, each window (the whole image, or the ``(crop, stride)`` sliding windows
-    of :func:`~captum_clip_surgery.apps.segmentation.window_spans`; a window is padded at the
+    of :func:`~captum_clip_surgery.apps.windows.window_spans`; a window is padded at the
     bottom / right to a multiple of the model's patch) gives the method's raw scores
     (:meth:`~TokenMapAttribution.similarity`) and the backbone's graph features: the value
     projection of its last block, heads concatenated, class / register tokens dropped, on the
@@ -382,8 +383,6 @@ def lposs_scores(
     Returns:
         Tensor: float32 ``[B, K, H, W]``.
     """
-    from captum_clip_surgery.apps.segmentation import _pair_of_positive_ints, window_spans
-
     _check_common(k, gamma, sigma, distance_power, alpha, iterations, tol)
     if not isinstance(explainer, TokenMapAttribution):
         raise TypeError(

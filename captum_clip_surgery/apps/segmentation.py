@@ -3,7 +3,7 @@ r"""Open-vocabulary semantic segmentation from token maps (``docs/method.md`` §
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from torch import Tensor
 from captum_clip_surgery._validation import check_choice, check_unit_interval, prepare_images
 from captum_clip_surgery.apps.lposs import lposs_plus, lposs_scores
 from captum_clip_surgery.apps.mask_refinement import pamr as _pamr
+from captum_clip_surgery.apps.windows import _pair_of_positive_ints, window_spans
 from captum_clip_surgery.core.maps import upsample
 from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
 
@@ -46,44 +47,6 @@ def _check_explainer(explainer: object) -> None:
             "CLIPSimilarityMap, MaskCLIPAttribution, GEMAttribution, SCLIPAttribution, "
             f"ClearCLIPAttribution, NACLIPAttribution), got {type(explainer).__name__}"
         )
-
-
-def _pair_of_positive_ints(name: str, value: object) -> Tuple[int, int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
-        raise TypeError(f"{name}: expected a (crop, stride) pair of ints, got {type(value).__name__}")
-    if len(value) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-    ):
-        raise ValueError(f"{name}: expected two positive ints (crop, stride), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def window_spans(size: int, crop: int, stride: int) -> List[Tuple[int, int]]:
-    r"""The ``[start, end)`` spans of the sliding windows along one axis.
-
-    Windows start every ``stride`` pixels; the last one is moved back so that it
-    ends at the border (mmsegmentation's rule, used by SCLIP, ClearCLIP and
-    NACLIP). An axis shorter than ``crop`` gets one window, the whole axis.
-
-    Args:
-        size (int): the axis length.
-        crop (int): the window length.
-        stride (int): the distance between window starts.
-
-    Returns:
-        list[tuple[int, int]]: spans covering ``[0, size)``.
-
-    Examples::
-
-        >>> window_spans(10, 4, 3)
-        [(0, 4), (3, 7), (6, 10)]
-    """
-    count = max(size - crop + stride - 1, 0) // stride + 1
-    spans = []
-    for i in range(count):
-        end = min(i * stride + crop, size)
-        spans.append((max(end - crop, 0), end))
-    return spans
 
 
 def _slide(
