@@ -6,7 +6,7 @@ explanations.
   footing, :func:`plot_comparison`, :func:`plot_text_grid`;
 - :mod:`~captum_clip_surgery.apps.segmentation`: :func:`segment`, sliding windows;
 - :mod:`~captum_clip_surgery.apps.mask_refinement`: :func:`pamr`;
-- :mod:`~captum_clip_surgery.apps.lposs`: :func:`lposs`, :func:`lposs_plus`,
+- :mod:`~captum_clip_surgery.apps.label_propagation`: :func:`lposs`, :func:`lposs_plus`,
   :func:`lposs_scores` (label propagation over patches and pixels);
 - :mod:`~captum_clip_surgery.apps.multilabel`: :func:`multilabel_scores`,
   :func:`text_presence`;
@@ -21,7 +21,7 @@ from captum_clip_surgery.apps.comparison import (
     plot_comparison,
     plot_text_grid,
 )
-from captum_clip_surgery.apps.lposs import lposs, lposs_plus, lposs_scores, rgb_to_lab
+from captum_clip_surgery.apps.label_propagation import lposs, lposs_plus, lposs_scores, rgb_to_lab
 from captum_clip_surgery.apps.mask_refinement import pamr
 from captum_clip_surgery.apps.multilabel import multilabel_scores, text_presence
 from captum_clip_surgery.apps.points import (

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery._validation import check_choice, check_unit_interval, prepare_images
-from captum_clip_surgery.apps.lposs import lposs_plus, lposs_scores
+from captum_clip_surgery.apps.label_propagation import lposs_plus, lposs_scores
 from captum_clip_surgery.apps.mask_refinement import pamr as _pamr
 from captum_clip_surgery.apps.windows import _pair_of_positive_ints, window_spans
 from captum_clip_surgery.core.maps import upsample
@@ -189,9 +189,9 @@ def segment(
     ``refine`` names the refinement instead: ``"pamr"`` (as ``pamr=True``, or ``pamr``'s
     iterations when given), ``"lposs"`` (the scores propagated over a second backbone's
     patch graph that joins all the windows of an image,
-    :func:`~captum_clip_surgery.apps.lposs.lposs_scores`) or ``"lposs+"`` (LPOSS, then
+    :func:`~captum_clip_surgery.apps.label_propagation.lposs_scores`) or ``"lposs+"`` (LPOSS, then
     propagation over the pixel graph of the image's colours at the input's size,
-    :func:`~captum_clip_surgery.apps.lposs.lposs_plus`, before the resize to
+    :func:`~captum_clip_surgery.apps.label_propagation.lposs_plus`, before the resize to
     ``output_size``). LPOSS's graph backbone is ``refine_backbone`` (a DINO in the release,
     ``dino_vitb16``; any model :func:`~captum_clip_surgery.adapters.get_backbone`
     understands), by default the explainer's own second backbone (ProxyCLIP, CASS) or the

@@ -1,5 +1,5 @@
 r"""Sliding windows over an image: where they lie (mmsegmentation's rule, shared by
-:func:`~captum_clip_surgery.segment` and :func:`~captum_clip_surgery.apps.lposs.lposs_scores`)."""
+:func:`~captum_clip_surgery.segment` and :func:`~captum_clip_surgery.apps.label_propagation.lposs_scores`)."""
 
 from __future__ import annotations
 

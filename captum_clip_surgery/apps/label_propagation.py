@@ -16,7 +16,9 @@ Source: ``vladan-stojnic/LPOSS@e489a74``, ``segmentation/evaluation/lposs_eval.p
 ``models/lposs/lposs.py``. Differences: the kNN is exact top-k in torch (blocked dense
 similarities) instead of faiss on the GPU; the graphs are torch sparse matrices instead of
 CuPy's; conjugate gradients run in float64 on the patch graph (as released) and in float32
-on the pixel graph (the release: float64), for speed; each image of a batch has its own
+on the pixel graph (the release: float64), for speed, with its weights normalised in the log
+domain (the release's float32 weights underflow for a pixel whose every neighbour differs by
+more than about 1 in scaled Lab, and its degree then counts as 1); each image of a batch has its own
 graphs (the release runs one image at a time); the method's scores are resized to the graph's
 grid where the grids differ (the release resizes CLIP's features before the cosine: the same
 when the grids agree, as with CLIP ViT-B/16 and DINO ViT-B/16).
@@ -25,7 +27,6 @@ when the grids agree, as with CLIP ViT-B/16 and DINO ViT-B/16).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -238,33 +239,74 @@ def lposs(
     return z.float()
 
 
+def _pixel_offsets(radius: int) -> List[Tuple[int, int]]:
+    return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+            if dy or dx]
+
+
+def _shifted(x: Tensor, radius: int, dy: int, dx: int, rows: Tuple[int, int]) -> Tensor:
+    r"""``x[..., y + dy, x + dx]`` for the rows ``[y0, y1)`` of a tensor padded by ``radius``."""
+    y0, y1 = rows
+    w = x.shape[-1] - 2 * radius
+    return x[..., radius + dy + y0 : radius + dy + y1, radius + dx : radius + dx + w]
+
+
 def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
-    r"""The pixel graph of one ``[3, H, W]`` (scaled) Lab image: every pixel joined to the
-    pixels within ``radius`` in both directions (itself excluded) with weight ``exp(-‖Δ‖₂ /
-    τ)``; a sparse CSR ``[H*W, H*W]`` in the image's dtype, columns sorted in every row."""
+    r"""The normalised pixel graph ``D^{-1/2} W D^{-1/2}`` of one ``[3, H, W]`` (scaled) Lab
+    image as one weight map per neighbour offset, ``[O, H, W]`` (``O = (2r+1)² - 1``, the
+    offsets of :func:`_pixel_offsets`): ``W`` joins every pixel to the pixels within
+    ``radius`` in both directions (itself excluded) with ``exp(-‖Δ‖₂ / τ)``, 0 across the
+    border; degree 0 counts as 1. ``W`` is symmetric, so is the result.
+
+    Computed in the log domain (``log W - ½ log D_p - ½ log D_q``, the degrees by
+    ``logsumexp``), so that no weight underflows before the normalisation, and normalised
+    weights below ``1e-30`` are set to 0 (they change no float32 sum; left in, float32
+    subnormals slow every product down by orders of magnitude)."""
     _, h, w = lab.shape
-    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-               if dy or dx]
+    offsets = _pixel_offsets(radius)
     pad = F.pad(lab, (radius, radius, radius, radius))
-    weights = torch.empty(h, w, len(offsets), dtype=lab.dtype, device=lab.device)
-    valid = torch.empty(h, w, len(offsets), dtype=torch.bool, device=lab.device)
-    ys = torch.arange(h, device=lab.device)[:, None]
-    xs = torch.arange(w, device=lab.device)[None, :]
+    logs = torch.empty(len(offsets), h, w, dtype=lab.dtype, device=lab.device)
     for i, (dy, dx) in enumerate(offsets):
-        other = pad[:, radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-        weights[..., i] = torch.exp(-(lab - other).pow(2).sum(dim=0).sqrt() / tau)
-        valid[..., i] = (ys + dy >= 0) & (ys + dy < h) & (xs + dx >= 0) & (xs + dx < w)
-    step = torch.tensor([dy * w + dx for dy, dx in offsets], device=lab.device)
-    node = torch.arange(h * w, device=lab.device).reshape(h, w, 1)
-    valid = valid.reshape(-1, len(offsets))
-    counts = valid.sum(dim=1)
-    crow = torch.zeros(h * w + 1, dtype=torch.int64, device=lab.device)
-    crow[1:] = counts.cumsum(0)
-    cols = (node + step).reshape(-1, len(offsets))[valid]
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR @ dense is stable
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, cols, weights.reshape(-1, len(offsets))[valid],
-                                       size=(h * w, h * w), check_invariants=False)
+        other = _shifted(pad, radius, dy, dx, (0, h))
+        logs[i] = -(lab - other).pow(2).sum(dim=0).sqrt() / tau
+        if dy > 0:
+            logs[i, h - dy :] = float("-inf")
+        elif dy < 0:
+            logs[i, : -dy] = float("-inf")
+        if dx > 0:
+            logs[i, :, w - dx :] = float("-inf")
+        elif dx < 0:
+            logs[i, :, : -dx] = float("-inf")
+    half = torch.logsumexp(logs, dim=0)
+    half = torch.where(torch.isfinite(half), half, torch.zeros_like(half)) / 2  # degree 0 -> 1
+    hpad = F.pad(half, (radius, radius, radius, radius))
+    for i, (dy, dx) in enumerate(offsets):
+        logs[i] -= half + _shifted(hpad, radius, dy, dx, (0, h))
+    return torch.where(logs > -69.0, logs.exp(), torch.zeros_like(logs))  # e^-69 ≈ 1e-30
+
+
+def _pixel_matvec(
+    weights: Tensor, radius: int, alpha: float, classes: int
+) -> Callable[[Tensor], Tensor]:
+    r"""``X -> (I - α Wn) X`` for the normalised pixel graph of :func:`_pixel_graph`, on
+    ``[H*W, K]`` views of ``[K, H*W]`` tensors: a 13×13 stencil with a weight map per offset,
+    run in blocks of rows that stay in cache on the CPU."""
+    offsets = _pixel_offsets(radius)
+    _, h, w = weights.shape
+    block = h if weights.is_cuda else max(1, min(h, (1 << 18) // max(classes * w, 1)))
+
+    def matvec(x: Tensor) -> Tensor:
+        maps = x.t().reshape(classes, h, w)
+        pad = F.pad(maps, (radius, radius, radius, radius))
+        acc = torch.zeros_like(maps)
+        for y0 in range(0, h, block):
+            rows = (y0, min(h, y0 + block))
+            out = acc[:, rows[0] : rows[1]]
+            for i, (dy, dx) in enumerate(offsets):
+                out.addcmul_(weights[i, rows[0] : rows[1]], _shifted(pad, radius, dy, dx, rows))
+        return (maps - alpha * acc).reshape(classes, h * w).t()
+
+    return matvec
 
 
 def lposs_plus(
@@ -318,12 +360,13 @@ def lposs_plus(
     y = upsample(scores.detach().float(), (h, w))
     scale = torch.tensor([100.0, 128.0, 128.0], device=device)[:, None, None]
     out = []
+    classes = y.shape[1]
     for b in range(images.shape[0]):
         lab = rgb_to_lab(images[b].detach().float().to(device)) / scale
-        matvec = _normalized_matvec(_pixel_graph(lab, radius, tau), alpha)
-        rhs = y[b].reshape(y.shape[1], -1).t().contiguous()
+        matvec = _pixel_matvec(_pixel_graph(lab, radius, tau), radius, alpha, classes)
+        rhs = y[b].reshape(classes, h * w).t()  # [H*W, K] view of class maps
         z = conjugate_gradient(matvec, rhs, iterations, tol)
-        out.append(z.t().reshape(y.shape[1], h, w))
+        out.append(z.t().reshape(classes, h, w))
     return torch.stack(out)
 
 

@@ -20,7 +20,7 @@ from captum_clip_surgery import (
     segment,
 )
 from captum_clip_surgery.adapters import get_backbone
-from captum_clip_surgery.apps.lposs import conjugate_gradient, rgb_to_lab
+from captum_clip_surgery.apps.label_propagation import conjugate_gradient, rgb_to_lab
 from captum_clip_surgery.apps.segmentation import window_spans
 from tests import reference_backbones as refb
 from tests.adapters import backbones as tiny
@@ -89,7 +89,8 @@ def test_lposs_plus_matches_dense_reference(radius, size):
     got = lposs_plus(rgb, scores, radius=radius)
     up = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
     expected = torch.stack([refb.lposs_plus(rgb[b], up[b], radius=radius) for b in range(2)])
-    torch.testing.assert_close(got, expected.float(), atol=2e-5, rtol=2e-5)
+    # float32 here (log-domain weights), float64 in the reference
+    torch.testing.assert_close(got, expected.float(), atol=1e-4, rtol=5e-5)
     assert got.shape == (2, 3, *size)
 
 
