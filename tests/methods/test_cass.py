@@ -193,6 +193,9 @@ def test_cass_batch_equals_single_and_nothing_changes():
     torch.testing.assert_close(sim, single, atol=1e-5, rtol=1e-5)
     assert torch.equal(sim, again)  # deterministic: an exact SVD, no random projection
     assert maps.shape == (3, 1, 36, 20)
+    x = images.clone().requires_grad_(True)  # gradients reach inputs that ask for them
+    (grad,) = torch.autograd.grad(explainer.similarity(x).sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     for snap in snaps:
         snap.assert_unchanged()
 

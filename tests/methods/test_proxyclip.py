@@ -144,6 +144,9 @@ def test_proxyclip_batch_equals_single_and_maps_line_up():
     torch.testing.assert_close(sim, single, atol=1e-5, rtol=1e-5)
     assert maps.shape == (3, 1, 36, 20) and maps.min() >= 0 and maps.max() <= 1
     assert explainer.token_extent((10, 6), (36, 20)) == (36 / 40, 20 / 24)
+    x = images.clone().requires_grad_(True)  # gradients reach inputs that ask for them
+    (grad,) = torch.autograd.grad(explainer.similarity(x).sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
     for snap in snaps:
         snap.assert_unchanged()
     model.train()
