@@ -101,8 +101,9 @@ def _top_eigen(m: Tensor, count: int) -> Tuple[Tensor, Tensor, bool]:
 
 def _scaled_low_rank(m: Tensor, rank: int, eigen_scaling: bool) -> Tensor:
     r"""The rank-``rank`` SVD of ``M Mᵀ`` per head with CASS's eigen-scaling of its singular
-    values, ``U diag(s') Vᵀ`` ``[H, N, N]`` (float64). ``M Mᵀ`` is symmetric PSD: its SVD is
-    its eigendecomposition, computed exactly (``eigh``) on the smaller Gram matrix."""
+    values, ``U diag(s') Vᵀ`` ``[H, N, N]`` (float32; the decomposition in float64).
+    ``M Mᵀ`` is symmetric PSD: its SVD is its eigendecomposition, computed exactly (``eigh``)
+    on the smaller Gram matrix."""
     s, vecs, small = _top_eigen(m, rank)
     if eigen_scaling:
         lo, hi = s.amin(-1, keepdim=True), s.amax(-1, keepdim=True)
@@ -112,13 +113,15 @@ def _scaled_low_rank(m: Tensor, rank: int, eigen_scaling: bool) -> Tensor:
         s_new = torch.where(span > 0, scaled, s)
     else:
         s_new = s
-    if small:  # U = M W Λ^{-1/2}: U diag(s') Uᵀ = M W diag(s'/λ) Wᵀ Mᵀ
+    if small:  # U = M W Λ^{-1/2}: U diag(s') Uᵀ = (M W) diag(s'/λ) (M W)ᵀ
         tiny = s.amax(-1, keepdim=True) * 1e-12
         ratio = torch.where(s > tiny, s_new / torch.where(s > tiny, s, torch.ones_like(s)),
                             torch.zeros_like(s))
-        inner = (vecs * ratio[..., None, :]) @ vecs.transpose(-2, -1)
-        return m @ inner @ m.transpose(-2, -1)
-    return (vecs * s_new[..., None, :]) @ vecs.transpose(-2, -1)
+        u = m @ vecs
+    else:
+        u, ratio = vecs, s_new
+    u = u.float()
+    return (u * ratio.float()[..., None, :]) @ u.transpose(-2, -1)
 
 
 def _rescale_to(source: Tensor, target: Tensor) -> Tensor:
@@ -189,11 +192,11 @@ def spectral_distillation(
     weight = 1 - cost[torch.arange(heads, device=cost.device), sigma]  # = W1 of the pair
     approx = _scaled_low_rank(md[sigma], min(rank, n), eigen_scaling)
     approx = approx * (1 - torch.eye(n, dtype=approx.dtype, device=approx.device))
-    clip_graph = mc @ mc.transpose(-2, -1)
+    keys = clip_keys.float()
+    clip_graph = (keys @ keys.transpose(-2, -1)) * scale
     approx = _rescale_to(approx, clip_graph)
-    mix = (scale_factor * weight)[:, None, None]
-    graph = (mix * approx + clip_graph) / (mix + 1)
-    return graph.float(), sigma
+    mix = (scale_factor * weight).float()[:, None, None]
+    return (mix * approx + clip_graph) / (mix + 1), sigma
 
 
 def text_clusters(text_features: Tensor, h_threshold: float) -> List[int]:
@@ -287,8 +290,8 @@ class CASSAttribution(TokenMapAttribution):
     - ``svd_lowrank`` (randomised, unseeded) is replaced by the exact rank-10 truncated SVD
       (the graphs are symmetric PSD, so an ``eigh`` of the smaller Gram matrix, ``d × d``,
       gives it exactly; the spectra come from the same Gram matrix, whose non-zero
-      eigenvalues are the ``N × N`` graph's): deterministic, and what the randomised
-      estimate approximates. The release's energy test always passes at ``q = 10``, so its
+      eigenvalues are the ``N × N`` graph's; both in float64, the graphs in float32):
+      deterministic, and what the randomised estimate approximates. The release's energy test always passes at ``q = 10``, so its
       rank is 10 too; here ``min(rank, N)`` (the release fails below 10 tokens);
     - the backbone sees the image CLIP sees, un-normalised with the CLIP model's statistics
       and normalised with the backbone's: the release inverts CLIP's normalisation with
