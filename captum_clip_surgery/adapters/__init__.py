@@ -1,16 +1,16 @@
 r"""Model adapters: the only place that knows model-family classes.
 
-Second backbones (DINO, DINOv2, a CLIP image tower) beside CLIP have their own small
-protocol (:mod:`~captum_clip_surgery.adapters.backbone`: :class:`VisionBackbone`) and
-registry (:func:`get_backbone`, :func:`register_backbone`, the entry-point group
-``captum_clip_surgery.backbones``), with one module per family (``backbone_timm``,
-``backbone_hf``).
-
 The protocol (:mod:`~captum_clip_surgery.adapters.base`) and the registry
 (:mod:`~captum_clip_surgery.adapters.registry`) are imported eagerly; each family's
 adapter module (open_clip, its timm towers, OpenAI ``clip``, Hugging Face) only when one
 of its names is used or a model of its family is adapted, so importing the package
 never imports open_clip, transformers, timm or ``clip``.
+
+Second backbones beside CLIP (DINO, DINOv2, a CLIP image tower) have their own small
+protocol (:mod:`~captum_clip_surgery.adapters.backbone`: :class:`VisionBackbone`) and
+registry (:func:`get_backbone`, :func:`register_backbone`, the entry-point group
+``captum_clip_surgery.backbones``), with one module per family (``backbone_timm``,
+``backbone_hf``), imported the same way.
 """
 
 from __future__ import annotations
