@@ -12,13 +12,16 @@ measured the same way.
 Targets of the training-free family (METHODS-FAMILY): GEM ≤ 1.5× the forward's time,
 SCLIP / ClearCLIP / NACLIP ≤ 1.1×, LeGrad ≤ 3× with peak memory ≤ GradCAM's; issue 20:
 SC-CLIP ≤ 1.3×, ResCLIP ≤ 1.3× (its default: NACLIP + RCS + SFR, whose first pass scores
-all 20 texts and runs PAMR at the input's pixels). The time
+all 20 texts and runs PAMR at the input's pixels). Second-backbone
+methods (issue 20; ``--backbone``, a timm architecture with random weights, default the
+releases' DINO ViT-B/8): ``backbone`` times its forward alone, ProxyCLIP ≤ 1 + that ratio + 0.1,
+CASS ≤ 2.0 with the backbone included (CASS needs scipy). The time
 ratio is paired: each timed call follows a plain forward in the same process, and the
 median of the per-pair ratios is reported (robust to load changes on shared machines;
 IG, timed once, uses the forward's own median).
 
 Run: ``python benchmarks/bench_methods.py [--device cpu] [--batch 8] [--repeats 3] [--ig-steps 50]
-[--methods surgery,gem,...]``.
+[--methods surgery,gem,...] [--backbone vit_base_patch8_224.dino]``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import subprocess
 import sys
 
 METHODS = ["forward", "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig",
-           "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip", "scclip", "resclip"]
+           "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip", "scclip", "resclip",
+           "backbone", "proxyclip", "cass"]
 
 _CHILD = r"""
 import json, statistics, sys, time
@@ -41,7 +45,7 @@ from captum_clip_surgery import (CLIPAttentionRelevance, CLIPSimilarityMap, CLIP
                                  ResCLIPAttribution, SCCLIPAttribution, SCLIPAttribution)
 
 method, device, repeats, ig_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-batch = int(sys.argv[5])
+batch, backbone_name = int(sys.argv[5]), sys.argv[6]
 CLASSES = ["dog", "cat", "grass", "sky", "car", "tree", "person", "bench", "building", "road",
            "water", "horse", "bird", "boat", "chair", "table", "bottle", "plant", "sofa", "train"]
 torch.manual_seed(0)
@@ -64,6 +68,25 @@ elif method in ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "nacl
     def run():
         with torch.no_grad():
             return explainer.attribute(images, target=target)
+elif method in ("backbone", "proxyclip", "cass"):
+    # the second backbone (random init, the release's architecture; nothing is downloaded)
+    import timm
+    from captum_clip_surgery import CASSAttribution, ProxyCLIPAttribution
+    from captum_clip_surgery.adapters import get_backbone
+    dino = timm.create_model(backbone_name, pretrained=False, num_classes=0).to(device).eval()
+    if method == "backbone":  # its forward alone, on the images re-normalised for it
+        view = get_backbone(dino)
+        adapter = clf.adapter
+        def run():
+            with torch.no_grad():
+                x = view.prepare(images, adapter.image_mean, adapter.image_std)
+                return view.patch_tokens(x)[0]
+    else:
+        explainer = {"proxyclip": ProxyCLIPAttribution, "cass": CASSAttribution}[method](
+            clf, backbone=dino)
+        def run():
+            with torch.no_grad():
+                return explainer.attribute(images, target=target)
 elif method == "gradcam":
     cam = LayerGradCam(clf, clf.gradcam_layer(-1))
     run = lambda: cam.attribute(images, target=target, relu_attributions=True)
@@ -111,9 +134,11 @@ print(json.dumps({"seconds": statistics.median(times), "peak_bytes": peak, "shap
 """
 
 
-def run_method(method: str, device: str, repeats: int, ig_steps: int, batch: int) -> dict:
+def run_method(method: str, device: str, repeats: int, ig_steps: int, batch: int,
+               backbone: str = "vit_base_patch8_224.dino") -> dict:
     res = subprocess.run(
-        [sys.executable, "-c", _CHILD, method, device, str(repeats), str(ig_steps), str(batch)],
+        [sys.executable, "-c", _CHILD, method, device, str(repeats), str(ig_steps), str(batch),
+         backbone],
         capture_output=True, text=True,
     )
     if res.returncode != 0:
@@ -128,10 +153,15 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--methods", default=",".join(METHODS[1:]))
+    parser.add_argument("--backbone", default="vit_base_patch8_224.dino",
+                        help="timm architecture of ProxyCLIP's / CASS's second backbone "
+                             "(random init; the releases use DINO ViT-B/8)")
     args = parser.parse_args()
-    results = {"forward": run_method("forward", args.device, args.repeats, args.ig_steps, args.batch)}
+    results = {"forward": run_method("forward", args.device, args.repeats, args.ig_steps, args.batch,
+                                     args.backbone)}
     for m in args.methods.split(","):
-        results[m] = run_method(m, args.device, args.repeats, args.ig_steps, args.batch)
+        results[m] = run_method(m, args.device, args.repeats, args.ig_steps, args.batch,
+                                args.backbone)
     base = results["forward"]
     memory = "GPU memory allocated" if args.device.startswith("cuda") else "resident memory"
     print(f"ViT-B-16 random init, batch {args.batch}, 224 px, 20 texts, device {args.device}; "
@@ -144,6 +174,10 @@ def main() -> None:
         print(f"{name:<10} {r['seconds']:8.2f} {ratio:10.2f} "
               f"{r['peak_bytes'] / 2**20:9.0f} {r['peak_bytes'] / max(base['peak_bytes'], 1):9.2f}"
               f"  {r['shape']}")
+    if "backbone" in results:  # the targets of the second-backbone methods (issue 20)
+        b = results["backbone"]["paired_ratio"]
+        print(f"second backbone {args.backbone}: forward ratio {b:.2f}; targets: ProxyCLIP <= "
+              f"{1.0 + b + 0.1:.2f} (1 + backbone + 0.1), CASS <= 2.00 (backbone included)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ explanations.
   footing, :func:`plot_comparison`, :func:`plot_text_grid`;
 - :mod:`~captum_clip_surgery.apps.segmentation`: :func:`segment`, sliding windows;
 - :mod:`~captum_clip_surgery.apps.mask_refinement`: :func:`pamr`;
+- :mod:`~captum_clip_surgery.apps.label_propagation`: :func:`lposs`, :func:`lposs_plus`,
+  :func:`lposs_scores` (label propagation over patches and pixels);
 - :mod:`~captum_clip_surgery.apps.multilabel`: :func:`multilabel_scores`,
   :func:`text_presence`;
 - :mod:`~captum_clip_surgery.apps.points`: :func:`text_to_points`, SAM;
@@ -19,6 +21,7 @@ from captum_clip_surgery.apps.comparison import (
     plot_comparison,
     plot_text_grid,
 )
+from captum_clip_surgery.apps.label_propagation import lposs, lposs_plus, lposs_scores, rgb_to_lab
 from captum_clip_surgery.apps.mask_refinement import pamr
 from captum_clip_surgery.apps.multilabel import multilabel_scores, text_presence
 from captum_clip_surgery.apps.points import (
@@ -42,11 +45,15 @@ __all__ = [
     "compare",
     "explain_text_tokens",
     "footing",
+    "lposs",
+    "lposs_plus",
+    "lposs_scores",
     "multilabel_scores",
     "pamr",
     "plot_comparison",
     "plot_text_grid",
     "plot_text_tokens",
+    "rgb_to_lab",
     "segment",
     "segment_with_sam",
     "sliding_window_scores",

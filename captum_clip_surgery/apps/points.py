@@ -11,7 +11,7 @@ from torch import Tensor
 
 from captum_clip_surgery._validation import check_unit_interval
 from captum_clip_surgery.apps.multilabel import text_probabilities
-from captum_clip_surgery.core.maps import grid_extent, minmax_normalize, upsample
+from captum_clip_surgery.core.maps import minmax_normalize, upsample
 from captum_clip_surgery.core.text import validate_texts
 from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
 
@@ -258,8 +258,8 @@ def text_to_points(
         scores = explainer.similarity(images, all_texts, feature_surgery).cpu()
     b = scores.shape[0]
     sizes = _image_sizes(image_size, b, (images.shape[-2], images.shape[-1]))
-    extent = grid_extent(tuple(scores.shape[-2:]), explainer.adapter.image.patch_size,
-                         (images.shape[-2], images.shape[-1]))
+    extent = explainer.token_extent(tuple(scores.shape[-2:]),
+                                    (images.shape[-2], images.shape[-1]))
     present = torch.ones(b, len(all_texts), dtype=torch.bool)
     if gate_thr is not None:
         with torch.no_grad():

@@ -3,18 +3,20 @@ r"""Open-vocabulary semantic segmentation from token maps (``docs/method.md`` §
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_clip_surgery._validation import check_unit_interval, prepare_images
+from captum_clip_surgery._validation import check_choice, check_unit_interval, prepare_images
+from captum_clip_surgery.apps.label_propagation import lposs_plus, lposs_scores
 from captum_clip_surgery.apps.mask_refinement import pamr as _pamr
-from captum_clip_surgery.core.maps import to_pixels, upsample
+from captum_clip_surgery.apps.windows import _pair_of_positive_ints, window_spans
+from captum_clip_surgery.core.maps import upsample
 from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
 
-__all__ = ["segment", "sliding_window_scores"]
+__all__ = ["REFINEMENTS", "segment", "sliding_window_scores"]
 
 
 def _output_size(output_size: object) -> Optional[Tuple[int, int]]:
@@ -45,44 +47,6 @@ def _check_explainer(explainer: object) -> None:
             "CLIPSimilarityMap, MaskCLIPAttribution, GEMAttribution, SCLIPAttribution, "
             f"ClearCLIPAttribution, NACLIPAttribution), got {type(explainer).__name__}"
         )
-
-
-def _pair_of_positive_ints(name: str, value: object) -> Tuple[int, int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
-        raise TypeError(f"{name}: expected a (crop, stride) pair of ints, got {type(value).__name__}")
-    if len(value) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-    ):
-        raise ValueError(f"{name}: expected two positive ints (crop, stride), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def window_spans(size: int, crop: int, stride: int) -> List[Tuple[int, int]]:
-    r"""The ``[start, end)`` spans of the sliding windows along one axis.
-
-    Windows start every ``stride`` pixels; the last one is moved back so that it
-    ends at the border (mmsegmentation's rule, used by SCLIP, ClearCLIP and
-    NACLIP). An axis shorter than ``crop`` gets one window, the whole axis.
-
-    Args:
-        size (int): the axis length.
-        crop (int): the window length.
-        stride (int): the distance between window starts.
-
-    Returns:
-        list[tuple[int, int]]: spans covering ``[0, size)``.
-
-    Examples::
-
-        >>> window_spans(10, 4, 3)
-        [(0, 4), (3, 7), (6, 10)]
-    """
-    count = max(size - crop + stride - 1, 0) // stride + 1
-    spans = []
-    for i in range(count):
-        end = min(i * stride + crop, size)
-        spans.append((max(end - crop, 0), end))
-    return spans
 
 
 def _slide(
@@ -150,8 +114,20 @@ def sliding_window_scores(
         s = explainer.similarity(padded, names, feature_surgery)
         return upsample(s, (padded.shape[-2], padded.shape[-1]))[:, :, :hc, :wc]
 
-    canvas, count = _slide(score, images, crop, stride)
+    with explainer.sliding_windows(images):
+        canvas, count = _slide(score, images, crop, stride)
     return canvas / count
+
+
+#: The refinements :func:`segment` offers (``refine=``).
+REFINEMENTS = ("pamr", "lposs", "lposs+")
+
+
+def _unnormalised(explainer: TokenMapAttribution, images: Tensor) -> Tensor:
+    r"""Preprocessed images back to RGB in ``[0, 1]`` with the model's statistics (float32)."""
+    mean = torch.tensor(explainer.adapter.image_mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(explainer.adapter.image_std, device=images.device).view(1, 3, 1, 1)
+    return images.detach().float() * std + mean
 
 
 def _pamr_iterations(value: object) -> int:
@@ -174,6 +150,8 @@ def segment(
     pamr: Union[bool, int] = False,
     pamr_dilations: Sequence[int] = (8, 16),
     logit_scale: Optional[float] = None,
+    refine: Optional[str] = None,
+    refine_backbone: Any = None,
 ) -> Tensor:
     r"""Label maps: the per-pixel argmax over the class maps.
 
@@ -208,6 +186,18 @@ def segment(
     model's own scale in the background rule (SCLIP and NACLIP use 40,
     ClearCLIP 50).
 
+    ``refine`` names the refinement instead: ``"pamr"`` (as ``pamr=True``, or ``pamr``'s
+    iterations when given), ``"lposs"`` (the scores propagated over a second backbone's
+    patch graph that joins all the windows of an image,
+    :func:`~captum_clip_surgery.apps.label_propagation.lposs_scores`) or ``"lposs+"`` (LPOSS, then
+    propagation over the pixel graph of the image's colours at the input's size,
+    :func:`~captum_clip_surgery.apps.label_propagation.lposs_plus`, before the resize to
+    ``output_size``). LPOSS's graph backbone is ``refine_backbone`` (a DINO in the release,
+    ``dino_vitb16``; any model :func:`~captum_clip_surgery.adapters.get_backbone`
+    understands), by default the explainer's own second backbone (ProxyCLIP, CASS) or the
+    model's image tower. The release's protocol: short side 448, ``sliding_window=(224,
+    112)``, no threshold.
+
     Works with every token-map explainer (:class:`CLIPSurgeryAttribution`,
     :class:`CLIPSimilarityMap`, :class:`MaskCLIPAttribution`,
     :class:`GEMAttribution`, :class:`SCLIPAttribution`,
@@ -239,6 +229,9 @@ def segment(
             (default ``(8, 16)``).
         logit_scale (float, optional): the scale of the probabilities in the
             background rule; default the model's own.
+        refine (str, optional): ``"pamr"``, ``"lposs"`` or ``"lposs+"``; default ``None``
+            (only ``pamr`` applies). ``"lposs"`` / ``"lposs+"`` exclude ``pamr``.
+        refine_backbone (optional): LPOSS's graph backbone (see above).
 
     Returns:
         Tensor: ``[B, H, W]`` long labels on the images' device.
@@ -274,6 +267,18 @@ def segment(
         "sliding_window", sliding_window
     )
     iterations = _pamr_iterations(pamr)
+    if refine is not None:
+        check_choice("refine", refine, REFINEMENTS)
+        if refine == "pamr":
+            iterations = iterations or 10
+        elif iterations:
+            raise ValueError(
+                f"pamr: refine={refine!r} replaces PAMR; give pamr=False (got pamr={pamr!r})"
+            )
+    if refine_backbone is not None and refine not in ("lposs", "lposs+"):
+        raise ValueError(
+            f"refine_backbone: only LPOSS uses a graph backbone; got refine={refine!r}"
+        )
     if isinstance(pamr_dilations, (str, bytes)) or not isinstance(pamr_dilations, (list, tuple)) or (
         not pamr_dilations
         or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in pamr_dilations)
@@ -287,7 +292,10 @@ def segment(
     ):
         raise ValueError(f"logit_scale: expected a positive number or None, got {logit_scale!r}")
     with torch.no_grad():  # labels are discrete: no graph is needed
-        if window is None:
+        if refine in ("lposs", "lposs+"):
+            scores = lposs_scores(explainer, images, names, refine_backbone, window,
+                                  feature_surgery)
+        elif window is None:
             scores = explainer.similarity(images, names, feature_surgery)
         else:
             scores = sliding_window_scores(
@@ -295,7 +303,6 @@ def segment(
             )
     in_size = (images.shape[-2], images.shape[-1])
     target = size if size is not None else in_size
-    cell = explainer.adapter.image.patch_size
     scale = math.nan
     if threshold is not None:
         scale = (
@@ -304,8 +311,13 @@ def segment(
         )
     labels = []
     for b in range(scores.shape[0]):  # one image at a time bounds the [K, H, W] memory
-        if window is None:  # token grid over the padded input: cut the padding, then resize
-            up = to_pixels(scores[b : b + 1], cell, in_size, target)
+        if refine == "lposs+":  # the pixel graph at the input's size, then the resize
+            rgb = _unnormalised(explainer, images[b : b + 1])
+            up = upsample(lposs_plus(rgb.to(scores.device), scores[b : b + 1]), target)
+        elif window is None and refine != "lposs":
+            # token grid over the padded input: cut the padding, then resize
+            grid = (int(scores.shape[-2]), int(scores.shape[-1]))
+            up = upsample(scores[b : b + 1], target, explainer.token_extent(grid, in_size))
         else:  # the canvas already covers the image's pixels
             up = upsample(scores[b : b + 1], target)
         if iterations:

@@ -5,7 +5,8 @@ r"""Explanation methods: one module per method, their base classes and the regis
   (:func:`register_method`, :func:`build_method`, :func:`supported_methods`, ...);
 - one module per method: ``clip_surgery``, ``raw``, ``maskclip``, ``gem``, ``sclip``,
   ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, ``scclip``,
-  ``resclip``, and ``captum_methods`` (Captum's own methods as the registry builds them).
+  ``resclip``, ``proxyclip``, ``cass``, and ``captum_methods`` (Captum's own methods as the
+  registry builds them).
 
 Names are imported on first use, so that reading the registry (the command line's
 help) imports neither Captum nor the methods.
@@ -36,6 +37,9 @@ _LAZY: Dict[str, str] = {
     "SCCLIPAttribution": "scclip",
     "ResCLIPAttribution": "resclip",
     "CheferAttribution": "chefer",
+    "ProxyCLIPAttribution": "proxyclip",
+    "CASSAttribution": "cass",
+    "CASS_SETTINGS": "cass",
     "CLIPAttentionRelevance": "chefer",
     "DEFAULT_METHODS": "registry",
     "DENSE_METHODS": "registry",

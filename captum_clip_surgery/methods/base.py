@@ -66,7 +66,7 @@ from captum_clip_surgery.core.architecture import dense_rows, run_blocks
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier, as_classifier
 from captum_clip_surgery.core.feature_surgery import check_distinct_texts
 from captum_clip_surgery.core.feature_surgery import feature_surgery_scores as _feature_surgery
-from captum_clip_surgery.core.maps import minmax_normalize, to_pixels
+from captum_clip_surgery.core.maps import grid_extent, minmax_normalize, to_pixels, upsample
 from captum_clip_surgery.core.text import validate_texts
 
 __all__ = [
@@ -299,15 +299,31 @@ class TokenMapAttribution(ClassifierAttribution, abc.ABC):
                 check_distinct_texts(texts, e)
             feats, grid = self.token_features(images)
             f = F.normalize(feats.float(), dim=-1)
-            if isinstance(mode, Tensor):
-                s = _feature_surgery(f, e, "redundant", mode.to(f.device))
-            elif mode == "empty" or (mode == "auto" and len(texts) < 2):
-                s = _feature_surgery(f, e, "redundant", self.classifier.empty_text_features())
-            elif classes:
-                s = _feature_surgery(f, e, "classes")
-            else:
-                s = _feature_surgery(f, e, "none")
+            s = self.text_scores(f, e, texts, mode)
         return s, grid
+
+    def text_scores(
+        self, features: Tensor, text_features: Tensor, texts: List[str], mode: FeatureSurgery
+    ) -> Tensor:
+        r"""Scores ``[B, 1 + h*w, T]`` of unit token features ``[B, 1 + h*w, D]`` against
+        unit text features ``[T, D]`` under the feature surgery ``mode`` (see
+        :meth:`similarity`). A method that changes the text side per image (CASS) overrides
+        it."""
+        f, e = features, text_features
+        if isinstance(mode, Tensor):
+            return _feature_surgery(f, e, "redundant", mode.to(f.device))
+        if mode == "empty" or (mode == "auto" and len(texts) < 2):
+            return _feature_surgery(f, e, "redundant", self.classifier.empty_text_features())
+        if mode in ("classes", "auto"):
+            return _feature_surgery(f, e, "classes")
+        return _feature_surgery(f, e, "none")
+
+    def sliding_windows(self, images: Tensor) -> ContextManager[None]:
+        r"""The context in which :func:`~captum_clip_surgery.sliding_window_scores` scores
+        the windows of ``images`` (prepared, not padded); by default nothing. A method that
+        reads the whole image while scoring its windows (CASS's global scores) overrides it.
+        """
+        return contextlib.nullcontext()
 
     def similarity(
         self,
@@ -408,8 +424,31 @@ class TokenMapAttribution(ClassifierAttribution, abc.ABC):
         """
         maps = minmax_normalize(scores)
         if upsample_to_input:
-            maps = to_pixels(maps, self.adapter.image.patch_size, images.shape[-2:])
+            size = (int(images.shape[-2]), int(images.shape[-1]))
+            maps = upsample(maps, size, self.token_extent((maps.shape[-2], maps.shape[-1]), size))
         return maps.to(device=images.device, dtype=images.dtype)
+
+    def token_extent(
+        self, grid: Tuple[int, int], input_size: Tuple[int, int]
+    ) -> Tuple[float, float]:
+        r"""The fraction ``(fy, fx)`` of a ``grid`` of this method's maps that an input of
+        ``input_size`` pixels covers, from the grid's top-left corner (the rest is the
+        padding :func:`~captum_clip_surgery._validation.prepare_images` added).
+
+        The default is the grid of the model's patches over the padded input
+        (:func:`~captum_clip_surgery.core.maps.grid_extent`); a method whose maps lie on
+        another grid over the padded input (a second backbone's) overrides it. Used by
+        :meth:`maps_from_scores`, :func:`~captum_clip_surgery.segment` and
+        :func:`~captum_clip_surgery.text_to_points` to line the maps up with the input.
+
+        Args:
+            grid (tuple[int, int]): ``(h, w)`` of the maps.
+            input_size (tuple[int, int]): ``(H, W)`` of the input before padding.
+
+        Returns:
+            tuple[float, float]: ``(fy, fx)`` in ``(0, 1]``.
+        """
+        return grid_extent(grid, self.adapter.image.patch_size, input_size)
 
 
 class RelevanceMapAttribution(ClassifierAttribution, abc.ABC):

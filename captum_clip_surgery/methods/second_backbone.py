@@ -1,0 +1,43 @@
+r"""The second backbone of ProxyCLIP, CASS and LPOSS, as a method holds it.
+
+A method takes ``backbone=`` as a model of any family with a view
+(:func:`~captum_clip_surgery.adapters.backbone_registry.get_backbone`: timm or Hugging Face
+DINO / DINOv2, ...), a ready :class:`~captum_clip_surgery.adapters.backbone.VisionBackbone`,
+a CLIP model or classifier (its image tower), or ``None``: the explained model's own image
+tower. :func:`backbone_input` brings CLIP's prepared images to the backbone (CLIP's
+normalisation undone, the backbone's applied, the size aligned to its patch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from captum_clip_surgery.adapters.backbone import CLIPTowerBackbone, VisionBackbone
+from captum_clip_surgery.adapters.backbone_registry import get_backbone
+from captum_clip_surgery.adapters.base import CLIPAdapter
+
+__all__ = ["backbone_input", "resolve_backbone"]
+
+
+def resolve_backbone(backbone: Any, adapter: CLIPAdapter) -> VisionBackbone:
+    r"""The view of ``backbone`` (see the module docstring); ``None`` is ``adapter``'s own
+    image tower.
+
+    Raises:
+        TypeError: naming ``backbone`` when no view understands it.
+    """
+    if backbone is None:
+        return CLIPTowerBackbone(adapter)
+    inner = getattr(backbone, "adapter", None)  # a CLIPZeroShotClassifier: its model's tower
+    if isinstance(inner, CLIPAdapter) and not isinstance(backbone, VisionBackbone):
+        return CLIPTowerBackbone(inner)
+    return get_backbone(backbone)
+
+
+def backbone_input(backbone: VisionBackbone, adapter: CLIPAdapter, images: Tensor) -> Tensor:
+    r"""CLIP's prepared images ``[B, 3, H, W]`` as the backbone's input: un-normalised with
+    the CLIP model's statistics, normalised with the backbone's, resized to the nearest
+    multiple of its patch where needed (:meth:`VisionBackbone.prepare`)."""
+    return backbone.prepare(images, adapter.image_mean, adapter.image_std)
