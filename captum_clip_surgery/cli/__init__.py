@@ -1,4 +1,5 @@
-r"""Command line: ``clip-surgery explain`` and ``clip-surgery evaluate``.
+r"""Command line: ``clip-surgery explain``, ``clip-surgery evaluate``, ``clip-surgery
+benchmark`` and ``clip-surgery coco-object``.
 
 ``clip-surgery explain`` with no arguments renders a default scene of the
 package's scenes world, explains it with the shipped small CLIP for the objects
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what deleted pixels become in deletion / insertion (default blur; "
                          "use mean or zero where the model reads colour, as on the scenes)")
     ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
+
+    from captum_clip_surgery.cli.benchmark import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -146,6 +151,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if written is not None:
                 print(f"wrote {written}/results.md, results.csv, breakdown.md and figures in "
                       f"{time.perf_counter() - start:.1f} s")
+            return 0
+        if args.command == "benchmark":
+            from captum_clip_surgery.cli import benchmark
+
+            benchmark.run(args)
+            return 0
+        if args.command == "coco-object":
+            from captum_clip_surgery.cli import benchmark
+
+            print(benchmark.run_coco_object(args))
             return 0
     except UserError as exc:
         print(f"clip-surgery {args.command}: error: {exc}", file=sys.stderr)
