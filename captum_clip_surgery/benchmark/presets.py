@@ -188,7 +188,8 @@ class ProtocolSettings:
             if isinstance(value, tuple):
                 value = "(" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
                                         for v in value) + ")"
-            text = f"{value:g}" if isinstance(value, float) else str(value)
+            text = f"{value:g}" if isinstance(value, float) else (
+                repr(value) if name == "synonym_separator" else str(value))
             out[name] = text + (" *" if name in self.overridden else "")
         return out
 
