@@ -7,12 +7,12 @@ import argparse
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from captum_clip_surgery.cli import common
 from captum_clip_surgery.cli.common import (
     UserError,
     check_device,
     check_positive,
     first_line,
-    load_model,
     world_size,
 )
 
@@ -107,11 +107,12 @@ def add_parsers(sub: Any) -> None:
 
 def parse_setting(text: str) -> Tuple[str, Any]:
     r"""``FIELD=VALUE`` → ``(field, value)``: ``none``, ``true`` / ``false``, numbers, and
-    comma-separated numbers (a tuple) are converted; anything else stays a string."""
+    comma-separated numbers (a tuple) are converted; anything else stays a string, spaces
+    included."""
     if "=" not in text:
         raise UserError(f"--set: expected FIELD=VALUE, got {text!r}")
-    key, _, raw = text.partition("=")
-    key, raw = key.strip(), raw.strip()
+    key, _, value = text.partition("=")
+    key, raw = key.strip(), value.strip()
 
     def number(s: str) -> Any:
         try:
@@ -126,10 +127,10 @@ def parse_setting(text: str) -> Tuple[str, Any]:
         return key, lowered == "true"
     try:
         if "," in raw:
-            return key, tuple(number(p.strip()) for p in raw.split(",") if p.strip())
+            return key, tuple(number(p.strip()) for p in raw.split(","))  # "" is no number
         return key, number(raw)
     except ValueError:
-        return key, raw
+        return key, value  # a string keeps its spaces (a synonym separator may end with one)
 
 
 def _user_error(exc: BaseException) -> UserError:
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> Optional[str]:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
             torch.cuda.set_device(device)
     if args.model:
-        model, _, tokenizer = load_model(args.model, args.pretrained, device)
+        model, _, tokenizer = common.load_model(args.model, args.pretrained, device)
     else:
         from captum_clip_surgery.scenes import load_scenes_clip
 
