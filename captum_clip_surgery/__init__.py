@@ -14,8 +14,9 @@ layers, bottom to top (``docs/architecture.md``):
 - :mod:`captum_clip_surgery.apps` and :mod:`captum_clip_surgery.scenes`: comparison and
   figures, segmentation, multi-label, text → points / SAM, text tokens; the scenes
   world and its shipped model;
-- :mod:`captum_clip_surgery.evaluation` and :mod:`captum_clip_surgery.explain`: the
-  evaluation harness; explaining folders of images;
+- :mod:`captum_clip_surgery.evaluation`, :mod:`captum_clip_surgery.benchmark` and
+  :mod:`captum_clip_surgery.explain`: the evaluation harness; the open-vocabulary
+  segmentation benchmark; explaining folders of images;
 - :mod:`captum_clip_surgery.web`: the page of ``clip-surgery serve`` (Gradio, imported
   only when a page is built);
 - :mod:`captum_clip_surgery.cli`: the ``clip-surgery`` command.
@@ -97,6 +98,12 @@ _LAZY: Dict[str, str] = {
     "TextTokenExplanation": "apps.text_tokens",
     "explain_text_tokens": "apps.text_tokens",
     "plot_text_tokens": "apps.text_tokens",
+    # the open-vocabulary segmentation benchmark
+    "BenchmarkResult": "benchmark.runner",
+    "ProtocolSegmenter": "benchmark.inference",
+    "convert_coco_object": "benchmark.datasets",
+    "get_preset": "benchmark.presets",
+    "segmentation_benchmark": "benchmark.runner",
     # explaining folders
     "ExplainInterrupted": "explain.folder",
     "ExplainSummary": "explain.folder",

@@ -95,3 +95,47 @@ def assert_decisions_then_maps(
     assert bool(agree.any()), "no image with the reference's decisions"
     torch.testing.assert_close(got[agree], expected[agree], atol=atol, rtol=rtol)
     return float((got[agree] - expected[agree]).abs().max())
+
+
+def write_segmentation_layout(
+    root: str,
+    layout: Any,
+    sizes: Tuple[Tuple[int, int], ...] = ((40, 56), (33, 47), (48, 30)),
+    num_labels: int = 21,
+    seed: int = 0,
+) -> List[str]:
+    r"""A tiny copy of a benchmark dataset's folder layout under ``root``: one image (JPEG,
+    or PNG for a ``.png`` suffix) and one palette label per size, labels random in
+    ``0..num_labels-1`` with a 255 border row; the split file where the layout has one;
+    Cityscapes-like layouts get city sub-folders. Returns the ids in the protocol's order
+    (the split file's, else sorted by path)."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    ids = []
+    for k in range(len(sizes)):
+        sub = f"city{k % 2}/" if "leftImg8bit" in layout.img_dir else ""
+        ids.append(f"{sub}img_{(7 - k):03d}")
+    palette = (np.arange(768) * 37 % 256).astype(np.uint8).tolist()
+    for image_id, (h, w) in zip(ids, sizes):
+        img_path = os.path.join(root, layout.img_dir, image_id + layout.img_suffix)
+        lab_path = os.path.join(root, layout.ann_dir, image_id + layout.seg_map_suffix)
+        os.makedirs(os.path.dirname(img_path), exist_ok=True)
+        os.makedirs(os.path.dirname(lab_path), exist_ok=True)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(img_path, "PNG" if img_path.endswith(".png") else "JPEG")
+        label = rng.integers(0, num_labels, (h, w)).astype(np.uint8)
+        label[0] = 255
+        im = Image.fromarray(label, mode="P")
+        im.putpalette(palette)
+        im.save(lab_path)
+    if layout.split is not None:
+        path = os.path.join(root, layout.split)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write("\n".join(ids) + "\n")
+        return ids
+    return sorted(ids)

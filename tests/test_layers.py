@@ -29,6 +29,7 @@ LAYERS: Dict[str, int] = {
     "apps": 4,
     "scenes": 4,
     "evaluation": 5,
+    "benchmark": 5,
     "explain": 5,
     "web": 6,
     "cli": 7,

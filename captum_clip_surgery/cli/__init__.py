@@ -1,4 +1,5 @@
-r"""Command line: ``clip-surgery explain``, ``clip-surgery evaluate`` and ``clip-surgery serve``.
+r"""Command line: ``clip-surgery explain``, ``clip-surgery evaluate``, ``clip-surgery serve``,
+``clip-surgery benchmark`` and ``clip-surgery coco-object``.
 
 ``clip-surgery explain`` with no arguments renders a default scene of the
 package's scenes world, explains it with the shipped small CLIP for the objects
@@ -203,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "files you trust)")
     sv.add_argument("--sam-model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h"),
                     help="the checkpoint's SAM architecture (default vit_b)")
+
+    from captum_clip_surgery.cli.benchmark import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -244,6 +249,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if written is not None:
                 print(f"wrote {printable(written)}/results.md, results.csv, breakdown.md and "
                       f"figures in {time.perf_counter() - start:.1f} s")
+            return 0
+        if args.command == "benchmark":
+            from captum_clip_surgery.cli import benchmark
+
+            benchmark.run(args)
+            return 0
+        if args.command == "coco-object":
+            from captum_clip_surgery.cli import benchmark
+
+            print(benchmark.run_coco_object(args))
             return 0
     except UserError as exc:
         print(f"clip-surgery {args.command}: error: {printable(exc)}", file=sys.stderr)

@@ -1,0 +1,305 @@
+r"""The protocol's inference, with the windows of several images in one forward.
+
+For each image (already resized and normalised as the protocol reads it):
+
+1. **Windows** (mmsegmentation's slide rule, :func:`~captum_clip_surgery.apps.segmentation.window_spans`):
+   ``crop × crop`` windows every ``stride`` pixels, the last one flush with the border;
+   an image smaller than the window is one smaller window. ``crop = 0``: the whole image.
+2. **Forward**: every window of every image of the batch with the same size goes into
+   one forward of the method's :meth:`~captum_clip_surgery.methods.base.TokenMapAttribution.similarity`.
+   Padding follows the preset: none (the patch convolution drops a window's tail that
+   is not a multiple of the patch, and the token grid is stretched over the whole
+   window: SCLIP, NACLIP), symmetric zero padding to a multiple of the patch (ClearCLIP)
+   or of 56 pixels (ProxyCLIP), cut back after the upsampling.
+3. The cosines of each window are upsampled bilinearly (``align_corners=False``) to the
+   window, summed on a canvas and divided by the **count** of windows covering each
+   pixel, then resized bilinearly to the image's **original** size (without a window:
+   the token grid straight to the original size, or through the input size, as the
+   preset says).
+4. Optional **PAMR** on the cosines, guided by the normalised input resized to the
+   original size.
+5. ``× logit_scale``, softmax over **all queries**, a class's probability is the
+   **max over its synonyms**, SCLIP's ``area_thd``, argmax, and pixels whose best class
+   probability is below ``prob_thd`` become class 0.
+
+That is the order of SCLIP's, NACLIP's, ClearCLIP's and ProxyCLIP's ``predict``; every
+tensor operation is the one they run, in the same order per pixel, so that the labels
+are the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captum_clip_surgery.apps.mask_refinement import pamr
+from captum_clip_surgery.apps.segmentation import window_spans
+from captum_clip_surgery.benchmark.presets import ProtocolSettings
+from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
+
+__all__ = ["ProtocolSegmenter", "Window", "plan_windows", "postprocess"]
+
+
+@dataclass(frozen=True)
+class Window:
+    r"""One forward input: the window ``[y0:y1, x0:x1]`` of the resized image and the
+    zero padding ``(left, right, top, bottom)`` added around it."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    pad: Tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        r"""The padded window's ``(height, width)``."""
+        left, right, top, bottom = self.pad
+        return self.y1 - self.y0 + top + bottom, self.x1 - self.x0 + left + right
+
+
+def _symmetric_pad(h: int, w: int, multiple: int) -> Tuple[int, int, int, int]:
+    r"""ClearCLIP's / ProxyCLIP's ``compute_padsize``: ``(left, right, top, bottom)``
+    to the next multiple, the smaller half first."""
+    lr = (multiple - w % multiple) % multiple
+    tb = (multiple - h % multiple) % multiple
+    return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
+
+
+def plan_windows(
+    size: Tuple[int, int], crop: int, stride: int, padding: Any, patch: int
+) -> List[Window]:
+    r"""The windows of an image of ``size`` under a preset, in the releases' order
+    (rows, then columns).
+
+    Args:
+        size (tuple[int, int]): the resized image's ``(h, w)``.
+        crop (int): window size (``0``: the whole image, never padded).
+        stride (int): window stride.
+        padding (None, "patch" or int): see :class:`~captum_clip_surgery.benchmark.Preset`.
+        patch (int): the model's patch size.
+
+    Returns:
+        list[Window]: the windows.
+    """
+    h, w = size
+    if crop == 0:
+        return [Window(0, h, 0, w)]
+    multiple = patch if padding == "patch" else padding
+    out = []
+    for y0, y1 in window_spans(h, crop, stride):
+        for x0, x1 in window_spans(w, crop, stride):
+            pad = (0, 0, 0, 0) if multiple is None else _symmetric_pad(y1 - y0, x1 - x0, multiple)
+            out.append(Window(y0, y1, x0, x1, pad))
+    return out
+
+
+def postprocess(
+    cosines: Tensor,
+    query_class: Tensor,
+    num_classes: int,
+    logit_scale: float,
+    prob_thd: float = 0.0,
+    area_thd: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    r"""Labels from the cosines of every query at the original size (step 5).
+
+    Args:
+        cosines (Tensor): ``[Q, H, W]`` float32.
+        query_class (Tensor): ``[Q]`` the class of each query (sorted, ``0..C-1``).
+        num_classes (int): ``C``.
+        logit_scale (float): the scale before the softmax.
+        prob_thd (float): the background threshold (pixels below → class 0).
+        area_thd (float, optional): SCLIP's area rule.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``[H, W]`` long labels and ``[C, H, W]`` class probabilities
+        (after the area rule).
+    """
+    probs = (cosines * logit_scale).softmax(0)
+    if num_classes != probs.shape[0]:
+        index = query_class.to(probs.device).view(-1, *([1] * (probs.ndim - 1)))
+        probs = probs.new_zeros((num_classes,) + tuple(probs.shape[1:])).scatter_reduce_(
+            0, index.expand_as(probs), probs, "amax", include_self=True)  # probs are >= 0
+    if area_thd is not None:
+        best = probs.argmax(0)
+        area = torch.bincount(best.flatten(), minlength=num_classes)[1:].to(probs.dtype)
+        keep = (area > area_thd * area.sum()).to(probs.dtype)
+        probs[1:] *= keep[:, None, None]
+    labels = probs.argmax(0)
+    labels[probs.max(0)[0] < prob_thd] = 0
+    return labels, probs
+
+
+class ProtocolSegmenter:
+    r"""Labels of a token-map method under a protocol, many images per forward.
+
+    Args:
+        method (TokenMapAttribution): any token-map method (its classifier's templates
+            encode the queries).
+        classes (list[list[str]]): per class, its queries (a class-name file's lines).
+        settings (ProtocolSettings): the protocol (:meth:`Preset.settings`).
+        feature_surgery (str or Tensor, optional): passed to ``similarity`` (default
+            the method's own).
+        window_batch (int): at most this many windows per forward.
+
+    Examples::
+
+        >>> seg = ProtocolSegmenter(build_method("sclip", clf), [["dog"], ["cat"]],
+        ...                         get_preset("sclip").settings("voc20"))
+        >>> labels = seg.predict([image], [(375, 500)])  # image: [3, 336, 448]
+    """
+
+    def __init__(
+        self,
+        method: TokenMapAttribution,
+        classes: Sequence[Sequence[str]],
+        settings: ProtocolSettings,
+        feature_surgery: Optional[FeatureSurgery] = None,
+        window_batch: int = 64,
+    ) -> None:
+        if not isinstance(method, TokenMapAttribution):
+            raise TypeError(
+                "method: expected a token-map attribution (map kind 'token' in the registry), "
+                f"got {type(method).__name__}"
+            )
+        if not isinstance(settings, ProtocolSettings):
+            raise TypeError(f"settings: expected ProtocolSettings, got {type(settings).__name__}")
+        if isinstance(window_batch, bool) or not isinstance(window_batch, int) or window_batch < 1:
+            raise ValueError(f"window_batch: expected a positive int, got {window_batch!r}")
+        self.method = method
+        self.settings = settings
+        self.queries = [q for line in classes for q in line]
+        if not self.queries:
+            raise ValueError("classes: expected at least one class")
+        self.query_class = torch.tensor([c for c, line in enumerate(classes) for _ in line])
+        self.num_classes = len(classes)
+        self.feature_surgery = feature_surgery
+        self.window_batch = window_batch
+        patch = method.adapter.image.patch_size
+        self.patch = int(patch[0]) if isinstance(patch, (tuple, list)) else int(patch)
+
+    @property
+    def device(self) -> torch.device:
+        r"""The model's device."""
+        return self.method.adapter.device
+
+    def windows(self, size: Tuple[int, int]) -> List[Window]:
+        r"""The windows of a resized image (see :func:`plan_windows`)."""
+        s = self.settings
+        return plan_windows(size, s.crop, s.stride, s.padding, self.patch)
+
+    def _forward(self, batch: Tensor) -> Tensor:
+        r"""Cosines ``[n, Q, h // p, w // p]`` of a batch of (padded) windows: the tail
+        that is not a multiple of the patch is dropped, as the patch convolution does."""
+        p = self.patch
+        h, w = batch.shape[-2:]
+        if h < p or w < p:
+            raise ValueError(
+                f"images: a window of {h}x{w} pixels is smaller than one patch ({p}); "
+                "use a larger short_side or crop"
+            )
+        batch = batch[..., : h - h % p, : w - w % p]
+        with torch.no_grad():
+            return self.method.similarity(batch, self.queries, self.feature_surgery)
+
+    def cosines(self, images: Sequence[Tensor], sizes: Sequence[Tuple[int, int]]) -> List[Tensor]:
+        r"""Steps 1-4: the cosines of every query at each image's original size.
+
+        Args:
+            images (list[Tensor]): resized, normalised images ``[3, h, w]`` (any sizes).
+            sizes (list[tuple[int, int]]): each image's original ``(H, W)``.
+
+        Returns:
+            list[Tensor]: ``[Q, H, W]`` float32 per image, on the model's device.
+        """
+        s = self.settings
+        device = self.device
+        images = [im.to(device=device, dtype=torch.float32) for im in images]
+        plans = [self.windows((im.shape[-2], im.shape[-1])) for im in images]
+        whole = s.crop == 0
+        # every window of one image has the same size: group by it, images in order
+        groups: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
+        for i, plan in enumerate(plans):
+            for k, win in enumerate(plan):
+                groups.setdefault(win.input_size, []).append((i, k))
+        q = len(self.queries)
+        canvas: List[Optional[Tensor]] = [None] * len(images)
+        count: List[Optional[Tensor]] = [None] * len(images)
+        out: List[Optional[Tensor]] = [None] * len(images)
+        for (hi, wi), members in groups.items():
+            for start in range(0, len(members), self.window_batch):
+                chunk = members[start : start + self.window_batch]
+                crops = []
+                for i, k in chunk:
+                    win = plans[i][k]
+                    crop = images[i][:, win.y0 : win.y1, win.x0 : win.x1]
+                    crops.append(F.pad(crop, win.pad) if any(win.pad) else crop)
+                grid = self._forward(torch.stack(crops))
+                for n, (i, k) in enumerate(chunk):  # one window at a time bounds the memory
+                    cell = grid[n : n + 1]
+                    if whole and s.whole_image_resize == "direct":
+                        out[i] = F.interpolate(cell, size=tuple(sizes[i]), mode="bilinear",
+                                               align_corners=False)[0]
+                        continue
+                    up = F.interpolate(cell, size=(hi, wi), mode="bilinear",
+                                       align_corners=False)[0]
+                    if whole:  # twice: the input size, then the original size
+                        out[i] = F.interpolate(up[None], size=tuple(sizes[i]), mode="bilinear",
+                                               align_corners=False)[0]
+                        continue
+                    win = plans[i][k]
+                    left, _, top, _ = win.pad
+                    hc, wc = win.y1 - win.y0, win.x1 - win.x0
+                    if canvas[i] is None:
+                        h, w = images[i].shape[-2:]
+                        canvas[i] = torch.zeros(q, h, w, device=device)
+                        count[i] = torch.zeros(1, h, w, device=device)
+                    canvas[i][:, win.y0 : win.y1, win.x0 : win.x1] += up[:, top : top + hc,
+                                                                         left : left + wc]
+                    count[i][:, win.y0 : win.y1, win.x0 : win.x1] += 1
+                del grid
+        results = []
+        for i in range(len(images)):
+            if not whole:
+                mean = canvas[i] / count[i]  # type: ignore[operator]
+                canvas[i] = count[i] = None
+                out[i] = F.interpolate(mean[None], size=tuple(sizes[i]), mode="bilinear",
+                                       align_corners=False)[0]
+            cos = out[i]
+            assert cos is not None
+            if s.pamr_steps and (not whole or s.pamr_without_window):
+                guide = F.interpolate(images[i][None], size=tuple(sizes[i]), mode="bilinear",
+                                      align_corners=False)
+                cos = pamr(guide, cos[None], s.pamr_steps, s.pamr_dilations)[0]
+            results.append(cos)
+            out[i] = None
+        return results
+
+    def predict(
+        self, images: Sequence[Tensor], sizes: Sequence[Tuple[int, int]],
+        return_probs: bool = False,
+    ) -> List[Any]:
+        r"""Labels ``[H, W]`` (long) per image at its original size.
+
+        Args:
+            images (list[Tensor]): resized, normalised images ``[3, h, w]``.
+            sizes (list[tuple[int, int]]): each image's original ``(H, W)``.
+            return_probs (bool): also return the class probabilities ``[C, H, W]``.
+
+        Returns:
+            list: per image its labels (or ``(labels, probs)``).
+        """
+        if len(images) != len(sizes):
+            raise ValueError(f"sizes: expected one size per image ({len(images)}), got {len(sizes)}")
+        s = self.settings
+        results: List[Any] = []
+        for cos in self.cosines(images, sizes):
+            labels, probs = postprocess(cos, self.query_class, self.num_classes, s.logit_scale,
+                                        s.prob_thd, s.area_thd)
+            results.append((labels, probs) if return_probs else labels)
+        return results
