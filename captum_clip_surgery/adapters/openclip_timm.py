@@ -24,7 +24,7 @@ edited or hooked. Unsupported configurations raise a one-line ``TypeError``
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +136,9 @@ class _TimmBlockView(BlockView):
         source = rel_pos if rel_pos is not None else self._shared_bias
         return None if source is None else source.get_bias()[:, :, :queries]
 
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return self.block.named_parameters()
+
     def norm1(self, x: Tensor) -> Tensor:
         return self.block.norm1(x)
 
@@ -202,6 +205,9 @@ class _EvaBlockView(BlockView):
         self.head_dim = attn.head_dim
         self.kv_groups = int(getattr(attn, "num_kv_groups", 1) or 1)
         self.post_norm = isinstance(block, EvaBlockPostNorm)
+
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return self.block.named_parameters()
 
     def norm1(self, x: Tensor) -> Tensor:
         return x if self.post_norm else self.block.norm1(x)
