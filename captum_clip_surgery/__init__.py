@@ -84,6 +84,12 @@ _LAZY: Dict[str, str] = {
     "TextTokenExplanation": "apps.text_tokens",
     "explain_text_tokens": "apps.text_tokens",
     "plot_text_tokens": "apps.text_tokens",
+    # checks to trust the maps
+    "QuantusCLIPModel": "evaluation.quantus_bridge",
+    "quantus_evaluate": "evaluation.quantus_bridge",
+    "quantus_explain_func": "evaluation.quantus_bridge",
+    "randomized_copy": "evaluation.sanity",
+    "sanity_checks": "evaluation.sanity",
     # explaining folders
     "ExplainSummary": "explain.folder",
     "explain_images": "explain.folder",

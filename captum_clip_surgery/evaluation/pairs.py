@@ -15,7 +15,7 @@ from captum_clip_surgery._validation import check_int
 from captum_clip_surgery.adapters.loading import square_preprocess
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
 
-__all__ = ["DatasetPairs", "dataset_pairs", "check_method_names"]
+__all__ = ["DatasetPairs", "check_method_names", "dataset_pairs"]
 
 
 @dataclass

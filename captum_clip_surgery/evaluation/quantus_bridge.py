@@ -87,8 +87,8 @@ QUANTUS_SETTINGS: Dict[str, Dict[str, Any]] = {
     "random_logit": {},
 }
 
-#: Images of the scenes world that tutorial 06 and ``clip-surgery evaluate --quantus`` use
-#: by default (every present class of each is one map).
+#: Images that tutorial 06 and ``clip-surgery evaluate --quantus`` / ``--sanity`` read by
+#: default (every class present in each is one map: 11 maps on the held-out scenes).
 QUANTUS_IMAGES = 4
 
 

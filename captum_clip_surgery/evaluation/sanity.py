@@ -43,7 +43,6 @@ from captum_clip_surgery.evaluation.pairs import check_method_names
 from captum_clip_surgery.methods.registry import method_title
 
 __all__ = [
-    "SANITY_IMAGES",
     "SANITY_MODES",
     "SanityResult",
     "randomized_copy",
@@ -54,10 +53,6 @@ __all__ = [
 
 #: The two randomisation orders.
 SANITY_MODES = ("cascading", "independent")
-
-#: Images of the scenes world that ``clip-surgery evaluate --sanity`` and tutorial 06 use
-#: by default (every present class of each is one map).
-SANITY_IMAGES = 4
 
 
 def _as_rows(name: str, x: Tensor) -> Tensor:
