@@ -507,10 +507,9 @@ def quantus_evaluate(
         raise ValueError(
             f"masks: expected [N, 1, H, W] masks of the images' size {list(images.shape[-2:])} "
             f"and N = {n}, got {got}")
-    if classifier.adapter.image.blocks == () or not classifier.adapter.image.blocks:
-        if "mprt" in chosen:
-            raise ValueError("metrics: 'mprt' randomises attention blocks; the model's image "
-                             "tower has none")
+    if "mprt" in chosen and not classifier.adapter.image.blocks:
+        raise ValueError("metrics: 'mprt' randomises attention blocks; the model's image tower "
+                         "has none (leave it out of metrics)")
 
     wrapped = QuantusCLIPModel(classifier)
     x = images.detach().float().cpu().numpy()
