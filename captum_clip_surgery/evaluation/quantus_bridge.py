@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -40,6 +41,7 @@ from captum_clip_surgery.evaluation.pairs import check_method_names
 from captum_clip_surgery.evaluation.sanity import (
     _block_seed,
     _reinitialize,
+    _rng_devices,
     _write_csv,
     _write_text,
 )
@@ -274,10 +276,7 @@ def quantus_explain_func(
     if seed is None:
         maps = run()
     else:
-        device_ = classifier.adapter.device
-        devices = [device_.index if device_.index is not None else torch.cuda.current_device()] \
-            if device_.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=_rng_devices(classifier.adapter.device)):
             torch.manual_seed(seed)
             maps = run()
     return maps.detach().float().cpu().numpy()
@@ -289,7 +288,8 @@ class QuantusResult:
 
     Attributes:
         scores (dict): ``{method: {metric: np.ndarray}}``: one score per map (ROAD: the
-            share of maps still classified correctly, per percentage removed).
+            share of maps still classified correctly, per percentage removed); NaN where a
+            metric is undefined for a map (e.g. a correlation with a constant map).
         methods (list[str]): method names in order.
         metrics (list[str]): metric keys in order (see :data:`QUANTUS_METRICS`).
         num_maps (int): maps per method.
@@ -532,8 +532,12 @@ def quantus_evaluate(
             state = np.random.get_state()
             try:
                 np.random.seed(seed)
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=_rng_devices(classifier.adapter.device)), \
+                        warnings.catch_warnings():
                     torch.manual_seed(seed)
+                    # a constant map (e.g. an all-zero GradCAM map) makes some scores 0 / 0
+                    # or a correlation with a constant: NaN, left out of the means
+                    warnings.simplefilter("ignore", RuntimeWarning)
                     # ROAD: the map on every channel (see _pixel_imputation)
                     given = np.repeat(a, x.shape[1], axis=1) if key == "road" else a.copy()
                     value = metric(model=wrapped, x_batch=x, y_batch=y, a_batch=given, s_batch=s,

@@ -394,16 +394,21 @@ def _write_csv(path: str, header: List[str], rows: List[List[Any]]) -> None:
     os.replace(part, path)
 
 
+def _rng_devices(device: torch.device) -> List[int]:
+    r"""The CUDA devices whose generator ``torch.random.fork_rng`` must save for work on
+    ``device`` (none on the CPU)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def _seeded_maps(
     classifier: CLIPZeroShotClassifier, method: str, images: Tensor, targets: Tensor,
     kwargs: Mapping[str, Any], seed: int,
 ) -> Tensor:
     r"""One method's maps, the random number generators seeded (SmoothGrad draws the
     same noise at every step) and restored afterwards."""
-    device = images.device
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=_rng_devices(images.device)):
         torch.manual_seed(seed)
         maps = compare(classifier, images, targets, methods=[method],
                        method_kwargs={method: dict(kwargs)})[method]
