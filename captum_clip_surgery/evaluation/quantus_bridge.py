@@ -42,6 +42,7 @@ from captum_clip_surgery.evaluation.sanity import (
     _block_seed,
     _reinitialize,
     _rng_devices,
+    _save_png,
     _write_csv,
     _write_text,
 )
@@ -375,7 +376,7 @@ class QuantusResult:
         fig.tight_layout()
         if path is None:
             return fig
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        _save_png(fig, path)
         return path
 
 

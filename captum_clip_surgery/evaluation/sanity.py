@@ -364,7 +364,7 @@ class SanityResult:
         fig.tight_layout()
         if path is None:
             return fig
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        _save_png(fig, path)
         return path
 
 
@@ -382,6 +382,13 @@ def _write_text(path: str, text: str) -> None:
     part = path + ".part"
     with open(part, "w", encoding="utf-8") as fh:
         fh.write(text)
+    os.replace(part, path)
+
+
+def _save_png(fig: Any, path: str) -> None:
+    r"""Save a figure as PNG through a temporary file (never a partial PNG under ``path``)."""
+    part = path + ".part"
+    fig.savefig(part, format="png", dpi=100, bbox_inches="tight")
     os.replace(part, path)
 
 
