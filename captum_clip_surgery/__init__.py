@@ -104,6 +104,12 @@ _LAZY: Dict[str, str] = {
     "convert_coco_object": "benchmark.datasets",
     "get_preset": "benchmark.presets",
     "segmentation_benchmark": "benchmark.runner",
+    # checks to trust the maps
+    "QuantusCLIPModel": "evaluation.quantus_bridge",
+    "quantus_evaluate": "evaluation.quantus_bridge",
+    "quantus_explain_func": "evaluation.quantus_bridge",
+    "randomized_copy": "evaluation.sanity",
+    "sanity_checks": "evaluation.sanity",
     # explaining folders
     "ExplainInterrupted": "explain.folder",
     "ExplainSummary": "explain.folder",

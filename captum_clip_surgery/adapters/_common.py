@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -319,6 +319,9 @@ class MultiheadBlockView(BlockView):
         self.head_dim = attn.embed_dim // attn.num_heads
         self._ls1 = getattr(block, "ls_1", None)
         self._ls2 = getattr(block, "ls_2", None)
+
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return self.block.named_parameters()
 
     def norm1(self, x: Tensor) -> Tensor:
         return self.block.ln_1(x)

@@ -7,7 +7,7 @@ failing on older releases, and the view of timm's pre-norm ``Block``.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -52,6 +52,9 @@ class _TimmBlockView(BlockView):
         self.head_dim = attn.head_dim
         self._relpos = isinstance(block, RelPosBlock)
         self._shared_bias = shared_bias
+
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return self.block.named_parameters()
 
     def _bias(self, queries: int) -> Optional[Tensor]:
         r"""The relative position bias ``[1, heads, queries, N]`` (``None`` without one); the

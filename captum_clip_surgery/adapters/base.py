@@ -336,6 +336,29 @@ class BlockView(abc.ABC):
     def forward(self, x: Tensor) -> Tensor:
         r"""The block exactly as the model runs it (``[B, N, C]`` batch first)."""
 
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        r"""The block's own parameters as ``(name, parameter)`` pairs: its norms,
+        attention, MLP and layer scales, named as its module names them (parameters
+        shared with other blocks, such as a tower-wide relative position table, are not
+        the block's own and are left out).
+
+        These are the model's tensors, not copies: read them, or change them only on a
+        copy of the model (the sanity checks of
+        :mod:`captum_clip_surgery.evaluation.sanity` re-initialise a deep copy's blocks
+        through this method). An adapter whose view wraps one module returns that
+        module's ``named_parameters()``.
+
+        Returns:
+            Iterator[tuple[str, nn.Parameter]]: the pairs.
+
+        Raises:
+            NotImplementedError: for a view that does not list its parameters.
+        """
+        raise NotImplementedError(
+            f"model: the block view {type(self).__qualname__} does not list its parameters "
+            "(BlockView.named_parameters); the adapter must implement it"
+        )
+
     def original_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         r"""``softmax(attention_logits(q, k)) v`` with the softmax in fp32."""
         probs = self.attention_logits(q, k).float().softmax(dim=-1).to(v.dtype)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +107,9 @@ class _HFBlockView(BlockView):
         # transformers 4.x: layer(x, attention_mask, causal_attention_mask) -> tuple (CLIP);
         # 5.x: layer(x, attention_mask) -> tensor
         self._three_args = "causal_attention_mask" in inspect.signature(layer.forward).parameters
+
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return self.layer.named_parameters()
 
     def norm1(self, x: Tensor) -> Tensor:
         return self.layer.layer_norm1(x)

@@ -14,7 +14,7 @@ through the model's own ``encode_text``.
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import open_clip
 import torch
@@ -58,6 +58,9 @@ class _CustomBlockView(BlockView):
         self.attn: Attention = block.attn
         self.num_heads = self.attn.num_heads
         self.head_dim = self.attn.head_dim
+
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return self.block.named_parameters()
 
     def norm1(self, x: Tensor) -> Tensor:
         return self.block.ln_1(x)

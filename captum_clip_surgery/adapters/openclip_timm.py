@@ -23,7 +23,7 @@ edited or hooked. Unsupported configurations raise a one-line ``TypeError``
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,9 @@ class _EvaBlockView(BlockView):
         self.head_dim = attn.head_dim
         self.kv_groups = int(getattr(attn, "num_kv_groups", 1) or 1)
         self.post_norm = isinstance(block, EvaBlockPostNorm)
+
+    def named_parameters(self) -> Iterator[Tuple[str, nn.Parameter]]:
+        return self.block.named_parameters()
 
     def norm1(self, x: Tensor) -> Tensor:
         return x if self.post_norm else self.block.norm1(x)

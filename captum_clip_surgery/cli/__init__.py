@@ -173,6 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "blur deletes nothing; blur on voc and folder); the results table "
                          "names it")
     ev.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients steps")
+    checks = ev.add_argument_group(
+        "checks to trust the maps",
+        "either flag runs these checks instead of the metrics above, on every map of the "
+        "first --limit images (default 4), for every method defined for the model unless "
+        "--methods names some; tutorial 06 runs the same with the same defaults")
+    checks.add_argument("--quantus", action="store_true",
+                        help="Quantus' Pointing Game, Relevance Mass and Rank Accuracy, ROAD, "
+                        "Faithfulness Correlation, Sparseness, Model Parameter Randomisation "
+                        "and Random Logit (needs the [quantus] extra): quantus.md, quantus.csv, "
+                        "quantus_records.csv, quantus.png")
+    checks.add_argument("--sanity", action="store_true",
+                        help="model-randomisation sanity checks: the image tower's blocks "
+                        "re-initialised on a copy of the model, cascading from the last and one "
+                        "at a time; Spearman and SSIM of each map to the trained one: "
+                        "sanity.md, sanity.csv, sanity_records.csv, sanity.png")
+    checks.add_argument("--seed", type=int, default=0,
+                        help="seed of the checks' random draws (default 0)")
 
     sv = sub.add_parser(
         "serve",
@@ -247,8 +264,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             written = evaluate.run(args)
             if written is not None:
-                print(f"wrote {printable(written)}/results.md, results.csv, breakdown.md and "
-                      f"figures in {time.perf_counter() - start:.1f} s")
+                files = ", ".join(
+                    [name for flag, name in ((args.quantus, "quantus.md, quantus.csv"),
+                                             (args.sanity, "sanity.md, sanity.csv")) if flag]
+                    or ["results.md, results.csv, breakdown.md"])
+                print(f"wrote {printable(written)}/{files} and figures in "
+                      f"{time.perf_counter() - start:.1f} s")
             return 0
         if args.command == "benchmark":
             from captum_clip_surgery.cli import benchmark

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> Optional[str]:
         evaluate,
     )
 
+    checks = bool(args.quantus or args.sanity)
     if args.pretrained and not args.model:
         raise UserError("--pretrained: give --model too (an open_clip model name)")
     if args.limit is not None and args.limit < 1:
@@ -98,6 +99,18 @@ def run(args: argparse.Namespace) -> Optional[str]:
     check_positive("--ig-steps", args.ig_steps)
     check_positive("--tolerance", args.tolerance, 0)
     check_device(args.device)
+    if checks and world_size() > 1:
+        raise UserError("--quantus / --sanity: run the checks in one process, not under torchrun")
+    if args.quantus:
+        try:
+            import quantus  # noqa: F401
+        except ImportError:
+            raise UserError('--quantus: needs Quantus: pip install "captum-clip-surgery[quantus]"'
+                            ) from None
+    if checks and args.limit is None:
+        from captum_clip_surgery.evaluation.quantus_bridge import QUANTUS_IMAGES
+
+        args.limit = QUANTUS_IMAGES
     try:
         if args.dataset == "scenes":
             dataset = ScenesSegmentation(size=args.limit or 200)
@@ -122,6 +135,8 @@ def run(args: argparse.Namespace) -> Optional[str]:
             torch.cuda.set_device(device)
     model, preprocess, tokenizer = load_named_or_shipped(args, device)
     clf = classifier(model, list(dataset.class_names), tokenizer)
+    if checks:
+        return _run_checks(args, dataset, model, clf)
     methods = methods_option(args.methods, clf)
     transform = square_transform(model, input_size(clf, args.size))
     result = evaluate(
@@ -142,4 +157,47 @@ def run(args: argparse.Namespace) -> Optional[str]:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    return out
+
+
+def _run_checks(args: argparse.Namespace, dataset: Any, model: Any, clf: Any) -> str:
+    r"""``--quantus`` / ``--sanity``: the checks of
+    :mod:`~captum_clip_surgery.evaluation.quantus_bridge` and
+    :mod:`~captum_clip_surgery.evaluation.sanity` on every map of the first ``--limit``
+    images, written to ``--out``; returns the output folder."""
+    from captum_clip_surgery.evaluation.pairs import dataset_pairs
+
+    if args.methods is None:  # every method defined for the model
+        from captum_clip_surgery.methods.registry import supported_methods
+
+        methods = list(supported_methods(clf))
+    else:
+        methods = methods_option(args.methods, clf)
+    if args.sanity and not clf.adapter.image.blocks:
+        raise UserError("--sanity: the model's image tower has no attention blocks to randomise")
+    transform = square_transform(model, input_size(clf, args.size))
+    try:
+        pairs = dataset_pairs(_CheckedDataset(dataset), clf, args.limit, transform)
+    except ValueError as exc:
+        raise UserError(f"--limit: {first_line(exc)}") from None
+    method_kwargs = {"ig": {"n_steps": args.ig_steps}}
+    out = os.path.abspath(args.out)
+    print(f"{len(pairs)} maps per method ({pairs.num_images} images, every class present), "
+          f"{len(methods)} methods")
+    if args.quantus:
+        from captum_clip_surgery.evaluation.quantus_bridge import quantus_evaluate
+
+        result = quantus_evaluate(clf, pairs.images, pairs.targets, pairs.masks, methods=methods,
+                                  method_kwargs=method_kwargs, seed=args.seed, progress=True)
+        result.write(out)
+        print(result.to_markdown(), end="")
+    if args.sanity:
+        from captum_clip_surgery.evaluation.sanity import sanity_checks
+
+        sanity = sanity_checks(clf, pairs.images, pairs.targets, methods=methods,
+                               method_kwargs=method_kwargs, seed=args.seed, progress=True)
+        sanity.write(out)
+        if args.quantus:
+            print()
+        print(sanity.to_markdown(), end="")
     return out

@@ -357,3 +357,62 @@ def test_tokenizer_option_for_a_folder_without_tokenizer_files(tmp_path, capsys)
     assert main(argv + ["--tokenizer", str(tokenizer)]) == 0
     assert main(["explain", "--tokenizer", str(tokenizer), "--out", str(tmp_path / "x.png")]) == 2
     assert "--tokenizer: give --model too" in capsys.readouterr().err
+
+
+def test_evaluate_checks_error_paths(tmp_path, capsys, monkeypatch):
+    import captum_clip_surgery.cli.common as common
+    from tests.models import tiny_resnet
+
+    monkeypatch.setattr(common, "load_model", _fake_loader(tiny_resnet()))
+    line = _error(["evaluate", "--model", "rn", "--sanity", "--methods", "raw",
+                   "--out", str(tmp_path / "x")], capsys)
+    assert line == ("clip-surgery evaluate: error: --sanity: the model's image tower has no "
+                    "attention blocks to randomise"), line
+    monkeypatch.setitem(sys.modules, "quantus", None)  # as if Quantus were not installed
+    line = _error(["evaluate", "--quantus", "--out", str(tmp_path / "x")], capsys)
+    assert line == ('clip-surgery evaluate: error: --quantus: needs Quantus: pip install '
+                    '"captum-clip-surgery[quantus]"'), line
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_quantus_and_sanity_give_the_api_numbers(tmp_path, capsys):
+    # the same defaults as tutorial 06: the scenes model, its classes as texts with the
+    # default templates, every class present in the first --limit held-out scenes
+    pytest.importorskip("quantus")
+    import csv
+
+    from captum_clip_surgery import CLIPZeroShotClassifier
+    from captum_clip_surgery.evaluation import ScenesSegmentation
+    from captum_clip_surgery.evaluation.pairs import dataset_pairs
+    from captum_clip_surgery.evaluation.quantus_bridge import quantus_evaluate
+    from captum_clip_surgery.evaluation.sanity import sanity_checks
+
+    out = tmp_path / "checks"
+    methods = ["surgery", "gradcam"]
+    argv = ["evaluate", "--quantus", "--sanity", "--limit", "1", "--methods", ",".join(methods),
+            "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}/quantus.md, quantus.csv, sanity.md, sanity.csv and figures" in printed
+    assert "| CLIP Surgery |" in printed
+
+    model, _, tokenizer = load_scenes_clip()
+    data = ScenesSegmentation(size=1)
+    clf = CLIPZeroShotClassifier(model, data.class_names, tokenizer=tokenizer)
+    pairs = dataset_pairs(data, clf, limit=1)
+    quantus = quantus_evaluate(clf, pairs.images, pairs.targets, pairs.masks, methods=methods)
+    with open(out / "quantus.csv", newline="", encoding="utf-8") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    for method, row in quantus.summary().items():
+        for metric, value in row.items():
+            assert float(rows[method][metric]) == pytest.approx(value, abs=1e-12, nan_ok=True), \
+                (method, metric)
+    sanity = sanity_checks(clf, pairs.images, pairs.targets, methods=methods)
+    with open(out / "sanity.csv", newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            expected = sanity.curve(r["method"], r["mode"], "spearman")[int(r["step"])]
+            assert float(r["spearman"]) == pytest.approx(expected, abs=1e-12, nan_ok=True), r
+    for name in ("quantus.md", "quantus_records.csv", "sanity.md", "sanity_records.csv"):
+        assert (out / name).stat().st_size > 0
+    assert _is_png(out / "quantus.png") and _is_png(out / "sanity.png")
