@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import pytest
 import torch
 from captum.attr import Attribution, NoiseTunnel
 from captum.attr import visualization as viz
@@ -43,6 +44,7 @@ def test_visualize_image_attr():
     assert fig is not None and ax is not None
 
 
+@pytest.mark.slow
 def test_infidelity_and_sensitivity():
     _, explainer, images = _setup()
 
@@ -57,6 +59,7 @@ def test_infidelity_and_sensitivity():
     assert sens.shape == (2,) and torch.isfinite(sens).all() and (sens >= 0).all()
 
 
+@pytest.mark.slow
 def test_noise_tunnel():
     _, explainer, images = _setup()
     nt = NoiseTunnel(explainer)

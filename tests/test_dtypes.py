@@ -10,6 +10,7 @@ from tests.helpers import FEW_TEMPLATES, TEXTS, images_for
 from tests.models import tiny_resnet, tiny_vit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("make", [tiny_vit, tiny_resnet], ids=["vit", "resnet"])
 def test_half_precision_close_to_float32(dtype, make):
@@ -32,6 +33,7 @@ def test_half_precision_close_to_float32(dtype, make):
         assert (maps.float() - full_maps).abs().mean() < 0.05
 
 
+@pytest.mark.slow
 def test_float64_inputs_are_cast_to_the_model_dtype():
     model = tiny_vit()
     explainer = CLIPSurgeryAttribution(model, texts=TEXTS, templates=FEW_TEMPLATES)
@@ -41,6 +43,7 @@ def test_float64_inputs_are_cast_to_the_model_dtype():
     torch.testing.assert_close(out64.float(), explainer.attribute(images, target=0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_feature_surgery_and_min_max_run_in_float32(dtype):
     # a half model's maps are the float32 min-max of its float32 scores (no rounding to

@@ -87,6 +87,7 @@ def _toy_kk_reference(model, clf, images, target):
         return (up - lo) / (hi - lo)
 
 
+@pytest.mark.slow
 def test_toy_method_equals_its_formula_through_compare(snapshot):
     model = tiny_vit()
     snap = snapshot(model)
@@ -111,6 +112,7 @@ def _image_folder(tmp_path, n=3):
     return folder
 
 
+@pytest.mark.slow
 def test_toy_method_and_adapter_through_evaluate_folder_explain_and_the_cli(
     toy, tmp_path, capsys
 ):

@@ -163,6 +163,7 @@ METHODS = {"surgery": CLIPSurgeryAttribution, "raw": CLIPSimilarityMap,
            "maskclip": MaskCLIPAttribution}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 @pytest.mark.parametrize("method", sorted(METHODS))
 @SETTINGS
@@ -194,6 +195,7 @@ def test_token_map_attributions(kind: str, method: str, data: Any) -> None:
     snap.assert_unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vit", "vit_bf16"])
 @SETTINGS
 @given(data=st.data())
@@ -294,6 +296,7 @@ def test_multilabel_scores(kind: str, data: Any) -> None:
     snap.assert_unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 @SETTINGS
 @given(data=st.data())

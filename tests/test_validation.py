@@ -28,6 +28,7 @@ BAD_IMAGES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("images,error,message", BAD_IMAGES)
 def test_bad_images(images, error, message, snapshot):
     explainer = _explainer()
@@ -65,6 +66,7 @@ def test_bad_images_for_classifier_and_similarity():
         (None, ValueError, "target: required when there are 4 texts"),
     ],
 )
+@pytest.mark.slow
 def test_bad_targets(target, error, message, snapshot):
     explainer = _explainer()
     snap = snapshot(explainer.classifier.model)
@@ -128,6 +130,7 @@ def test_bad_feature_surgery():
         explainer.attribute(torch.randn(1, 3, 32, 32), target=0, feature_surgery=torch.zeros(7))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [CLIPSurgeryAttribution, CLIPSimilarityMap])
 def test_model_unchanged_after_every_public_call(any_model, cls, snapshot):
     any_model.train()  # the user's mode must survive too

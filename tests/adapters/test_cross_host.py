@@ -85,6 +85,7 @@ def vit_reference(vit: Any) -> Dict[Tuple[int, int], Dict[str, torch.Tensor]]:
     return {size: _outputs(clf, _images(size)) for size in ((32, 32), (40, 48))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(32, 32), (40, 48)], ids=["native", "non-native"])
 @pytest.mark.parametrize("host", list(HOSTS))
 def test_vit_hosts_give_one_answer(vit, vit_reference, host, size, snapshot):

@@ -90,6 +90,7 @@ def hf_ids(tokenizer: Any, texts: List[str], length: int) -> Tensor:
                      return_tensors="pt")["input_ids"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_views_reproduce_the_model(family):
     model, tokenizer = build(family)
@@ -166,6 +167,7 @@ def test_every_method_runs_and_leaves_the_model_unchanged(family, snapshot):
     snap.assert_unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("family", ["clip-sdpa", "pair", "siglip-sdpa"])
 def test_half_precision_maps_are_finite_and_normalised(family, dtype):
@@ -280,6 +282,7 @@ def test_tokenizer_forms_give_the_same_features():
         (lambda texts: {"input_ids": [[1, 2]]}, TypeError, "its input_ids"),
     ],
 )
+@pytest.mark.slow
 def test_bad_tokenizer_output_is_an_error_naming_tokenizer(bad, error, message):
     model, _ = build("clip-sdpa")
     clf = CLIPZeroShotClassifier(model, TEXTS, templates=["{}"], tokenizer=bad)
@@ -289,6 +292,7 @@ def test_bad_tokenizer_output_is_an_error_naming_tokenizer(bad, error, message):
         CLIPZeroShotClassifier(model, TEXTS, tokenizer="openai/clip-vit-base-patch32")
 
 
+@pytest.mark.slow
 def test_default_tokenizer_comes_from_the_checkpoint_folder_or_a_clear_error():
     model, tok = build("siglip-sdpa")
     with pytest.raises(ValueError, match="^tokenizer: this transformers model was not loaded"):

@@ -108,6 +108,7 @@ def test_adapter_routing_and_views_reproduce_the_model(tower):
             torch.testing.assert_close(plain[:, 1:].mean(dim=1), own, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tower", TOWER_IDS)
 def test_classifier_logits_are_the_models_own(tower):
     model = BUILDERS[tower]()
@@ -132,6 +133,7 @@ def test_classifier_logits_are_the_models_own(tower):
         assert adapter.logit_bias() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tower", TOWER_IDS)
 def test_maps_batched_shapes_and_model_unchanged(tower, snapshot):
     model = BUILDERS[tower]()
@@ -179,6 +181,7 @@ def test_maps_batched_shapes_and_model_unchanged(tower, snapshot):
     snap.assert_unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("tower", TOWER_IDS)
 def test_half_precision_runs_finite(tower, dtype):

@@ -120,6 +120,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,changes", CASES)
 def test_equals_the_releases_procedure(clf, model, preset, changes):
     s = get_preset(preset).settings("custom").replace(logit_scale=40, **changes)

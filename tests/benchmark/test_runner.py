@@ -150,6 +150,7 @@ def test_errors(model, data, tmp_path):
                                overrides={"crops": 3})
 
 
+@pytest.mark.slow
 def test_scenes_two_images(scenes_clip):
     model, _, tokenizer = scenes_clip
     result = segmentation_benchmark(model, "scenes", preset="sclip", methods=["surgery"],

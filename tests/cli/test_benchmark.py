@@ -33,6 +33,7 @@ def tiny_model(monkeypatch):
     return model
 
 
+@pytest.mark.slow
 def test_scenes_end_to_end_and_resume(tmp_path, capsys):
     argv = ["benchmark", "--dataset", "scenes", "--scenes", "2", "--methods", "surgery,raw",
             "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"]

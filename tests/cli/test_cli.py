@@ -21,6 +21,7 @@ def _is_png(path) -> bool:
         return fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_explain_default_scene_writes_png(tmp_path, capsys):
     out = tmp_path / "explain.png"
     assert main(["explain", "--out", str(out)]) == 0
@@ -29,6 +30,7 @@ def test_explain_default_scene_writes_png(tmp_path, capsys):
     assert f"wrote {out}" in printed and " s" in printed
 
 
+@pytest.mark.slow
 def test_explain_default_scene_is_the_fixed_rule(tmp_path, monkeypatch):
     import captum_clip_surgery.apps.comparison as comparison
 
@@ -58,6 +60,7 @@ def test_module_entry_point_end_to_end(tmp_path):
     assert "wrote" in res.stdout
 
 
+@pytest.mark.slow
 def test_explain_user_image_and_texts(tmp_path):
     image = tmp_path / "scene.png"
     ScenesWorld(seed=5).sample(3)["image"].resize((100, 80)).save(image)
@@ -69,6 +72,7 @@ def test_explain_user_image_and_texts(tmp_path):
     assert main(["explain", "--image", str(image), "--text", "lemon", "--out", str(out)]) == 0
 
 
+@pytest.mark.slow
 def test_explain_named_architecture_with_a_local_checkpoint(tmp_path):
     model, _, _ = load_scenes_clip()
     ckpt = tmp_path / "scenes_full.safetensors"
@@ -82,6 +86,7 @@ def test_explain_named_architecture_with_a_local_checkpoint(tmp_path):
     assert code == 0 and _is_png(out)
 
 
+@pytest.mark.slow
 def test_evaluate_named_architecture_with_a_local_checkpoint(tmp_path, capsys):
     # --model/--pretrained path of `evaluate` (as for ViT-B-16/openai on a user's
     # machine): the shipped weights saved as a checkpoint give the shipped model's table
@@ -150,6 +155,7 @@ def _fake_loader(model):
     return load
 
 
+@pytest.mark.slow
 def test_unsupported_models_and_methods_are_one_line_errors(tmp_path, capsys, monkeypatch):
     import captum_clip_surgery.cli.common as common
     from tests.models import tiny_resnet
@@ -243,6 +249,7 @@ def test_explain_on_gpu(tmp_path):
     assert os.path.exists(tmp_path / "g.png")
 
 
+@pytest.mark.slow
 def test_explain_with_a_transformers_folder(tmp_path):
     hosts = pytest.importorskip("tests.adapters.hosts")
     folder = tmp_path / "hf-clip"

@@ -89,6 +89,7 @@ def test_check_distinct_texts_names_equal_texts_and_equal_features():
     check_distinct_texts(["dog", "cat"], e[1:])  # distinct: nothing raised
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_duplicate_texts_are_refused_on_every_family_and_path(family, snapshot):
     model, tokenizer, side = _family(family)

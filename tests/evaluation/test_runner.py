@@ -80,6 +80,7 @@ def test_records_equal_the_metrics_computed_by_hand(scenes):
     assert result.num_images == 4
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_the_records(scenes):
     data, clf, transform = scenes
     one = evaluate(["raw", "surgery"], data, clf, transform, batch_size=1, limit=3,
@@ -109,6 +110,7 @@ def test_summary_reaggregates_per_image_records(scenes):
         assert torch.allclose(acc.compute()["curve"].double(), curve.double())
 
 
+@pytest.mark.slow
 def test_write_files_agree_with_the_summary(scenes, tmp_path):
     data, clf, transform = scenes
     result = evaluate(["surgery", "raw"], data, clf, transform, batch_size=4, limit=3,
@@ -283,6 +285,7 @@ def test_line_styles_stay_distinct_past_ten_methods():
     assert styles[10] == {"color": "C0", "linestyle": "--"}  # the colour comes back, dashed
 
 
+@pytest.mark.slow
 def test_deletion_baseline_is_the_datasets_own_and_is_named(scenes, tmp_path):
     r"""Issue 18, item 17: the scenes world deletes to its mean colour by default (a blur
     keeps every object's colour, which the scenes model reads), natural-image datasets to a
@@ -325,6 +328,7 @@ def test_deletion_baseline_is_the_datasets_own_and_is_named(scenes, tmp_path):
         evaluate(["surgery"], data, clf, transform, baseline="gray", **kwargs)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_names_the_baseline(tmp_path, capsys):
     from captum_clip_surgery.cli import main
 

@@ -256,6 +256,7 @@ def test_find_images(image_dir, tmp_path):
 # ------------------------------------------------------------------ command line
 
 
+@pytest.mark.slow
 def test_cli_writes_the_maps_of_the_api_and_resumes(clf, image_dir, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["explain", "--images", str(image_dir), "--text", "tomato", "--text", "grass",
@@ -270,6 +271,7 @@ def test_cli_writes_the_maps_of_the_api_and_resumes(clf, image_dir, tmp_path, ca
     assert "done 0, skipped 12 (already written), failed 0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_figures_precision_and_a_bad_file(image_dir, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -481,6 +483,7 @@ def test_resume_redoes_or_refuses_when_what_made_an_output_differs(clf, scenes_c
     assert (out / "scene02.png").read_bytes() == b"my own drawing"
 
 
+@pytest.mark.slow
 def test_cli_resume_refuses_other_settings_in_one_line(image_dir, tmp_path, capsys):
     paths = _copy(find_images(str(image_dir))[:3], tmp_path / "in")
     out = tmp_path / "maps"

@@ -88,6 +88,7 @@ def test_legrad_leaves_the_model_unchanged_also_after_an_error(snapshot):
     snap.assert_unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", sorted(TOKEN_MAP) + ["legrad", "gradeclip"])
 def test_half_precision_close_to_float32(name, dtype):

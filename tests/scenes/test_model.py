@@ -78,6 +78,7 @@ def test_device_and_dtype() -> None:
     assert {p.device.type for p in model.parameters()} == {"cpu"}
 
 
+@pytest.mark.slow
 def test_zero_shot_accuracy_floor(shipped: Any) -> None:
     model, preprocess, tokenizer = shipped
     world = ScenesWorld(seed=0, size=model.visual.image_size[0])
@@ -196,6 +197,7 @@ def test_training_is_deterministic_and_resumable(tmp_path: Any) -> None:
     assert not torch.equal(a["logit_scale"], build_scenes_clip().state_dict()["logit_scale"])
 
 
+@pytest.mark.slow
 def test_describe_prints_the_facts_of_the_weights_file(shipped: Any, capsys: Any) -> None:
     from safetensors import safe_open
 
@@ -215,6 +217,7 @@ def test_describe_prints_the_facts_of_the_weights_file(shipped: Any, capsys: Any
     assert f"parameters: {info['parameters']:,}" in out and f"{info['file_bytes']:,} bytes" in out
 
 
+@pytest.mark.slow
 def test_multi_object_top1_is_the_top_k_set_rule(shipped: Any) -> None:
     from captum_clip_surgery.scenes.evaluate_zero_shot import zero_shot_accuracy
 
@@ -243,6 +246,7 @@ def test_multi_object_top1_is_the_top_k_set_rule(shipped: Any) -> None:
             assert acc[f"multi_object_recall/{name}"] == pytest.approx(np.mean(seen))
 
 
+@pytest.mark.slow
 def test_clip_surgery_points_at_the_objects_of_held_out_scenes(shipped: Any) -> None:
     # the shipped model's purpose: CLIP Surgery finds the objects, the raw map does not
     from captum_clip_surgery.evaluation import ScenesSegmentation, evaluate

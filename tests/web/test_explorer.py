@@ -115,6 +115,7 @@ def test_messages_shown_in_the_page_are_one_line():
     assert line.startswith("internal error (RuntimeError): boom") and "\n" not in line
 
 
+@pytest.mark.slow
 def test_maps_and_scores_are_the_api_s_for_the_cli_s_transform(explorer, photo, snapshot):
     guard = snapshot(explorer.model)
     steps = []
@@ -154,6 +155,7 @@ def test_downloaded_maps_are_what_explain_save_maps_writes(explorer, photo, tmp_
         np.testing.assert_array_equal(downloaded, written)
 
 
+@pytest.mark.slow
 def test_segmentation_follows_the_benchmark_protocol(explorer, photo):
     texts = ["lemon", "grass", "sky"]
     image = Image.open(photo).convert("RGB")
@@ -198,6 +200,7 @@ class FakeSAM:
         return masks, np.array([0.1, 0.9, 0.2]), None
 
 
+@pytest.mark.slow
 def test_points_and_sam_masks(scenes_clip, photo):
     model, _, tokenizer = scenes_clip
     sam = FakeSAM()
