@@ -39,6 +39,7 @@ _LAZY: Dict[str, str] = {
     "get_backbone": "adapters.backbone_registry",
     "register_backbone": "adapters.backbone_registry",
     "VisionBackbone": "adapters.backbone",
+    "load_backbone": "adapters.backbone_loading",
     "load_clip": "adapters.loading",
     "register_adapter": "adapters.registry",
     # core

@@ -71,6 +71,7 @@ _LAZY: Dict[str, str] = {
     "OpenAICLIPAdapter": "openai_clip",
     "OpenCLIPAdapter": "openclip",
     "OpenCLIPTimmAdapter": "openclip_timm",
+    "load_backbone": "backbone_loading",
     "load_clip": "loading",
     "square_preprocess": "loading",
 }
@@ -110,6 +111,7 @@ __all__ = [
     "attention",
     "get_adapter",
     "inference_mode_of",
+    "load_backbone",
     "load_clip",
     "merge_heads",
     "positional_resize",

@@ -633,8 +633,9 @@ def _run_dataset(
         for m in methods:
             fingerprint = hashlib.blake2b(json.dumps({
                 "dataset": key, "root": getattr(base, "root", ""), "classes": lines,
-                "method": m, "options": sorted((k, repr(v)) for k, v in
-                                               method_options.get(m, {}).items()),
+                "method": m, "options": sorted(
+                    (k, model_digest(v) if isinstance(v, nn.Module) else repr(v))
+                    for k, v in method_options.get(m, {}).items()),
                 "settings": {k: repr(getattr(settings, k)) for k in settings.describe()},
                 "model": digest,
             }, sort_keys=True).encode(), digest_size=6).hexdigest()

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from captum_clip_surgery.cli.common import UserError, printable
+from captum_clip_surgery.cli.common import UserError, add_backbone_options, printable
 
 __all__ = ["EXIT_FAILED_IMAGES", "EXIT_INTERRUPTED", "EXIT_USAGE", "UserError", "build_parser",
            "main"]
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model precision (default fp32)")
     many.add_argument("--method", default=None, metavar="NAME",
                       help="explanation method (default surgery): " + ", ".join(names))
+    add_backbone_options(many)
     many.add_argument("--overwrite", action="store_true",
                       help="replace outputs in --out made with other settings (texts, "
                       "method, model, ...) or not written by this command; without it such "

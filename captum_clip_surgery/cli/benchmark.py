@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import captum_clip_surgery.cli.common as common
 from captum_clip_surgery.cli.common import (
     UserError,
+    add_backbone_options,
+    backbone_options,
     check_device,
     check_positive,
     first_line,
@@ -59,6 +61,7 @@ def add_parsers(sub: Any) -> None:
                         "ViT-B-16 with --pretrained openai); default for --dataset scenes: the "
                         "shipped scenes model")
     b.add_argument("--pretrained", default=None, metavar="TAG|PATH")
+    add_backbone_options(b)
     b.add_argument("--limit", type=int, default=None, help="the first N images only")
     b.add_argument("--save-predictions", default=None, metavar="DIR",
                    help="write DIR/<method>/<image id>.png (class indices, 255 where ignored)")
@@ -193,6 +196,12 @@ def run(args: argparse.Namespace) -> Optional[str]:
     if args.precision != "fp32":
         model = model.to(precision[args.precision])  # the command's own model: cast in place
     out = os.path.abspath(args.out)
+    from captum_clip_surgery.benchmark.presets import get_preset
+    from captum_clip_surgery.methods.registry import METHOD_NAMES
+
+    chosen = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+              else [get_preset(args.preset).method])
+    options = backbone_options(args, [m for m in chosen if m in METHOD_NAMES], device)
     try:
         result = segmentation_benchmark(
             model, dataset, args.root, preset=args.preset, methods=args.methods,
@@ -201,7 +210,7 @@ def run(args: argparse.Namespace) -> Optional[str]:
             overrides=overrides or None, limit=args.limit, batch_size=args.batch_size,
             window_batch=args.window_batch, num_workers=args.workers,
             state_dir=os.path.join(out, "state"), progress=not args.no_progress,
-            scenes_size=args.scenes,
+            scenes_size=args.scenes, method_options=options or None,
         )
     except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:
         raise _user_error(exc) from None

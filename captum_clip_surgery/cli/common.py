@@ -164,3 +164,54 @@ def square_transform(model: Any, size: Optional[int]) -> Any:
 def world_size() -> int:
     r"""``WORLD_SIZE`` of ``torchrun`` (1 without it)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def add_backbone_options(parser: Any) -> None:
+    r"""``--backbone`` and ``--backbone-checkpoint``: the second backbone of ProxyCLIP and
+    CASS (:func:`~captum_clip_surgery.adapters.backbone_loading.load_backbone`)."""
+    parser.add_argument(
+        "--backbone", default=None, metavar="NAME|FOLDER",
+        help="second backbone of the methods that take one (proxyclip, cass): a timm name "
+        "(e.g. vit_base_patch8_224.dino, weights from the local Hugging Face cache or "
+        "--backbone-checkpoint), an hf-hub: id or a save_pretrained folder; default: the "
+        "model's own image tower",
+    )
+    parser.add_argument(
+        "--backbone-checkpoint", default=None, metavar="FILE",
+        help="weights of a timm --backbone (.safetensors, or a PyTorch file read with "
+        "weights_only=True)",
+    )
+
+
+def backbone_options(args: Any, methods: List[str], device: str) -> Dict[str, Dict[str, Any]]:
+    r"""``{method: {"backbone": model}}`` for each of ``methods`` whose class takes a
+    ``backbone`` when ``--backbone`` is given (empty without it); one-line user errors."""
+    import inspect
+
+    from captum_clip_surgery.methods.registry import get_method
+
+    name = getattr(args, "backbone", None)
+    checkpoint = getattr(args, "backbone_checkpoint", None)
+    if name is None:
+        if checkpoint is not None:
+            raise UserError("--backbone-checkpoint: give --backbone too (a timm model name)")
+        return {}
+    takers = []
+    for m in methods:
+        target = get_method(m).load()
+        init = getattr(target, "__init__", None)
+        if init is not None and "backbone" in inspect.signature(init).parameters:
+            takers.append(m)
+    if not takers:
+        raise UserError(f"--backbone: none of the methods ({', '.join(methods)}) takes a second "
+                        "backbone; proxyclip and cass do")
+    from captum_clip_surgery.adapters.backbone_loading import load_backbone
+
+    try:
+        model = load_backbone(name, checkpoint, device)
+    except (TypeError, ValueError) as exc:
+        text = " ".join(str(exc).split())
+        if text.startswith("backbone_checkpoint"):
+            text = "backbone-checkpoint" + text[len("backbone_checkpoint"):]
+        raise UserError(f"--{text}") from None
+    return {m: {"backbone": model} for m in takers}

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 from captum_clip_surgery.cli.common import (
     UserError,
+    backbone_options,
     check_device,
     classifier,
     first_line,
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> Optional[str]:
     import torch
 
     for option in ("save_maps", "no_figures", "batch_size", "workers", "precision", "method",
-                   "overwrite", "allow_failures"):
+                   "overwrite", "allow_failures", "backbone", "backbone_checkpoint"):
         if getattr(args, option, None) not in (None, False):
             flag = "--" + option.replace("_", "-")
             raise UserError(f"{flag}: only with --images (many images into a folder)")
@@ -257,7 +258,7 @@ def run_images(args: argparse.Namespace) -> int:
             reason = get_method(method).unsupported_reason(classifier.adapter)
             raise UserError(f"--method: {method!r} is not defined for this model's image tower "
                              f"({reason}); methods defined for it: {', '.join(defined)}")
-        options = None
+        options = backbone_options(args, [method], device_name).get(method)
         if method.startswith("surgery") and args.surgery_blocks is not None:
             options = {"surgery_blocks": args.surgery_blocks}
         rank = dist.get_rank() if dist.is_initialized() else 0

@@ -727,7 +727,9 @@ def _json_ready(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_stable_repr, sort_keys=True))
 
 
-def _stable_repr(value: Any) -> str:
+def _stable_repr(value: Any) -> Any:
+    if isinstance(value, torch.nn.Module):  # e.g. a backbone= option: its weights, not its repr
+        return {"module": _model_fingerprint(value)}
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
 
 
