@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_clip_surgery.apps.label_propagation import lposs_plus, lposs_scores
 from captum_clip_surgery.apps.mask_refinement import pamr
 from captum_clip_surgery.apps.segmentation import window_spans
 from captum_clip_surgery.benchmark.presets import ProtocolSettings
@@ -146,6 +147,8 @@ class ProtocolSegmenter:
         feature_surgery (str or Tensor, optional): passed to ``similarity`` (default
             the method's own).
         window_batch (int): at most this many windows per forward.
+        refine_backbone (optional): the graph backbone of ``settings.refine`` (LPOSS);
+            default the method's own second backbone, else the model's image tower.
 
     Examples::
 
@@ -161,6 +164,7 @@ class ProtocolSegmenter:
         settings: ProtocolSettings,
         feature_surgery: Optional[FeatureSurgery] = None,
         window_batch: int = 64,
+        refine_backbone: Any = None,
     ) -> None:
         if not isinstance(method, TokenMapAttribution):
             raise TypeError(
@@ -180,6 +184,12 @@ class ProtocolSegmenter:
         self.num_classes = len(classes)
         self.feature_surgery = feature_surgery
         self.window_batch = window_batch
+        if refine_backbone is not None and settings.refine is None:
+            raise ValueError(
+                "refine_backbone: only the LPOSS refinement reads a graph backbone; set "
+                "refine='lposs' or 'lposs+' in the settings"
+            )
+        self.refine_backbone = refine_backbone
         patch = method.adapter.image.patch_size
         self.patch = int(patch[0]) if isinstance(patch, (tuple, list)) else int(patch)
 
@@ -220,6 +230,8 @@ class ProtocolSegmenter:
         s = self.settings
         device = self.device
         images = [im.to(device=device, dtype=torch.float32) for im in images]
+        if s.refine is not None:  # LPOSS: one graph over all windows of an image
+            return [self._propagated(im, size) for im, size in zip(images, sizes)]
         plans = [self.windows((im.shape[-2], im.shape[-1])) for im in images]
         whole = s.crop == 0
         # every window of one image has the same size: group by it, images in order
@@ -279,6 +291,27 @@ class ProtocolSegmenter:
             results.append(cos)
             out[i] = None
         return results
+
+    def _propagated(self, image: Tensor, size: Tuple[int, int]) -> Tensor:
+        r"""LPOSS / LPOSS+ scores ``[Q, H, W]`` of one resized image at its original size:
+        the windows' scores joined in one patch graph of the refinement backbone
+        (:func:`~captum_clip_surgery.apps.label_propagation.lposs_scores`; the windows as
+        that function cuts them, PAMR not applied), then, for ``"lposs+"``, the pixel graph
+        on the image's colours (un-normalised with the preset's statistics), then the
+        bilinear resize to the original size."""
+        s = self.settings
+        window = None if s.crop == 0 else (s.crop, s.stride)
+        surgery = (self.method.default_feature_surgery if self.feature_surgery is None
+                   else self.feature_surgery)
+        with torch.no_grad():
+            scores = lposs_scores(self.method, image[None], self.queries, self.refine_backbone,
+                                  window, surgery)
+            if s.refine == "lposs+":
+                mean = torch.tensor(s.mean, device=image.device).view(1, 3, 1, 1) / 255.0
+                std = torch.tensor(s.std, device=image.device).view(1, 3, 1, 1) / 255.0
+                rgb = (image[None] * std + mean).clamp(0, 1)
+                scores = lposs_plus(rgb, scores)
+        return F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)[0]
 
     def predict(
         self, images: Sequence[Tensor], sizes: Sequence[Tuple[int, int]],

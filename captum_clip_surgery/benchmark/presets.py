@@ -93,6 +93,12 @@ class Preset:
         long_side (int): the resize's long-side bound.
         mean, std (tuple[float, float, float]): RGB normalisation in 0-255 units.
         templates (str): the prompt templates (``"openai_imagenet"``: CLIP's 80).
+        refine (str, optional): a refinement replacing the windows' average (and PAMR):
+            ``"lposs"`` or ``"lposs+"`` (LPOSS / LPOSS+, Stojnić et al., CVPR 2025: the
+            scores of all windows of an image propagated over one patch graph of a second
+            backbone, then for LPOSS+ over a pixel graph; see
+            :func:`~captum_clip_surgery.apps.label_propagation.lposs_scores`); default
+            ``None``. None of the four releases refines so; ``--set refine=lposs+`` adds it.
         datasets (dict[str, DatasetSettings]): per dataset.
     """
 
@@ -111,6 +117,7 @@ class Preset:
     mean: Tuple[float, float, float] = (122.771, 116.746, 104.094)
     std: Tuple[float, float, float] = (68.501, 66.632, 70.323)
     templates: str = "openai_imagenet"
+    refine: Optional[str] = None
 
     def settings(self, dataset: str) -> ProtocolSettings:
         r"""The flat settings of one dataset under this preset.
@@ -159,6 +166,7 @@ class ProtocolSettings:
     prob_thd: float
     area_thd: Optional[float]
     class_file: str
+    refine: Optional[str] = None
     overridden: Tuple[str, ...] = field(default=())
 
     def replace(self, **changes: Any) -> ProtocolSettings:
@@ -199,8 +207,11 @@ PRESET_FIELDS: Tuple[str, ...] = (
     "method", "short_side", "long_side", "crop", "stride", "padding", "whole_image_resize",
     "logit_scale", "prob_thd", "area_thd", "pamr_steps", "pamr_dilations",
     "pamr_without_window", "synonym_separator", "templates", "mean", "std", "class_source",
-    "class_file",
+    "class_file", "refine",
 )
+
+#: The refinements a preset may name (``refine``).
+PRESET_REFINEMENTS: Tuple[str, ...] = ("lposs", "lposs+")
 
 #: The per-dataset settings (:class:`DatasetSettings`).
 DATASET_FIELDS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DatasetSettings))
@@ -260,6 +271,10 @@ def _check_field(name: str, value: Any) -> Any:
         return value
     if name in ("mean", "std"):
         return _triple(name, value, positive=name == "std")
+    if name == "refine":
+        if value is not None and value not in PRESET_REFINEMENTS:
+            raise ValueError(f"{name}: expected none, lposs or lposs+, got {value!r}")
+        return value
     if name == "templates":
         if value not in _TEMPLATE_SETS:
             raise ValueError(f"{name}: expected one of {', '.join(_TEMPLATE_SETS)}, got {value!r}")

@@ -489,6 +489,7 @@ def segmentation_benchmark(
     distributed: Optional[bool] = None,
     scenes_size: int = 200,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    refine_backbone: Any = None,
 ) -> BenchmarkResult:
     r"""mIoU, aAcc and per-class IoU of token-map methods on the open-vocabulary
     segmentation benchmark, under a published protocol.
@@ -537,6 +538,9 @@ def segmentation_benchmark(
             process group (default: when one is initialised).
         scenes_size (int): the number of scenes of ``dataset="scenes"`` (before ``limit``).
         method_options (dict, optional): ``{method: constructor keyword arguments}``.
+        refine_backbone (optional): the graph backbone of the LPOSS refinement
+            (``overrides={"refine": "lposs+"}``); default each method's own second
+            backbone, else the model's image tower.
 
     Returns:
         BenchmarkResult: per dataset and method the metrics, images/s and counts.
@@ -578,7 +582,7 @@ def segmentation_benchmark(
         results.append(_run_dataset(
             model, key, layout, base, settings, method_list, tokenizer, classes,
             save_predictions, limit, batch_size, window_batch, num_workers, state_dir,
-            progress, is_distributed, method_options or {},
+            progress, is_distributed, method_options or {}, refine_backbone,
         ))
     return BenchmarkResult(results, method_list, chosen.name, time.perf_counter() - start)
 
@@ -601,6 +605,7 @@ def _run_dataset(
     progress: bool,
     distributed: bool,
     method_options: Mapping[str, Mapping[str, Any]],
+    refine_backbone: Any = None,
 ) -> DatasetResult:
     from tqdm import tqdm
 
@@ -619,7 +624,8 @@ def _run_dataset(
         if not isinstance(obj, TokenMapAttribution):
             raise ValueError(f"methods: {m!r} is not a token-map method")
         mode = method_defaults(m, clf, probe).get("feature_surgery")
-        segmenters[m] = ProtocolSegmenter(obj, lines, settings, mode, window_batch)
+        segmenters[m] = ProtocolSegmenter(obj, lines, settings, mode, window_batch,
+                                          refine_backbone)
     ids: List[str] = list(base.ids)
     count = len(ids) if limit is None else min(limit, len(ids))
     rank = dist.get_rank() if distributed else 0
@@ -638,6 +644,9 @@ def _run_dataset(
                     for k, v in method_options.get(m, {}).items()),
                 "settings": {k: repr(getattr(settings, k)) for k in settings.describe()},
                 "model": digest,
+                "refine_backbone": None if refine_backbone is None else (
+                    model_digest(refine_backbone) if isinstance(refine_backbone, nn.Module)
+                    else repr(refine_backbone)),
             }, sort_keys=True).encode(), digest_size=6).hexdigest()
             stores[m] = _StateFile(os.path.join(state_dir, key), f"{m}.{fingerprint}", rank)
             stored[m] = stores[m].load() if rank == 0 else {}

@@ -201,7 +201,9 @@ def run(args: argparse.Namespace) -> Optional[str]:
 
     chosen = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
               else [get_preset(args.preset).method])
-    options = backbone_options(args, [m for m in chosen if m in METHOD_NAMES], device)
+    options, refine_backbone = backbone_options(
+        args, [m for m in chosen if m in METHOD_NAMES], device,
+        refine=overrides.get("refine") in ("lposs", "lposs+"))
     try:
         result = segmentation_benchmark(
             model, dataset, args.root, preset=args.preset, methods=args.methods,
@@ -211,6 +213,7 @@ def run(args: argparse.Namespace) -> Optional[str]:
             window_batch=args.window_batch, num_workers=args.workers,
             state_dir=os.path.join(out, "state"), progress=not args.no_progress,
             scenes_size=args.scenes, method_options=options or None,
+            refine_backbone=refine_backbone,
         )
     except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:
         raise _user_error(exc) from None

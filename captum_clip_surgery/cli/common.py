@@ -183,9 +183,12 @@ def add_backbone_options(parser: Any) -> None:
     )
 
 
-def backbone_options(args: Any, methods: List[str], device: str) -> Dict[str, Dict[str, Any]]:
-    r"""``{method: {"backbone": model}}`` for each of ``methods`` whose class takes a
-    ``backbone`` when ``--backbone`` is given (empty without it); one-line user errors."""
+def backbone_options(
+    args: Any, methods: List[str], device: str, refine: bool = False
+) -> Tuple[Dict[str, Dict[str, Any]], Any]:
+    r"""``({method: {"backbone": model}}, refine backbone)`` from ``--backbone``: the model
+    for each of ``methods`` whose class takes a ``backbone``, and as the LPOSS graph
+    backbone when ``refine``; ``({}, None)`` without ``--backbone``. One-line user errors."""
     import inspect
 
     from captum_clip_surgery.methods.registry import get_method
@@ -195,16 +198,18 @@ def backbone_options(args: Any, methods: List[str], device: str) -> Dict[str, Di
     if name is None:
         if checkpoint is not None:
             raise UserError("--backbone-checkpoint: give --backbone too (a timm model name)")
-        return {}
+        return {}, None
     takers = []
     for m in methods:
         target = get_method(m).load()
         init = getattr(target, "__init__", None)
         if init is not None and "backbone" in inspect.signature(init).parameters:
             takers.append(m)
-    if not takers:
+    if not takers and not refine:
         raise UserError(f"--backbone: none of the methods ({', '.join(methods)}) takes a second "
-                        "backbone; proxyclip and cass do")
+                        "backbone; proxyclip and cass do"
+                        + (", and so does --set refine=lposs / lposs+" if "benchmark" ==
+                           getattr(args, "command", None) else ""))
     from captum_clip_surgery.adapters.backbone_loading import load_backbone
 
     try:
@@ -214,4 +219,4 @@ def backbone_options(args: Any, methods: List[str], device: str) -> Dict[str, Di
         if text.startswith("backbone_checkpoint"):
             text = "backbone-checkpoint" + text[len("backbone_checkpoint"):]
         raise UserError(f"--{text}") from None
-    return {m: {"backbone": model} for m in takers}
+    return {m: {"backbone": model} for m in takers}, (model if refine else None)

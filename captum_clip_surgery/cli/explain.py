@@ -258,7 +258,7 @@ def run_images(args: argparse.Namespace) -> int:
             reason = get_method(method).unsupported_reason(classifier.adapter)
             raise UserError(f"--method: {method!r} is not defined for this model's image tower "
                              f"({reason}); methods defined for it: {', '.join(defined)}")
-        options = backbone_options(args, [method], device_name).get(method)
+        options = backbone_options(args, [method], device_name)[0].get(method)
         if method.startswith("surgery") and args.surgery_blocks is not None:
             options = {"surgery_blocks": args.surgery_blocks}
         rank = dist.get_rank() if dist.is_initialized() else 0

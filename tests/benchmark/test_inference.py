@@ -219,3 +219,33 @@ def test_errors(clf):
         seg.predict([torch.zeros(3, 5, 7)], [(5, 7)])
     with pytest.raises(ValueError, match="sizes: expected one size per image"):
         seg.predict([torch.zeros(3, 5, 7)], [])
+
+
+@pytest.mark.parametrize("refine", ["lposs", "lposs+"])
+def test_lposs_refinement_is_lposs_on_the_resized_image(clf, refine):
+    r"""``refine`` in the settings: the image's scores are LPOSS's over all its windows
+    (and LPOSS+'s pixel graph on its colours, un-normalised with the preset's statistics),
+    resized to the original size; PAMR is not applied."""
+    from captum_clip_surgery.apps.label_propagation import lposs_plus, lposs_scores
+
+    settings = get_preset("sclip").settings("voc20").replace(
+        short_side=40, crop=24, stride=16, refine=refine, pamr_steps=10)
+    explainer = build_method("sclip", clf)
+    image = _images([(30, 45)], 40)[0]
+    seg = ProtocolSegmenter(explainer, CLASSES, settings)
+    got = seg.cosines([image], [(30, 45)])[0]
+    with torch.no_grad():
+        expected = lposs_scores(explainer, image[None], QUERIES, None, (24, 16),
+                                explainer.default_feature_surgery)
+        if refine == "lposs+":
+            mean = torch.tensor(settings.mean).view(1, 3, 1, 1) / 255
+            std = torch.tensor(settings.std).view(1, 3, 1, 1) / 255
+            expected = lposs_plus((image[None] * std + mean).clamp(0, 1), expected)
+    expected = F.interpolate(expected, size=(30, 45), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(got, expected)
+    unrefined = ProtocolSegmenter(explainer, CLASSES, settings.replace(refine=None, pamr_steps=0))
+    assert not torch.allclose(unrefined.cosines([image], [(30, 45)])[0], got, atol=1e-3)
+    with pytest.raises(ValueError, match="refine_backbone: only the LPOSS refinement"):
+        ProtocolSegmenter(explainer, CLASSES, settings.replace(refine=None), refine_backbone=clf)
+    with pytest.raises(ValueError, match="refine: expected none, lposs or lposs\\+, got 'pamr'"):
+        settings.replace(refine="pamr")
