@@ -104,6 +104,41 @@ def _timm_values(model, images):
     return v[:, model.num_prefix_tokens:]
 
 
+def plain_lposs_scores(explainer, dino, images, window=None, k=50):
+    r"""LPOSS's joint graph over the windows of each image written plainly: the explainer's
+    crop scores resized to the DINO grid (/4), timm's own values, node positions at the patch
+    centres, the dense reference :func:`tests.reference_backbones.lposs`, then each window's
+    part upsampled and averaged on the canvas."""
+    b_, _, h_img, w_img = images.shape
+    texts = explainer.classifier.texts
+    spans = [((0, h_img), (0, w_img))] if window is None else [
+        (ys, xs) for ys in window_spans(h_img, *window) for xs in window_spans(w_img, *window)]
+    expected = torch.zeros(b_, len(texts), h_img, w_img)
+    count = torch.zeros(h_img, w_img)
+    for (y0, y1), (x0, x1) in spans:
+        count[y0:y1, x0:x1] += 1
+    for b in range(b_):
+        ys, fs, ps = [], [], []
+        for (y0, y1), (x0, x1) in spans:
+            crop = images[b : b + 1, :, y0:y1, x0:x1]
+            s = explainer.similarity(crop)  # CLIP grid /8 -> DINO grid /4
+            h, w = crop.shape[-2] // 4, crop.shape[-1] // 4
+            s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
+            ys.append(s[0].reshape(len(texts), -1).t())
+            fs.append(_timm_values(dino, refb.renormalise(crop))[0])
+            ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            ps.append(torch.stack([y0 + 2 + 4 * ii.flatten(), x0 + 2 + 4 * jj.flatten()], 1))
+        z, _ = refb.lposs(torch.cat(ys), torch.cat(fs), torch.cat(ps).float(), k=k)
+        start = 0
+        for (y0, y1), (x0, x1) in spans:
+            h, w = (y1 - y0) // 4, (x1 - x0) // 4
+            part = z[start : start + h * w].t().reshape(1, len(texts), h, w).float()
+            start += h * w
+            expected[b, :, y0:y1, x0:x1] += F.interpolate(
+                part, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+    return expected / count
+
+
 @pytest.mark.parametrize("window", [None, (32, 16)], ids=["whole", "windows"])
 def test_lposs_scores_match_plain_pipeline(window):
     model, dino = tiny_vit(), tiny.timm_dino()
@@ -113,32 +148,7 @@ def test_lposs_scores_match_plain_pipeline(window):
     images = images_for(model, b=2, h=48, w=40)
     with torch.no_grad():
         got = lposs_scores(explainer, images, backbone=backbone, sliding_window=window, k=50)
-        spans = [((0, 48), (0, 40))] if window is None else [
-            (ys, xs) for ys in window_spans(48, 32, 16) for xs in window_spans(40, 32, 16)]
-        expected = torch.zeros(2, len(TEXTS), 48, 40)
-        count = torch.zeros(48, 40)
-        for (y0, y1), (x0, x1) in spans:
-            count[y0:y1, x0:x1] += 1
-        for b in range(2):
-            ys, fs, ps = [], [], []
-            for (y0, y1), (x0, x1) in spans:
-                crop = images[b : b + 1, :, y0:y1, x0:x1]
-                s = explainer.similarity(crop)  # CLIP grid /8 -> DINO grid /4
-                h, w = crop.shape[-2] // 4, crop.shape[-1] // 4
-                s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
-                ys.append(s[0].reshape(len(TEXTS), -1).t())
-                fs.append(_timm_values(dino, refb.renormalise(crop))[0])
-                ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-                ps.append(torch.stack([y0 + 2 + 4 * ii.flatten(), x0 + 2 + 4 * jj.flatten()], 1))
-            z, _ = refb.lposs(torch.cat(ys), torch.cat(fs), torch.cat(ps).float(), k=50)
-            start = 0
-            for (y0, y1), (x0, x1) in spans:
-                h, w = (y1 - y0) // 4, (x1 - x0) // 4
-                part = z[start : start + h * w].t().reshape(1, len(TEXTS), h, w).float()
-                start += h * w
-                expected[b, :, y0:y1, x0:x1] += F.interpolate(
-                    part, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
-        expected = expected / count
+        expected = plain_lposs_scores(explainer, dino, images, window, k=50)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
     single = torch.cat([lposs_scores(explainer, images[i : i + 1], backbone=backbone,
                                      sliding_window=window, k=50) for i in range(2)])

@@ -234,6 +234,34 @@ def test_one_forward_per_image_equals_the_per_pair_path(scenes, monkeypatch):
     assert pairs > 5 and len(new.records) == len(methods) * pairs
 
 
+@pytest.mark.slow
+def test_the_2024_25_methods_evaluate_in_the_api_and_the_cli(scenes, tmp_path, capsys):
+    r"""SC-CLIP, ResCLIP, ProxyCLIP and CASS (issue 20) are scored like the other token-map
+    methods: one forward per image equals one batch row per (image, class) pair, and
+    ``clip-surgery evaluate --methods`` prints the Python API's numbers."""
+    pytest.importorskip("scipy")
+    from captum_clip_surgery.cli import main
+
+    data, clf, transform = scenes
+    methods = ["scclip", "resclip", "proxyclip", "cass"]
+    kwargs = dict(batch_size=2, limit=3, deletion_steps=2, tolerance=0, progress=False)
+    new = evaluate(methods, data, clf, transform, **kwargs)
+    old = evaluate(methods, data, clf, transform, per_pair=True, **kwargs)
+    _assert_same_records(old.records, new.records, tol=1e-4)
+    assert {r["method"] for r in new.records} == set(methods)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--dataset", "scenes", "--limit", "3", "--methods", ",".join(methods),
+                 "--batch-size", "2", "--tolerance", "0", "--deletion-steps", "2",
+                 "--out", str(out)]) == 0
+    assert "SC-CLIP" in capsys.readouterr().out
+    with open(out / "results.csv", newline="") as fh:
+        cli = {r["method"]: r for r in csv.DictReader(fh)}
+    api = new.summary()
+    for method in methods:
+        for key in ("msc", "miou", "pointing", "energy", "deletion_auc", "insertion_auc"):
+            assert float(cli[method][key]) == pytest.approx(api[method][key], abs=1e-5), key
+
+
 def test_breakdown_by_kind_and_class_reaggregates_the_records(scenes, tmp_path):
     data, clf, transform = scenes
     result = evaluate(["surgery", "raw"], data, clf, transform, batch_size=4, limit=6,

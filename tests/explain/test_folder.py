@@ -29,6 +29,7 @@ from captum_clip_surgery import (
 from captum_clip_surgery.cli import main
 from captum_clip_surgery.evaluation import square_preprocess
 from captum_clip_surgery.explain.folder import _ShardSampler, find_images
+from captum_clip_surgery.methods.registry import build_method
 from captum_clip_surgery.scenes import ScenesWorld
 from captum_clip_surgery.scenes.world import HELD_OUT_START
 
@@ -123,6 +124,38 @@ def test_other_methods_and_a_subset_of_texts(clf, image_dir, transform):
         expected = F.interpolate(expected, size=(image.height, image.width), mode="bilinear",
                                  align_corners=False)[0]
         torch.testing.assert_close(grad[p], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["scclip", "resclip", "proxyclip", "cass"])
+def test_the_2024_25_methods_explain_folders_from_the_api_and_the_cli(method, clf, image_dir,
+                                                                       transform, tmp_path,
+                                                                       capsys):
+    r"""SC-CLIP, ResCLIP, ProxyCLIP and CASS (issue 20) in the streaming API and in
+    ``clip-surgery explain --images DIR --method NAME``: the maps are the method's own
+    token maps resized to each image, at a square and a non-square size."""
+    if method == "cass":
+        pytest.importorskip("scipy")
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("scene00.png", "scene01.jpg"):  # 64×64 and 80×48
+        (folder / name).write_bytes((image_dir / name).read_bytes())
+    paths = find_images(str(folder))
+    explainer = build_method(method, clf)
+    api = dict(explain_images(paths, clf, method=method, batch_size=2))
+    for p in paths:
+        torch.testing.assert_close(api[p], _reference(explainer, p, transform, TEXTS),
+                                   atol=1e-5, rtol=0)
+    out = tmp_path / "maps"
+    argv = ["explain", "--images", str(folder), "--out", str(out), "--method", method,
+            "--save-maps", "--no-figures", "--workers", "0"]
+    for text in TEXTS:
+        argv += ["--text", text]
+    assert main(argv) == 0
+    assert "done 2, skipped 0 (already written), failed 0" in capsys.readouterr().out
+    for p in paths:
+        array = np.load(out / (os.path.splitext(os.path.basename(p))[0] + ".npy"))
+        np.testing.assert_allclose(array, api[p].numpy(), atol=1e-5, rtol=0)
 
 
 def test_generator_is_lazy_and_holds_no_maps(clf, image_dir, transform):

@@ -121,7 +121,8 @@ def test_methods_on_one_footing(snapshot):
         torch.testing.assert_close(m, minmax_normalize(direct), atol=1e-6, rtol=1e-5)
     fig = plot_comparison(images[0], maps, texts="dog")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles[1:7] == ["GEM", "SCLIP", "ClearCLIP", "NACLIP", "LeGrad", "Grad-ECLIP"]
+    assert titles[1:11] == ["GEM", "SCLIP", "ClearCLIP", "NACLIP", "LeGrad", "Grad-ECLIP",
+                            "SC-CLIP", "ResCLIP", "ProxyCLIP", "CASS"]
     for name in DENSE_METHODS:  # every dense method segments
         labels = segment(build_method(name, clf), images, sliding_window=(24, 8), pamr=2,
                          pamr_dilations=(1, 2))
