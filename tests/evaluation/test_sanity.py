@@ -275,3 +275,16 @@ def test_sanity_checks_of_methods_that_read_the_tower_twice_randomise_only_the_c
         expected = float(spearman(randomised[method], trained[method]).mean())
         assert curve[-1] == pytest.approx(expected), method
         assert curve[-1] < 0.99, method
+
+
+def test_sanity_plot_shows_every_value():
+    # a map that turns against its trained map (Spearman -0.6) stays inside the axes
+    from captum_clip_surgery.evaluation.sanity import SanityResult
+
+    records = [{"method": "raw", "mode": "cascading", "step": s, "blocks": str(s), "row": 0,
+                "spearman": v, "ssim": w} for s, (v, w) in enumerate([(1.0, 1.0), (-0.6, -0.3)])]
+    result = SanityResult(records=records, methods=["raw"], depth=1, num_maps=1, seed=0,
+                          modes=("cascading",))
+    spearman_axes, ssim_axes = result.plot().axes[:2]
+    assert spearman_axes.get_ylim()[0] <= -0.6 and ssim_axes.get_ylim()[0] <= -0.3
+    assert spearman_axes.get_ylim()[1] >= 1.0
