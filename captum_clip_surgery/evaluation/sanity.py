@@ -348,14 +348,18 @@ class SanityResult:
             for c, (metric, title) in enumerate((("spearman", "Spearman rank correlation"),
                                                  ("ssim", "SSIM"))):
                 ax = axes[r, c]
+                lowest = -0.2 if metric == "spearman" else -0.05
                 for i, method in enumerate(self.methods):
-                    ax.plot(steps, self.curve(method, mode, metric), marker="o", markersize=3,
+                    curve = self.curve(method, mode, metric)
+                    finite = [v for v in curve if math.isfinite(v)]
+                    lowest = min([lowest] + [v - 0.05 for v in finite])
+                    ax.plot(steps, curve, marker="o", markersize=3,
                             label=method_title(method), color=f"C{i % 10}",
                             linestyle=dashes[(i // 10) % len(dashes)])
                 ax.set_xticks(steps, [_blocks_label(mode, s, self.depth) for s in steps],
                               fontsize=7, rotation=30 if mode == "cascading" else 0)
                 ax.axhline(0, color="black", linewidth=0.5)
-                ax.set_ylim(-0.2 if metric == "spearman" else -0.05, 1.05)
+                ax.set_ylim(lowest, 1.05)  # every value in view (a map can turn negative)
                 ax.set_ylabel(title)
                 ax.set_xlabel("blocks randomised (from the last down)" if mode == "cascading"
                               else "the one block randomised")

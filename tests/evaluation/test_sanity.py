@@ -251,3 +251,40 @@ def test_sanity_checks_errors():
         sanity_checks(resnet, images_for(resnet.model, 1), 0, methods=["chefer"])
     with pytest.raises(ValueError, match="no attention blocks to randomise"):
         sanity_checks(resnet, images_for(resnet.model, 1), 0, methods=["raw"])
+
+
+def test_sanity_checks_of_methods_that_read_the_tower_twice_randomise_only_the_copy():
+    # SC-CLIP, ResCLIP, ProxyCLIP and CASS (the last two with the explained model's own
+    # tower as their second backbone) read the image tower more than once: every read is
+    # of the randomised copy, and the user's model is unchanged
+    model = tiny_vit(layers=2)
+    snap = ModelSnapshot(model)
+    clf = _classifier(model)
+    x = images_for(model, 1)
+    methods = ["scclip", "resclip", "proxyclip", "cass"]
+    result = sanity_checks(clf, x, [1], methods=methods, modes=["cascading"])
+    snap.assert_unchanged()
+    every = randomized_copy(clf, [0, 1], seed=0)
+    snap.assert_unchanged()
+    trained = compare(clf, x, [1], methods=methods)
+    randomised = compare(every, x, [1], methods=methods)
+    snap.assert_unchanged()
+    for method in methods:
+        curve = result.curve(method, "cascading", "spearman")
+        assert curve[0] == pytest.approx(1.0, abs=1e-9), method
+        expected = float(spearman(randomised[method], trained[method]).mean())
+        assert curve[-1] == pytest.approx(expected), method
+        assert curve[-1] < 0.99, method
+
+
+def test_sanity_plot_shows_every_value():
+    # a map that turns against its trained map (Spearman -0.6) stays inside the axes
+    from captum_clip_surgery.evaluation.sanity import SanityResult
+
+    records = [{"method": "raw", "mode": "cascading", "step": s, "blocks": str(s), "row": 0,
+                "spearman": v, "ssim": w} for s, (v, w) in enumerate([(1.0, 1.0), (-0.6, -0.3)])]
+    result = SanityResult(records=records, methods=["raw"], depth=1, num_maps=1, seed=0,
+                          modes=("cascading",))
+    spearman_axes, ssim_axes = result.plot().axes[:2]
+    assert spearman_axes.get_ylim()[0] <= -0.6 and ssim_axes.get_ylim()[0] <= -0.3
+    assert spearman_axes.get_ylim()[1] >= 1.0
