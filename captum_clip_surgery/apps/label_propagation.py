@@ -27,6 +27,7 @@ when the grids agree, as with CLIP ViT-B/16 and DINO ViT-B/16).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -108,20 +109,25 @@ def conjugate_gradient(
     norm = rhs.norm(dim=0)
     active = norm > 0
     limit = tol * norm
-    p = torch.zeros_like(rhs)
-    rho_old = torch.ones_like(norm)
+    p = r
+    rho = (r * r).sum(dim=0)
+    rho_old = rho
     for step in range(iterations):
         if not bool(active.any()):
             break
-        rho = (r * r).sum(dim=0)
-        p = r.clone() if step == 0 else r + (rho / torch.where(rho_old != 0, rho_old, 1)) * p
+        if step == 0:
+            p = r.clone()
+        else:  # p <- r + (rho / rho_old) p, in place
+            p.mul_(rho / torch.where(rho_old != 0, rho_old, 1)).add_(r)
         q = matvec(p)
         curvature = (p * q).sum(dim=0)
-        alpha = rho / torch.where(curvature != 0, curvature, 1)
-        x = torch.where(active, x + alpha * p, x)
-        r = torch.where(active, r - alpha * q, r)
+        # a stopped column takes a zero step: x + 0 p = x
+        alpha = torch.where(active, rho / torch.where(curvature != 0, curvature, 1), 0)
+        x.add_(alpha * p)
+        r.sub_(alpha * q)
         rho_old = rho
-        active = active & (r.norm(dim=0) > limit)
+        rho = (r * r).sum(dim=0)
+        active = active & (rho.sqrt() > limit)
     return x
 
 
@@ -239,72 +245,66 @@ def lposs(
     return z.float()
 
 
-def _pixel_offsets(radius: int) -> List[Tuple[int, int]]:
-    return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-            if dy or dx]
-
-
-def _shifted(x: Tensor, radius: int, dy: int, dx: int, rows: Tuple[int, int]) -> Tensor:
-    r"""``x[..., y + dy, x + dx]`` for the rows ``[y0, y1)`` of a tensor padded by ``radius``."""
-    y0, y1 = rows
-    w = x.shape[-1] - 2 * radius
-    return x[..., radius + dy + y0 : radius + dy + y1, radius + dx : radius + dx + w]
+def _windows(x: Tensor, radius: int) -> Tensor:
+    r"""``[..., H, W, s, s]`` view (``s = 2r + 1``) of ``[..., H, W]`` zero-padded by ``radius``:
+    element ``[..., y, x, r + dy, r + dx]`` is ``x[..., y + dy, x + dx]`` (0 outside)."""
+    size = 2 * radius + 1
+    return F.pad(x, (radius, radius, radius, radius)).unfold(-2, size, 1).unfold(-2, size, 1)
 
 
 def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
     r"""The normalised pixel graph ``D^{-1/2} W D^{-1/2}`` of one ``[3, H, W]`` (scaled) Lab
-    image as one weight map per neighbour offset, ``[O, H, W]`` (``O = (2r+1)² - 1``, the
-    offsets of :func:`_pixel_offsets`): ``W`` joins every pixel to the pixels within
-    ``radius`` in both directions (itself excluded) with ``exp(-‖Δ‖₂ / τ)``, 0 across the
-    border; degree 0 counts as 1. ``W`` is symmetric, so is the result.
+    image as a sparse CSR matrix ``[H*W, H*W]`` (row-major pixels, 32-bit indices, ``(2r+1)²``
+    entries per row, zeros included): ``W``
+    joins every pixel to the pixels within ``radius`` in both directions (itself excluded)
+    with ``exp(-‖Δ‖₂ / τ)``; degree 0 counts as 1. ``W`` is symmetric, so is the result.
 
-    Computed in the log domain (``log W - ½ log D_p - ½ log D_q``, the degrees by
-    ``logsumexp``), so that no weight underflows before the normalisation, and normalised
-    weights below ``1e-30`` are set to 0 (they change no float32 sum; left in, float32
-    subnormals slow every product down by orders of magnitude)."""
+    Computed in the log domain (``log W - ½ log D_p - ½ log D_q``, the degrees by a
+    log-sum-exp), so that no weight underflows before the normalisation, and normalised
+    weights below ``1e-30`` are set to 0 (they change no float32 sum). Every exponential is
+    taken of an argument clamped to at least -87 (``e^-87`` is still a normal float32): a
+    float32 subnormal, left in, slows every operation on it by orders of magnitude; terms
+    below ``e^-87`` of the largest one change no float32 sum either."""
     _, h, w = lab.shape
-    offsets = _pixel_offsets(radius)
-    pad = F.pad(lab, (radius, radius, radius, radius))
-    logs = torch.empty(len(offsets), h, w, dtype=lab.dtype, device=lab.device)
-    for i, (dy, dx) in enumerate(offsets):
-        other = _shifted(pad, radius, dy, dx, (0, h))
-        logs[i] = -(lab - other).pow(2).sum(dim=0).sqrt() / tau
-        if dy > 0:
-            logs[i, h - dy :] = float("-inf")
-        elif dy < 0:
-            logs[i, : -dy] = float("-inf")
-        if dx > 0:
-            logs[i, :, w - dx :] = float("-inf")
-        elif dx < 0:
-            logs[i, :, : -dx] = float("-inf")
-    half = torch.logsumexp(logs, dim=0)
-    half = torch.where(torch.isfinite(half), half, torch.zeros_like(half)) / 2  # degree 0 -> 1
-    hpad = F.pad(half, (radius, radius, radius, radius))
-    for i, (dy, dx) in enumerate(offsets):
-        logs[i] -= half + _shifted(hpad, radius, dy, dx, (0, h))
-    return torch.where(logs > -69.0, logs.exp(), torch.zeros_like(logs))  # e^-69 ≈ 1e-30
+    size = 2 * radius + 1
+    taps = size * size
+    lab_windows = _windows(lab, radius)  # [3, H, W, s, s], a view
+    logs = torch.empty(h, w, size, size, dtype=lab.dtype, device=lab.device)
+    rows = max(1, (1 << 21) // max(w * taps, 1))  # chunks of ~2M entries per channel
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        diff = lab[:, y0:y1, :, None, None] - lab_windows[:, y0:y1]
+        torch.neg(diff.pow_(2).sum(dim=0).sqrt_().div_(tau), out=logs[y0:y1])
+    inside = _windows(torch.ones(1, h, w, dtype=lab.dtype, device=lab.device), radius)[0]
+    logs.masked_fill_(inside == 0, float("-inf"))
+    logs[:, :, radius, radius] = float("-inf")  # no self loop
+    logs = logs.reshape(h, w, taps)
+    top = logs.amax(dim=-1, keepdim=True)
+    total = (logs - top).clamp_(min=-87.0).exp_().sum(dim=-1)
+    half = (top[..., 0] + total.log()) / 2
+    half = torch.where(torch.isfinite(half), half, torch.zeros_like(half))  # degree 0 -> 1
+    logs = logs.view(h, w, size, size)
+    logs.sub_(half[:, :, None, None] + _windows(half, radius))
+    weights = torch.where(logs > -69.0, logs.clamp_(min=-69.0).exp_(), 0.0)  # e^-69 ≈ 1e-30
+    # every pixel keeps all s*s taps (the pixel itself and those outside the image with
+    # weight 0, their columns clamped into range): no compaction, the same row length
+    dy = torch.arange(-radius, radius + 1, device=lab.device, dtype=torch.int32)
+    step = (dy[:, None] * w + dy[None, :]).reshape(1, 1, size, size)
+    pixel = torch.arange(h * w, device=lab.device, dtype=torch.int32).reshape(h, w, 1, 1)
+    columns = (pixel + step).clamp_(0, h * w - 1).reshape(-1)
+    crow = torch.arange(h * w + 1, device=lab.device, dtype=torch.int32) * taps
+    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, columns, weights.reshape(-1), (h * w, h * w),
+                                       check_invariants=False)
 
 
-def _pixel_matvec(
-    weights: Tensor, radius: int, alpha: float, classes: int
-) -> Callable[[Tensor], Tensor]:
-    r"""``X -> (I - α Wn) X`` for the normalised pixel graph of :func:`_pixel_graph`, on
-    ``[H*W, K]`` views of ``[K, H*W]`` tensors: a 13×13 stencil with a weight map per offset,
-    run in blocks of rows that stay in cache on the CPU."""
-    offsets = _pixel_offsets(radius)
-    _, h, w = weights.shape
-    block = h if weights.is_cuda else max(1, min(h, (1 << 18) // max(classes * w, 1)))
+def _pixel_matvec(graph: Tensor, alpha: float) -> Callable[[Tensor], Tensor]:
+    r"""``X -> (I - α Wn) X`` for the normalised pixel graph of :func:`_pixel_graph` on
+    ``[H*W, K]`` (row-major) tensors: one fused sparse-dense product ``X - α (Wn X)``."""
 
     def matvec(x: Tensor) -> Tensor:
-        maps = x.t().reshape(classes, h, w)
-        pad = F.pad(maps, (radius, radius, radius, radius))
-        acc = torch.zeros_like(maps)
-        for y0 in range(0, h, block):
-            rows = (y0, min(h, y0 + block))
-            out = acc[:, rows[0] : rows[1]]
-            for i, (dy, dx) in enumerate(offsets):
-                out.addcmul_(weights[i, rows[0] : rows[1]], _shifted(pad, radius, dy, dx, rows))
-        return (maps - alpha * acc).reshape(classes, h * w).t()
+        return torch.addmm(x, graph, x, alpha=-alpha)
 
     return matvec
 
@@ -363,8 +363,8 @@ def lposs_plus(
     classes = y.shape[1]
     for b in range(images.shape[0]):
         lab = rgb_to_lab(images[b].detach().float().to(device)) / scale
-        matvec = _pixel_matvec(_pixel_graph(lab, radius, tau), radius, alpha, classes)
-        rhs = y[b].reshape(classes, h * w).t()  # [H*W, K] view of class maps
+        matvec = _pixel_matvec(_pixel_graph(lab, radius, tau), alpha)
+        rhs = y[b].reshape(classes, h * w).t().contiguous()  # [H*W, K], pixels row-major
         z = conjugate_gradient(matvec, rhs, iterations, tol)
         out.append(z.t().reshape(classes, h, w))
     return torch.stack(out)
