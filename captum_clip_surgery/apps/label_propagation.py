@@ -266,36 +266,53 @@ def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
     float32 subnormal, left in, slows every operation on it by orders of magnitude; terms
     below ``e^-87`` of the largest one change no float32 sum either."""
     _, h, w = lab.shape
-    size = 2 * radius + 1
+    r = radius
+    size = 2 * r + 1
     taps = size * size
-    lab_windows = _windows(lab, radius)  # [3, H, W, s, s], a view
+    lab_windows = _windows(lab, r)  # [3, H, W, s, s], a view
     logs = torch.empty(h, w, size, size, dtype=lab.dtype, device=lab.device)
-    rows = max(1, (1 << 21) // max(w * taps, 1))  # chunks of ~2M entries per channel
+    half = torch.empty(h, w, dtype=lab.dtype, device=lab.device)
+    rows = max(1, (1 << 18) // max(w * taps, 1))  # row chunks of ~1 MiB, in cache
+    ninf = float("-inf")
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        diff = lab[:, y0:y1, :, None, None] - lab_windows[:, y0:y1]
-        torch.neg(diff.pow_(2).sum(dim=0).sqrt_().div_(tau), out=logs[y0:y1])
-    inside = _windows(torch.ones(1, h, w, dtype=lab.dtype, device=lab.device), radius)[0]
-    logs.masked_fill_(inside == 0, float("-inf"))
-    logs[:, :, radius, radius] = float("-inf")  # no self loop
-    logs = logs.reshape(h, w, taps)
-    top = logs.amax(dim=-1, keepdim=True)
-    total = (logs - top).clamp_(min=-87.0).exp_().sum(dim=-1)
-    half = (top[..., 0] + total.log()) / 2
-    half = torch.where(torch.isfinite(half), half, torch.zeros_like(half))  # degree 0 -> 1
-    logs = logs.view(h, w, size, size)
-    logs.sub_(half[:, :, None, None] + _windows(half, radius))
-    weights = torch.where(logs > -69.0, logs.clamp_(min=-69.0).exp_(), 0.0)  # e^-69 ≈ 1e-30
+        part = logs[y0:y1]
+        torch.sub(lab[0, y0:y1, :, None, None], lab_windows[0, y0:y1], out=part).square_()
+        for c in (1, 2):
+            part.add_((lab[c, y0:y1, :, None, None] - lab_windows[c, y0:y1]).square_())
+        part.sqrt_().div_(-tau)
+        for j in range(size):  # taps outside the image: -inf
+            d = j - r
+            if d < 0:
+                part[:, : min(w, -d), :, j] = ninf
+                part[: max(0, min(y1, -d) - y0), :, j] = ninf
+            elif d > 0:
+                part[:, max(0, w - d) :, :, j] = ninf
+                part[max(0, h - d - y0) :, :, j] = ninf
+        part[:, :, r, r] = ninf  # no self loop
+        flat = part.view(y1 - y0, w, taps)
+        top = flat.amax(dim=-1, keepdim=True)
+        total = (flat - top).clamp_(min=-87.0).exp_().sum(dim=-1)
+        torch.add(top[..., 0], total.log_(), out=half[y0:y1])
+    half.div_(2)
+    half.masked_fill_(~torch.isfinite(half), 0.0)  # degree 0 -> 1
+    half_windows = _windows(half, r)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        part = logs[y0:y1]
+        part.sub_(half[y0:y1, :, None, None] + half_windows[y0:y1])
+        low = part <= -69.0  # e^-69 ≈ 1e-30
+        part.clamp_(min=-69.0).exp_().masked_fill_(low, 0.0)
     # every pixel keeps all s*s taps (the pixel itself and those outside the image with
     # weight 0, their columns clamped into range): no compaction, the same row length
-    dy = torch.arange(-radius, radius + 1, device=lab.device, dtype=torch.int32)
+    dy = torch.arange(-r, r + 1, device=lab.device, dtype=torch.int32)
     step = (dy[:, None] * w + dy[None, :]).reshape(1, 1, size, size)
     pixel = torch.arange(h * w, device=lab.device, dtype=torch.int32).reshape(h, w, 1, 1)
     columns = (pixel + step).clamp_(0, h * w - 1).reshape(-1)
     crow = torch.arange(h * w + 1, device=lab.device, dtype=torch.int32) * taps
     with warnings.catch_warnings():  # "sparse CSR support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, columns, weights.reshape(-1), (h * w, h * w),
+        return torch.sparse_csr_tensor(crow, columns, logs.reshape(-1), (h * w, h * w),
                                        check_invariants=False)
 
 
