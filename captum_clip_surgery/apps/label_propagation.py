@@ -118,13 +118,13 @@ def conjugate_gradient(
         if step == 0:
             p = r.clone()
         else:  # p <- r + (rho / rho_old) p, in place
-            p.mul_(rho / torch.where(rho_old != 0, rho_old, 1)).add_(r)
+            torch.addcmul(r, p, rho / torch.where(rho_old != 0, rho_old, 1), out=p)
         q = matvec(p)
         curvature = (p * q).sum(dim=0)
         # a stopped column takes a zero step: x + 0 p = x
         alpha = torch.where(active, rho / torch.where(curvature != 0, curvature, 1), 0)
-        x.add_(alpha * p)
-        r.sub_(alpha * q)
+        x.addcmul_(p, alpha)
+        r.addcmul_(q, alpha, value=-1)
         rho_old = rho
         rho = (r * r).sum(dim=0)
         active = active & (rho.sqrt() > limit)
