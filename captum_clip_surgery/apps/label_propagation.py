@@ -15,7 +15,8 @@ gradients stopped after 10 iterations, as released (truncated, not converged). U
 Source: ``vladan-stojnic/LPOSS@e489a74``, ``segmentation/evaluation/lposs_eval.py`` and
 ``models/lposs/lposs.py``. Differences: the kNN is exact top-k in torch (blocked dense
 similarities) instead of faiss on the GPU; the graphs are torch sparse matrices instead of
-CuPy's; conjugate gradients run in float64 on the patch graph (as released) and in float32
+CuPy's (the pixel graph: CSR with all ``(2r+1)²`` taps of every pixel, zeros included, one
+fused sparse-dense product per step); conjugate gradients run in float64 on the patch graph (as released) and in float32
 on the pixel graph (the release: float64), for speed, with its weights normalised in the log
 domain (the release's float32 weights underflow for a pixel whose every neighbour differs by
 more than about 1 in scaled Lab, and its degree then counts as 1); each image of a batch has its own
