@@ -15,7 +15,8 @@ gradients stopped after 10 iterations, as released (truncated, not converged). U
 Source: ``vladan-stojnic/LPOSS@e489a74``, ``segmentation/evaluation/lposs_eval.py`` and
 ``models/lposs/lposs.py``. Differences: the kNN is exact top-k in torch (blocked dense
 similarities) instead of faiss on the GPU; the graphs are torch sparse matrices instead of
-CuPy's; conjugate gradients run in float64 on the patch graph (as released) and in float32
+CuPy's (the pixel graph: CSR with all ``(2r+1)²`` taps of every pixel, zeros included, one
+fused sparse-dense product per step); conjugate gradients run in float64 on the patch graph (as released) and in float32
 on the pixel graph (the release: float64), for speed, with its weights normalised in the log
 domain (the release's float32 weights underflow for a pixel whose every neighbour differs by
 more than about 1 in scaled Lab, and its degree then counts as 1); each image of a batch has its own
@@ -27,6 +28,7 @@ when the grids agree, as with CLIP ViT-B/16 and DINO ViT-B/16).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -108,20 +110,25 @@ def conjugate_gradient(
     norm = rhs.norm(dim=0)
     active = norm > 0
     limit = tol * norm
-    p = torch.zeros_like(rhs)
-    rho_old = torch.ones_like(norm)
+    p = r
+    rho = (r * r).sum(dim=0)
+    rho_old = rho
     for step in range(iterations):
         if not bool(active.any()):
             break
-        rho = (r * r).sum(dim=0)
-        p = r.clone() if step == 0 else r + (rho / torch.where(rho_old != 0, rho_old, 1)) * p
+        if step == 0:
+            p = r.clone()
+        else:  # p <- r + (rho / rho_old) p, in place
+            torch.addcmul(r, p, rho / torch.where(rho_old != 0, rho_old, 1), out=p)
         q = matvec(p)
         curvature = (p * q).sum(dim=0)
-        alpha = rho / torch.where(curvature != 0, curvature, 1)
-        x = torch.where(active, x + alpha * p, x)
-        r = torch.where(active, r - alpha * q, r)
+        # a stopped column takes a zero step: x + 0 p = x
+        alpha = torch.where(active, rho / torch.where(curvature != 0, curvature, 1), 0)
+        x.addcmul_(p, alpha)
+        r.addcmul_(q, alpha, value=-1)
         rho_old = rho
-        active = active & (r.norm(dim=0) > limit)
+        rho = (r * r).sum(dim=0)
+        active = active & (rho.sqrt() > limit)
     return x
 
 
@@ -239,72 +246,83 @@ def lposs(
     return z.float()
 
 
-def _pixel_offsets(radius: int) -> List[Tuple[int, int]]:
-    return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
-            if dy or dx]
-
-
-def _shifted(x: Tensor, radius: int, dy: int, dx: int, rows: Tuple[int, int]) -> Tensor:
-    r"""``x[..., y + dy, x + dx]`` for the rows ``[y0, y1)`` of a tensor padded by ``radius``."""
-    y0, y1 = rows
-    w = x.shape[-1] - 2 * radius
-    return x[..., radius + dy + y0 : radius + dy + y1, radius + dx : radius + dx + w]
+def _windows(x: Tensor, radius: int) -> Tensor:
+    r"""``[..., H, W, s, s]`` view (``s = 2r + 1``) of ``[..., H, W]`` zero-padded by ``radius``:
+    element ``[..., y, x, r + dy, r + dx]`` is ``x[..., y + dy, x + dx]`` (0 outside)."""
+    size = 2 * radius + 1
+    return F.pad(x, (radius, radius, radius, radius)).unfold(-2, size, 1).unfold(-2, size, 1)
 
 
 def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
     r"""The normalised pixel graph ``D^{-1/2} W D^{-1/2}`` of one ``[3, H, W]`` (scaled) Lab
-    image as one weight map per neighbour offset, ``[O, H, W]`` (``O = (2r+1)² - 1``, the
-    offsets of :func:`_pixel_offsets`): ``W`` joins every pixel to the pixels within
-    ``radius`` in both directions (itself excluded) with ``exp(-‖Δ‖₂ / τ)``, 0 across the
-    border; degree 0 counts as 1. ``W`` is symmetric, so is the result.
+    image as a sparse CSR matrix ``[H*W, H*W]`` (row-major pixels, 32-bit indices, ``(2r+1)²``
+    entries per row, zeros included): ``W``
+    joins every pixel to the pixels within ``radius`` in both directions (itself excluded)
+    with ``exp(-‖Δ‖₂ / τ)``; degree 0 counts as 1. ``W`` is symmetric, so is the result.
 
-    Computed in the log domain (``log W - ½ log D_p - ½ log D_q``, the degrees by
-    ``logsumexp``), so that no weight underflows before the normalisation, and normalised
-    weights below ``1e-30`` are set to 0 (they change no float32 sum; left in, float32
-    subnormals slow every product down by orders of magnitude)."""
+    Computed in the log domain (``log W - ½ log D_p - ½ log D_q``, the degrees by a
+    log-sum-exp), so that no weight underflows before the normalisation, and normalised
+    weights below ``1e-30`` are set to 0 (they change no float32 sum). Every exponential is
+    taken of an argument clamped to at least -87 (``e^-87`` is still a normal float32): a
+    float32 subnormal, left in, slows every operation on it by orders of magnitude; terms
+    below ``e^-87`` of the largest one change no float32 sum either."""
     _, h, w = lab.shape
-    offsets = _pixel_offsets(radius)
-    pad = F.pad(lab, (radius, radius, radius, radius))
-    logs = torch.empty(len(offsets), h, w, dtype=lab.dtype, device=lab.device)
-    for i, (dy, dx) in enumerate(offsets):
-        other = _shifted(pad, radius, dy, dx, (0, h))
-        logs[i] = -(lab - other).pow(2).sum(dim=0).sqrt() / tau
-        if dy > 0:
-            logs[i, h - dy :] = float("-inf")
-        elif dy < 0:
-            logs[i, : -dy] = float("-inf")
-        if dx > 0:
-            logs[i, :, w - dx :] = float("-inf")
-        elif dx < 0:
-            logs[i, :, : -dx] = float("-inf")
-    half = torch.logsumexp(logs, dim=0)
-    half = torch.where(torch.isfinite(half), half, torch.zeros_like(half)) / 2  # degree 0 -> 1
-    hpad = F.pad(half, (radius, radius, radius, radius))
-    for i, (dy, dx) in enumerate(offsets):
-        logs[i] -= half + _shifted(hpad, radius, dy, dx, (0, h))
-    return torch.where(logs > -69.0, logs.exp(), torch.zeros_like(logs))  # e^-69 ≈ 1e-30
+    r = radius
+    size = 2 * r + 1
+    taps = size * size
+    lab_windows = _windows(lab, r)  # [3, H, W, s, s], a view
+    logs = torch.empty(h, w, size, size, dtype=lab.dtype, device=lab.device)
+    half = torch.empty(h, w, dtype=lab.dtype, device=lab.device)
+    rows = max(1, (1 << 18) // max(w * taps, 1))  # row chunks of ~1 MiB, in cache
+    ninf = float("-inf")
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        part = logs[y0:y1]
+        torch.sub(lab[0, y0:y1, :, None, None], lab_windows[0, y0:y1], out=part).square_()
+        for c in (1, 2):
+            part.add_((lab[c, y0:y1, :, None, None] - lab_windows[c, y0:y1]).square_())
+        part.sqrt_().div_(-tau)
+        for j in range(size):  # taps outside the image: -inf
+            d = j - r
+            if d < 0:
+                part[:, : min(w, -d), :, j] = ninf
+                part[: max(0, min(y1, -d) - y0), :, j] = ninf
+            elif d > 0:
+                part[:, max(0, w - d) :, :, j] = ninf
+                part[max(0, h - d - y0) :, :, j] = ninf
+        part[:, :, r, r] = ninf  # no self loop
+        flat = part.view(y1 - y0, w, taps)
+        top = flat.amax(dim=-1, keepdim=True)
+        total = (flat - top).clamp_(min=-87.0).exp_().sum(dim=-1)
+        torch.add(top[..., 0], total.log_(), out=half[y0:y1])
+    half.div_(2)
+    half.masked_fill_(~torch.isfinite(half), 0.0)  # degree 0 -> 1
+    half_windows = _windows(half, r)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        part = logs[y0:y1]
+        part.sub_(half[y0:y1, :, None, None] + half_windows[y0:y1])
+        low = part <= -69.0  # e^-69 ≈ 1e-30
+        part.clamp_(min=-69.0).exp_().masked_fill_(low, 0.0)
+    # every pixel keeps all s*s taps (the pixel itself and those outside the image with
+    # weight 0, their columns clamped into range): no compaction, the same row length
+    dy = torch.arange(-r, r + 1, device=lab.device, dtype=torch.int32)
+    step = (dy[:, None] * w + dy[None, :]).reshape(1, 1, size, size)
+    pixel = torch.arange(h * w, device=lab.device, dtype=torch.int32).reshape(h, w, 1, 1)
+    columns = (pixel + step).clamp_(0, h * w - 1).reshape(-1)
+    crow = torch.arange(h * w + 1, device=lab.device, dtype=torch.int32) * taps
+    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, columns, logs.reshape(-1), (h * w, h * w),
+                                       check_invariants=False)
 
 
-def _pixel_matvec(
-    weights: Tensor, radius: int, alpha: float, classes: int
-) -> Callable[[Tensor], Tensor]:
-    r"""``X -> (I - α Wn) X`` for the normalised pixel graph of :func:`_pixel_graph`, on
-    ``[H*W, K]`` views of ``[K, H*W]`` tensors: a 13×13 stencil with a weight map per offset,
-    run in blocks of rows that stay in cache on the CPU."""
-    offsets = _pixel_offsets(radius)
-    _, h, w = weights.shape
-    block = h if weights.is_cuda else max(1, min(h, (1 << 18) // max(classes * w, 1)))
+def _pixel_matvec(graph: Tensor, alpha: float) -> Callable[[Tensor], Tensor]:
+    r"""``X -> (I - α Wn) X`` for the normalised pixel graph of :func:`_pixel_graph` on
+    ``[H*W, K]`` (row-major) tensors: one fused sparse-dense product ``X - α (Wn X)``."""
 
     def matvec(x: Tensor) -> Tensor:
-        maps = x.t().reshape(classes, h, w)
-        pad = F.pad(maps, (radius, radius, radius, radius))
-        acc = torch.zeros_like(maps)
-        for y0 in range(0, h, block):
-            rows = (y0, min(h, y0 + block))
-            out = acc[:, rows[0] : rows[1]]
-            for i, (dy, dx) in enumerate(offsets):
-                out.addcmul_(weights[i, rows[0] : rows[1]], _shifted(pad, radius, dy, dx, rows))
-        return (maps - alpha * acc).reshape(classes, h * w).t()
+        return torch.addmm(x, graph, x, alpha=-alpha)
 
     return matvec
 
@@ -363,8 +381,8 @@ def lposs_plus(
     classes = y.shape[1]
     for b in range(images.shape[0]):
         lab = rgb_to_lab(images[b].detach().float().to(device)) / scale
-        matvec = _pixel_matvec(_pixel_graph(lab, radius, tau), radius, alpha, classes)
-        rhs = y[b].reshape(classes, h * w).t()  # [H*W, K] view of class maps
+        matvec = _pixel_matvec(_pixel_graph(lab, radius, tau), alpha)
+        rhs = y[b].reshape(classes, h * w).t().contiguous()  # [H*W, K], pixels row-major
         z = conjugate_gradient(matvec, rhs, iterations, tol)
         out.append(z.t().reshape(classes, h, w))
     return torch.stack(out)
