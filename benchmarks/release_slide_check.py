@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import types
+import warnings
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
@@ -45,7 +46,8 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Module names the releases' source defines (purged between releases).
-_RELEASE_MODULES = ("clip", "pamr", "prompts", "clip_segmentor", "naclip")
+_RELEASE_MODULES = ("clip", "pamr", "prompts", "clip_segmentor", "naclip", "open_clip",
+                    "clearclip_segmentor", "BLIP", "gem")
 
 CLASS_LINES = [
     "sky, clouds",
@@ -131,9 +133,10 @@ def release_source(git_dir: str, paths: Sequence[str]) -> Iterator[str]:
         archive = subprocess.run(["git", "--git-dir", git_dir, "archive", "HEAD", *paths],
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        for name in list(sys.modules):
-            if name.split(".")[0] in _RELEASE_MODULES:
-                del sys.modules[name]
+        saved = {name: mod for name, mod in sys.modules.items()
+                 if name.split(".")[0] in _RELEASE_MODULES}
+        for name in saved:
+            del sys.modules[name]
         sys.path.insert(0, tmp)
         try:
             yield tmp
@@ -142,6 +145,7 @@ def release_source(git_dir: str, paths: Sequence[str]) -> Iterator[str]:
             for name in list(sys.modules):
                 if name.split(".")[0] in _RELEASE_MODULES:
                     del sys.modules[name]
+            sys.modules.update(saved)  # the installed open_clip (or clip) again
 
 
 def _images(short_side: int) -> List[torch.Tensor]:
@@ -235,38 +239,105 @@ NACLIP_CASES = [
 ]
 
 
+CLEARCLIP_CASES = [
+    ("windows 90/45, padded to x16 (VOC20-like)", dict(slide_crop=90, slide_stride=45),
+     dict(short_side=100, crop=90, stride=45)),
+    ("windows 96/48, prob_thd 0.5 (VOC21)", dict(slide_crop=96, slide_stride=48, prob_thd=0.5),
+     dict(short_side=112, crop=96, stride=48, prob_thd=0.5)),
+    ("whole image (slide_crop=0), prob_thd 0.15", dict(slide_crop=0, prob_thd=0.15),
+     dict(short_side=88, crop=0, prob_thd=0.15)),
+]
+
+
+class _KeepsFloat32(torch.Tensor):
+    r"""An input whose ``.half()`` stays float32: ClearCLIP's ``predict`` casts its input to
+    fp16 for its fp16 model; this runs its code path in float32, as ours runs here."""
+
+    def half(self, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        return self.as_subclass(torch.Tensor)
+
+
+def _clearclip_create_model(state: Dict[str, torch.Tensor]) -> Any:
+    r"""A stand-in for the ClearCLIP fork's ``create_model(name, pretrained=..., precision=...)``
+    (which downloads): the fork's own ``CLIP`` class, configured as :func:`tiny_model`, with
+    the tiny model's weights, in float32."""
+
+    def create_model(name: str, pretrained: Any = None, precision: str = "fp32", **_: Any) -> Any:
+        import open_clip  # the fork, first on sys.path
+
+        net = open_clip.model.CLIP(
+            embed_dim=64,
+            vision_cfg=dict(layers=3, width=128, head_width=64, patch_size=16, image_size=64),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
+            quick_gelu=True,
+        )
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if [k for k in missing if k != "attn_mask"] or unexpected:
+            raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
+        return net.eval()
+
+    return create_model
+
+
+def _theirs_clearclip(segmentor: nn.Module, images: Sequence[torch.Tensor]) -> List[Any]:
+    return _theirs(segmentor, [im.as_subclass(_KeepsFloat32) for im in images])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sclip", default="/work/.mirror/wangf3014+SCLIP/repo",
                         help="bare git dir (or clone) of wangf3014/SCLIP")
     parser.add_argument("--naclip", default="/work/.mirror/sinahmr+NACLIP/repo",
                         help="bare git dir (or clone) of sinahmr/NACLIP")
+    parser.add_argument("--clearclip", default="/work/.mirror/mc-lan+ClearCLIP/repo",
+                        help="bare git dir (or clone) of mc-lan/ClearCLIP")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore")  # the releases' deprecation warnings
     torch.set_num_threads(2)
     _stub_mm()
     model = tiny_model()
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "attn_mask"}
     total = 0
     with tempfile.TemporaryDirectory() as work:
         weights = _state_file(model, work)
         names = os.path.join(work, "classes.txt")
         with open(names, "w") as f:
             f.write("\n".join(CLASS_LINES) + "\n")
-        for release, git_dir, module, cls, preset, cases in (
-            ("SCLIP", args.sclip, "clip_segmentor", "CLIPForSegmentation", "sclip",
-             SCLIP_CASES),
-            ("NACLIP", args.naclip, "naclip", "NACLIP", "naclip", NACLIP_CASES),
-        ):
+        releases = (
+            # release, git dir, files, segmentor module, class, fixed arguments, preset, cases
+            ("SCLIP", args.sclip, ["clip", "pamr.py", "prompts"], "clip_segmentor",
+             "CLIPForSegmentation", dict(clip_path=weights), "sclip", SCLIP_CASES),
+            ("NACLIP", args.naclip, ["clip", "pamr.py", "prompts"], "naclip", "NACLIP",
+             dict(clip_path=weights), "naclip", NACLIP_CASES),
+            # the paper's method, not base_config.py's 'vanilla' (see the preset)
+            ("ClearCLIP", args.clearclip, ["open_clip", "prompts"], "clearclip_segmentor",
+             "ClearCLIPSegmentation", dict(clip_type="CLIP", vit_type="ViT-B/16",
+                                           model_type="ClearCLIP", ignore_residual=True),
+             "clearclip", CLEARCLIP_CASES),
+        )
+        for release, git_dir, files, module, cls, fixed, preset, cases in releases:
             head = subprocess.run(["git", "--git-dir", git_dir, "rev-parse", "--short", "HEAD"],
                                   capture_output=True, text=True, check=True).stdout.strip()
-            print(f"{release} @ {head} (its {module}.py, clip/, pamr.py) vs preset {preset!r}:")
-            with release_source(git_dir, ["clip", "pamr.py", "prompts", module + ".py"]):
+            print(f"{release} @ {head} (its {module}.py, {', '.join(files)}) vs preset {preset!r}:")
+            theirs_all = []
+            with release_source(git_dir, files + [module + ".py"]):
+                if release == "ClearCLIP":  # the segmentor imports BLIP and GEM: unused here
+                    for name in ("BLIP", "BLIP.models", "BLIP.models.blip_retrieval", "gem"):
+                        sys.modules[name] = types.ModuleType(name)
+                    sys.modules["BLIP.models.blip_retrieval"].blip_retrieval = None  # type: ignore[attr-defined]
+                    import open_clip  # the fork
+
+                    open_clip.create_model = _clearclip_create_model(state)
                 segmentor_cls = getattr(__import__(module), cls)
-                for label, theirs_kw, ours_kw in cases:
+                for _, theirs_kw, ours_kw in cases:
                     images = _images(ours_kw["short_side"])
-                    segmentor = segmentor_cls(weights, names, device="cpu", **theirs_kw)
-                    theirs = _theirs(segmentor, images)
-                    ours = _ours(model, preset, ours_kw, images)
-                    total += _compare(f"  {label}", ours, theirs, release == "NACLIP")
+                    segmentor = segmentor_cls(name_path=names, device="cpu", **fixed,
+                                              **theirs_kw)
+                    run = _theirs_clearclip if release == "ClearCLIP" else _theirs
+                    theirs_all.append((images, run(segmentor, images)))
+            for (label, _, ours_kw), (images, theirs) in zip(cases, theirs_all):
+                ours = _ours(model, preset, ours_kw, images)
+                total += _compare(f"  {label}", ours, theirs, release == "NACLIP")
     print(f"differing pixels in all: {total}")
 
 
