@@ -29,6 +29,7 @@ are the same.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -194,6 +195,14 @@ class ProtocolSegmenter:
         self.patch = int(patch[0]) if isinstance(patch, (tuple, list)) else int(patch)
 
     @property
+    def reads_whole_image(self) -> bool:
+        r"""Whether the method scores a window with the whole image in view (it overrides
+        :meth:`~captum_clip_surgery.methods.base.TokenMapAttribution.sliding_windows`, as
+        CASS does); its windows then go one image per forward, inside that context, as
+        :func:`~captum_clip_surgery.sliding_window_scores` runs them."""
+        return type(self.method).sliding_windows is not TokenMapAttribution.sliding_windows
+
+    @property
     def device(self) -> torch.device:
         r"""The model's device."""
         return self.method.adapter.device
@@ -234,16 +243,20 @@ class ProtocolSegmenter:
             return [self._propagated(im, size) for im, size in zip(images, sizes)]
         plans = [self.windows((im.shape[-2], im.shape[-1])) for im in images]
         whole = s.crop == 0
-        # every window of one image has the same size: group by it, images in order
-        groups: Dict[Tuple[int, int], List[Tuple[int, int]]] = {}
+        # every window of one image has the same size: group by it, images in order. A
+        # method that reads the whole image while scoring its windows (CASS: its
+        # ``sliding_windows`` context) gets the windows of one image per forward, inside
+        # that image's context
+        per_image = not whole and self.reads_whole_image
+        groups: Dict[Tuple[int, int, int], List[Tuple[int, int]]] = {}
         for i, plan in enumerate(plans):
             for k, win in enumerate(plan):
-                groups.setdefault(win.input_size, []).append((i, k))
+                groups.setdefault(win.input_size + (i if per_image else -1,), []).append((i, k))
         q = len(self.queries)
         canvas: List[Optional[Tensor]] = [None] * len(images)
         count: List[Optional[Tensor]] = [None] * len(images)
         out: List[Optional[Tensor]] = [None] * len(images)
-        for (hi, wi), members in groups.items():
+        for (hi, wi, owner), members in groups.items():
             for start in range(0, len(members), self.window_batch):
                 chunk = members[start : start + self.window_batch]
                 crops = []
@@ -251,7 +264,9 @@ class ProtocolSegmenter:
                     win = plans[i][k]
                     crop = images[i][:, win.y0 : win.y1, win.x0 : win.x1]
                     crops.append(F.pad(crop, win.pad) if any(win.pad) else crop)
-                grid = self._forward(torch.stack(crops))
+                with (self.method.sliding_windows(images[owner][None]) if owner >= 0
+                      else contextlib.nullcontext()):
+                    grid = self._forward(torch.stack(crops))
                 for n, (i, k) in enumerate(chunk):  # one window at a time bounds the memory
                     cell = grid[n : n + 1]
                     if whole and s.whole_image_resize == "direct":

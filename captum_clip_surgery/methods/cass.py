@@ -470,7 +470,8 @@ class CASSAttribution(TokenMapAttribution):
     def sliding_windows(self, images: Tensor) -> Iterator[None]:
         r"""While :func:`~captum_clip_surgery.sliding_window_scores` scores the windows of
         ``images``, the global scores come from the whole images' own embeddings (the
-        release's protocol, except Cityscapes, where each crop's own is used)."""
+        release's protocol, except Cityscapes, where each crop's own is used). One image
+        (``[1, 3, H, W]``) serves any number of its windows per forward."""
         with torch.no_grad(), self.running():
             prepared = prepare_images(self.adapter, images, "images")
             whole = pooled_image_features(self.adapter, prepared).float()
@@ -489,8 +490,9 @@ class CASSAttribution(TokenMapAttribution):
         whole image's inside :meth:`sliding_windows`)."""
         whole = _WHOLE.get()
         own = features[:, 0]
-        if whole is not None and whole.shape[0] == features.shape[0]:
-            own = whole.to(features.device)
+        if whole is not None and whole.shape[0] in (1, features.shape[0]):
+            # one whole image for several windows: the windows of that image
+            own = whole.to(features.device).expand(features.shape[0], -1)
         g = own @ text_features.t()  # [B, T]
         clusters = self.clusters(texts)
         w = self.global_semantics_weight

@@ -170,6 +170,30 @@ def test_windows_of_several_images_share_a_forward(clf, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(together, split))
 
 
+def test_a_method_reading_the_whole_image_gets_it_for_each_window(clf):
+    # CASS with global weight 1: a window's scores are the cosines of its image's whole
+    # embedding with the texts (its ``sliding_windows`` context), the same over the
+    # image; windows of several images in one call still each get their own image's
+    pytest.importorskip("scipy")
+    from captum_clip_surgery._validation import prepare_images
+    from captum_clip_surgery.methods.cass import CASSAttribution
+
+    method = CASSAttribution(clf, global_semantics_weight=1.0)
+    s = get_preset("sclip").settings("custom").replace(short_side=40, crop=32, stride=16)
+    sizes = [(30, 44), (52, 37), (30, 44)]
+    images = _images(sizes, 40, seed=5)
+    seg = ProtocolSegmenter(method, CLASSES, s)
+    assert seg.reads_whole_image
+    cosines = seg.cosines(images, sizes)
+    texts = clf.encode_texts(QUERIES)
+    for image, size, cos in zip(images, sizes, cosines):
+        with torch.no_grad():
+            own = method.token_features(prepare_images(method.adapter, image[None]))[0]
+        g = F.normalize(own[0, 0].float(), dim=-1) @ texts.t()
+        assert cos.shape == (len(QUERIES),) + size
+        torch.testing.assert_close(cos, g[:, None, None].expand_as(cos), atol=1e-5, rtol=1e-5)
+
+
 def test_plan_windows_hand_cases():
     assert [(w.y0, w.y1, w.x0, w.x1) for w in plan_windows((40, 58), 32, 16, None, 8)] == [
         (0, 32, 0, 32), (0, 32, 16, 48), (0, 32, 26, 58),
