@@ -724,8 +724,11 @@ def test_cli_prints_file_names_escaped(image_dir, tmp_path, capsys):
 #: A driver of the command line whose writes of maps are slow (``slow``) or hang half-way
 #: (``hang``), so that a signal reliably lands in the middle of a run.
 _DRIVER = r'''
-import sys, time
+import signal, sys, time
 import numpy as np
+# as in a terminal: a shell that starts the tests in the background (nohup, CI runners)
+# leaves SIGINT ignored, and Python then never raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 mode = sys.argv[1]
 real = np.save
 def save(fh, array):
