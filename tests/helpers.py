@@ -7,7 +7,7 @@ Fixtures stay in ``conftest.py``; everything a test imports lives here.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -139,3 +139,26 @@ def write_segmentation_layout(
             fh.write("\n".join(ids) + "\n")
         return ids
     return sorted(ids)
+
+
+def run_threads(n: int, work: Callable[[int], None]) -> List[BaseException]:
+    r"""Run ``work(i)`` for ``i < n`` in ``n`` threads released together (a barrier);
+    returns the exceptions they raised."""
+    import threading
+
+    errors: List[BaseException] = []
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            start.wait()
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

@@ -3,16 +3,13 @@ was in, and no call runs with dropout or batch statistics, however calls overlap
 
 from __future__ import annotations
 
-import threading
-from typing import Callable, List
-
 import pytest
 import torch
 from torch import nn
 
 from captum_clip_surgery import CLIPSurgeryAttribution, CLIPZeroShotClassifier
 from captum_clip_surgery.adapters import inference_mode_of
-from tests.helpers import FEW_TEMPLATES, TEXTS, ModelSnapshot
+from tests.helpers import FEW_TEMPLATES, TEXTS, ModelSnapshot, run_threads
 from tests.models import tiny_resnet, tiny_vit
 
 
@@ -23,24 +20,6 @@ def _vit_with_dropout() -> nn.Module:
         block.mlp.add_module("drop", nn.Dropout(0.5))
     return model
 
-
-def _run_threads(n: int, work: Callable[[int], None]) -> List[BaseException]:
-    errors: List[BaseException] = []
-    start = threading.Barrier(n)
-
-    def run(i: int) -> None:
-        try:
-            start.wait()
-            work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
 
 
 def test_nested_calls_restore_the_outer_mode():
@@ -82,7 +61,7 @@ def test_threads_on_a_model_in_train_mode(build, side):
                                        rtol=0, atol=1e-6)
             torch.testing.assert_close(clf(images), expected_logits, rtol=0, atol=1e-5)
 
-    errors = _run_threads(8, work)
+    errors = run_threads(8, work)
     assert not errors, errors[0]
     assert all(m.training for m in model.modules())  # back in train mode, every submodule
     snap.assert_unchanged()  # batch-norm running statistics untouched

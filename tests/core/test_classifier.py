@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from captum_clip_surgery import DEFAULT_TEMPLATES, SCENE_TEMPLATES, CLIPZeroShotClassifier
 from tests import reference as ref
-from tests.helpers import FEW_TEMPLATES, TEXTS, images_for
+from tests.helpers import FEW_TEMPLATES, TEXTS, images_for, run_threads
 from tests.models import tiny_vit
 
 
@@ -77,25 +77,6 @@ def test_train_mode_model_is_explained_with_inference_behaviour(snapshot):
     assert model.training
 
 
-def _in_threads(n, work):
-    import threading
-
-    errors, start = [], threading.Barrier(n)
-
-    def run(i):
-        try:
-            start.wait()
-            work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
-
 
 def test_gradcam_from_several_threads_at_once(snapshot, tmp_path):
     r"""Issue 18, item 16: Captum's hooks sit on the classifier's shared grid layer; calls
@@ -134,7 +115,7 @@ def test_gradcam_from_several_threads_at_once(snapshot, tmp_path):
                                                  texts=["cat"]):
                     torch.testing.assert_close(maps, expected_folder[path], rtol=0, atol=1e-6)
 
-    errors = _in_threads(4, work)
+    errors = run_threads(4, work)
     assert not errors, repr(errors[0])
     assert all(not layer._forward_hooks and not layer._forward_pre_hooks
                for layer in clf.grid_layers)  # every Captum hook removed again
