@@ -69,11 +69,7 @@ def _load_strict(model: nn.Module, state: Dict[str, Tensor], what: str) -> None:
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    try:
-        _check_loaded_keys(what, missing, unexpected, mismatched, allow_partial=False)
-    except ValueError as exc:
-        raise ValueError("backbone" + str(exc)[len("model"):].split("; pass allow_partial")[0]) \
-            from None
+    _check_loaded_keys(what, missing, unexpected, mismatched, None, "backbone")
     model.load_state_dict(state, strict=True)
 
 
@@ -133,10 +129,8 @@ def _transformers_backbone(path_or_id: str) -> nn.Module:
             f"backbone: could not read the config of {path_or_id!r} from local files: "
             f"{_first_line(exc)}"
         ) from None
-    try:
-        _check_config_size(config.to_dict(), _hf_weight_files(path_or_id, local), repr(path_or_id))
-    except ValueError as exc:
-        raise ValueError("backbone" + str(exc)[len("model"):]) from None
+    _check_config_size(config.to_dict(), _hf_weight_files(path_or_id, local), repr(path_or_id),
+                       "backbone")
     try:
         model, info = transformers.AutoModel.from_pretrained(
             path_or_id, local_files_only=True, output_loading_info=True, use_safetensors=True
@@ -147,12 +141,8 @@ def _transformers_backbone(path_or_id: str) -> nn.Module:
             f"safetensors files: {_first_line(exc)}"
         ) from None
     missing = [k for k in info.get("missing_keys", ()) if "pooler" not in k]
-    try:
-        _check_loaded_keys(repr(path_or_id), missing, list(info.get("unexpected_keys", ())),
-                           list(info.get("mismatched_keys", ())), allow_partial=False)
-    except ValueError as exc:
-        raise ValueError("backbone" + str(exc)[len("model"):].split("; pass allow_partial")[0]) \
-            from None
+    _check_loaded_keys(repr(path_or_id), missing, list(info.get("unexpected_keys", ())),
+                       list(info.get("mismatched_keys", ())), None, "backbone")
     return model
 
 

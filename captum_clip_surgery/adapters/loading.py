@@ -208,14 +208,15 @@ def _hf_weight_files(path_or_id: str, local: bool) -> List[str]:
     return [f for f in found if f is not None] if all(found) else []
 
 
-def _check_config_size(config: Mapping[str, Any], files: Sequence[str], what: str) -> None:
+def _check_config_size(config: Mapping[str, Any], files: Sequence[str], what: str,
+                       argument: str = "model") -> None:
     r"""Refuse, before building, a config far beyond its checkpoint (more than twice the
     parameters it holds: ``allow_partial`` does not lift this) or beyond
-    :data:`MAX_PARAMETERS`."""
+    :data:`MAX_PARAMETERS`; the message starts with ``argument``."""
     estimate = config_parameters(config)
     if estimate > MAX_PARAMETERS:
         raise ValueError(
-            f"model: the config of {what} describes about {estimate:,} parameters, more than "
+            f"{argument}: the config of {what} describes about {estimate:,} parameters, more than "
             f"load_clip builds ({MAX_PARAMETERS:,}: building it would take minutes and "
             f"{4 * estimate / 1e9:,.0f} GB); check the config's sizes (num_hidden_layers, "
             "hidden_size, ...)"
@@ -223,7 +224,7 @@ def _check_config_size(config: Mapping[str, Any], files: Sequence[str], what: st
     held = _safetensors_parameters(files) if files else None
     if held is not None and estimate > _CONFIG_OVER_CHECKPOINT * held + 1_000_000:
         raise ValueError(
-            f"model: the config of {what} describes about {estimate:,} parameters but its "
+            f"{argument}: the config of {what} describes about {estimate:,} parameters but its "
             f"checkpoint holds {held:,}: the rest would be random (does the config match the "
             "checkpoint? num_hidden_layers, hidden_size, ...); nothing was built"
         )
@@ -235,9 +236,12 @@ def _shown(keys: Sequence[str], limit: int = 6) -> str:
 
 
 def _check_loaded_keys(what: str, missing: Sequence[str], unexpected: Sequence[str],
-                       mismatched: Sequence[Any], allow_partial: bool) -> None:
+                       mismatched: Sequence[Any], allow_partial: Optional[bool],
+                       argument: str = "model") -> None:
     r"""An error (a warning with ``allow_partial``) naming the tensors a checkpoint lacks,
-    the ones the model does not have, and the ones of another shape."""
+    the ones the model does not have, and the ones of another shape; the message starts
+    with ``argument``. ``allow_partial=None``: no partial load is offered (always an
+    error, without the hint to allow it)."""
     problems = []
     if missing:
         problems.append(f"lacks {len(missing)} of the model's tensors ({_shown(missing)}), "
@@ -255,9 +259,11 @@ def _check_loaded_keys(what: str, missing: Sequence[str], unexpected: Sequence[s
         warnings.warn(f"load_clip: {message}; loaded anyway (allow_partial=True)",
                       UserWarning, stacklevel=3)
         return
+    if allow_partial is None:
+        raise ValueError(f"{argument}: {message}")
     raise ValueError(
-        f"model: {message}; pass allow_partial=True (clip-surgery: --allow-partial-weights) "
-        "to load it anyway"
+        f"{argument}: {message}; pass allow_partial=True (clip-surgery: "
+        "--allow-partial-weights) to load it anyway"
     )
 
 
