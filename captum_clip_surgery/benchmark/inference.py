@@ -43,7 +43,24 @@ from captum_clip_surgery.apps.segmentation import window_spans
 from captum_clip_surgery.benchmark.presets import ProtocolSettings
 from captum_clip_surgery.methods.base import FeatureSurgery, TokenMapAttribution
 
-__all__ = ["ProtocolSegmenter", "Window", "plan_windows", "postprocess"]
+__all__ = ["ProtocolSegmenter", "Window", "default_window_batch", "plan_windows", "postprocess"]
+
+
+def default_window_batch(device: Any) -> int:
+    r"""Windows per forward when none is given: 8 on the CPU, 64 elsewhere.
+
+    On a CPU a ViT forward of 6 to 8 windows is the fastest per window
+    (``benchmarks/bench_benchmark.py`` prints the plain forward at 1, 8 and 48 windows per
+    call): larger batches leave the caches (a 224-px ViT-B/16 forward of 48 windows holds
+    90 MB of attention per block) and run slower per window. A GPU gains from large ones.
+
+    Args:
+        device (torch.device or str): where the model runs.
+
+    Returns:
+        int: the number of windows per forward.
+    """
+    return 8 if torch.device(device).type == "cpu" else 64
 
 
 @dataclass(frozen=True)
@@ -127,13 +144,20 @@ def postprocess(
         index = query_class.to(probs.device).view(-1, *([1] * (probs.ndim - 1)))
         probs = probs.new_zeros((num_classes,) + tuple(probs.shape[1:])).scatter_reduce_(
             0, index.expand_as(probs), probs, "amax", include_self=True)  # probs are >= 0
+    # ``max`` gives the release's ``argmax`` (the first of equal values) and ``max`` in one
+    # pass over the probabilities
+    top, labels = probs.max(0)
     if area_thd is not None:
-        best = probs.argmax(0)
-        area = torch.bincount(best.flatten(), minlength=num_classes)[1:].to(probs.dtype)
-        keep = (area > area_thd * area.sum()).to(probs.dtype)
-        probs[1:] *= keep[:, None, None]
-    labels = probs.argmax(0)
-    labels[probs.max(0)[0] < prob_thd] = 0
+        area = torch.bincount(labels.flatten(), minlength=num_classes)[1:].to(probs.dtype)
+        keep = area > area_thd * area.sum()
+        if not bool(keep.all()):
+            probs[1:] *= keep.to(probs.dtype)[:, None, None]
+            # a class that is no pixel's best changes no pixel's best or its value when
+            # set to 0 (probabilities sum to 1, so every best is above 0): recompute only
+            # when a class that is somewhere the best was dropped
+            if bool(((~keep) & (area > 0)).any()):
+                top, labels = probs.max(0)
+    labels[top < prob_thd] = 0
     return labels, probs
 
 
@@ -147,7 +171,8 @@ class ProtocolSegmenter:
         settings (ProtocolSettings): the protocol (:meth:`Preset.settings`).
         feature_surgery (str or Tensor, optional): passed to ``similarity`` (default
             the method's own).
-        window_batch (int): at most this many windows per forward.
+        window_batch (int, optional): at most this many windows per forward (default
+            :func:`default_window_batch` of the model's device: 8 on the CPU, 64 elsewhere).
         refine_backbone (optional): the graph backbone of ``settings.refine`` (LPOSS);
             default the method's own second backbone, else the model's image tower.
 
@@ -164,7 +189,7 @@ class ProtocolSegmenter:
         classes: Sequence[Sequence[str]],
         settings: ProtocolSettings,
         feature_surgery: Optional[FeatureSurgery] = None,
-        window_batch: int = 64,
+        window_batch: Optional[int] = None,
         refine_backbone: Any = None,
     ) -> None:
         if not isinstance(method, TokenMapAttribution):
@@ -174,6 +199,8 @@ class ProtocolSegmenter:
             )
         if not isinstance(settings, ProtocolSettings):
             raise TypeError(f"settings: expected ProtocolSettings, got {type(settings).__name__}")
+        if window_batch is None:
+            window_batch = default_window_batch(method.adapter.device)
         if isinstance(window_batch, bool) or not isinstance(window_batch, int) or window_batch < 1:
             raise ValueError(f"window_batch: expected a positive int, got {window_batch!r}")
         self.method = method
@@ -293,7 +320,7 @@ class ProtocolSegmenter:
         results = []
         for i in range(len(images)):
             if not whole:
-                mean = canvas[i] / count[i]  # type: ignore[operator]
+                mean = canvas[i].div_(count[i])  # type: ignore[union-attr]
                 canvas[i] = count[i] = None
                 out[i] = F.interpolate(mean[None], size=tuple(sizes[i]), mode="bilinear",
                                        align_corners=False)[0]

@@ -482,7 +482,7 @@ def segmentation_benchmark(
     overrides: Optional[Mapping[str, Any]] = None,
     limit: Optional[int] = None,
     batch_size: int = 8,
-    window_batch: int = 64,
+    window_batch: Optional[int] = None,
     num_workers: int = 0,
     state_dir: Optional[str] = None,
     progress: bool = False,
@@ -529,7 +529,8 @@ def segmentation_benchmark(
             :data:`~captum_clip_surgery.benchmark.PRESET_FIELDS`).
         limit (int, optional): the first ``limit`` images only.
         batch_size (int): images whose windows share forwards.
-        window_batch (int): at most this many windows per forward.
+        window_batch (int, optional): at most this many windows per forward (default 8 on
+            the CPU, 64 elsewhere: :func:`~captum_clip_surgery.benchmark.inference.default_window_batch`).
         num_workers (int): ``DataLoader`` worker processes reading images.
         state_dir (str, optional): keep each image's counts there and skip images already
             stored for the same model, dataset, classes, method and settings (resume).
@@ -555,7 +556,8 @@ def segmentation_benchmark(
     """
     start = time.perf_counter()
     check_int("batch_size", batch_size, minimum=1)
-    check_int("window_batch", window_batch, minimum=1)
+    if window_batch is not None:
+        check_int("window_batch", window_batch, minimum=1)
     check_int("num_workers", num_workers, minimum=0)
     check_int("scenes_size", scenes_size, minimum=1)
     if limit is not None:
@@ -599,7 +601,7 @@ def _run_dataset(
     save_predictions: Optional[str],
     limit: Optional[int],
     batch_size: int,
-    window_batch: int,
+    window_batch: Optional[int],
     num_workers: int,
     state_dir: Optional[str],
     progress: bool,

@@ -78,8 +78,9 @@ def add_parsers(sub: Any) -> None:
                         "run continues from them); default benchmark")
     b.add_argument("--batch-size", type=int, default=8,
                    help="images whose windows share forwards (default 8)")
-    b.add_argument("--window-batch", type=int, default=64,
-                   help="at most this many windows per forward (default 64)")
+    b.add_argument("--window-batch", type=int, default=None,
+                   help="at most this many windows per forward (default 8 on the CPU, 64 on a "
+                        "GPU)")
     b.add_argument("--workers", type=int, default=2, help="image-reading processes (default 2)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")

@@ -232,6 +232,36 @@ def test_area_rule_drops_small_classes_before_the_argmax():
     assert labels[0, 0] == 0 and (probs[1] == 0).all() and (labels[0, 1:] == 2).all()
 
 
+def _release_postprocess(cos, query_class, num_classes, logit_scale, prob_thd, area_thd):
+    r"""SCLIP's ``postprocess_result`` written out: softmax, max over synonyms, the one-hot
+    area rule, ``argmax`` and the threshold on ``max``."""
+    probs = (cos * logit_scale).softmax(0)
+    probs = torch.stack([probs[query_class == c].amax(0) for c in range(num_classes)])
+    if area_thd is not None:
+        onehot = F.one_hot(probs.argmax(0), num_classes).to(probs.dtype)
+        area = onehot[:, :, 1:].sum((0, 1))
+        probs[1:] *= (area > area_thd * area.sum()).to(probs.dtype)[:, None, None]
+    labels = probs.argmax(0)
+    labels[probs.max(0)[0] < prob_thd] = 0
+    return labels, probs
+
+
+@pytest.mark.parametrize("area_thd", [None, 0.0, 0.1, 0.3])
+def test_postprocess_equals_the_release_formula(area_thd):
+    # coarse values make ties between classes; the first class wins them in both. Some
+    # classes win no pixel (area 0), some a small area that the rule drops
+    g = torch.Generator().manual_seed(3)
+    query_class = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5])
+    cos = (torch.randint(0, 4, (9, 12, 13), generator=g) / 4.0)
+    cos[5:] -= 0.5  # classes 3..5 win fewer pixels
+    cos[3, :2, :2] = 2.0  # class 2 wins a small corner
+    for prob_thd in (0.0, 0.35):
+        got = postprocess(cos, query_class, 6, 10.0, prob_thd, area_thd)
+        want = _release_postprocess(cos, query_class, 6, 10.0, prob_thd, area_thd)
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
+
+
 def test_errors(clf):
     s = get_preset("sclip").settings("custom")
     with pytest.raises(TypeError, match="method: expected a token-map attribution"):
