@@ -50,3 +50,18 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    r"""Start the selected tutorial notebooks in the background (:mod:`tests.test_tutorials`):
+    their kernels run on the core the single-threaded suite leaves free."""
+    from tests import test_tutorials
+
+    test_tutorials.start_selected(session)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import test_tutorials
+
+    test_tutorials.stop()
+
