@@ -270,7 +270,9 @@ def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
     r = radius
     size = 2 * r + 1
     taps = size * size
-    lab_windows = _windows(lab, r)  # [3, H, W, s, s], a view
+    # taps outside the image read +inf: their distance, and so their log weight, is -inf
+    lab_windows = F.pad(lab, (r, r, r, r), value=float("inf")).unfold(-2, size, 1).unfold(
+        -2, size, 1)  # [3, H, W, s, s], a view
     logs = torch.empty(h, w, size, size, dtype=lab.dtype, device=lab.device)
     half = torch.empty(h, w, dtype=lab.dtype, device=lab.device)
     rows = max(1, (1 << 18) // max(w * taps, 1))  # row chunks of ~1 MiB, in cache
@@ -280,16 +282,9 @@ def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
         part = logs[y0:y1]
         torch.sub(lab[0, y0:y1, :, None, None], lab_windows[0, y0:y1], out=part).square_()
         for c in (1, 2):
-            part.add_((lab[c, y0:y1, :, None, None] - lab_windows[c, y0:y1]).square_())
+            diff = lab[c, y0:y1, :, None, None] - lab_windows[c, y0:y1]
+            part.addcmul_(diff, diff)
         part.sqrt_().div_(-tau)
-        for j in range(size):  # taps outside the image: -inf
-            d = j - r
-            if d < 0:
-                part[:, : min(w, -d), :, j] = ninf
-                part[: max(0, min(y1, -d) - y0), :, j] = ninf
-            elif d > 0:
-                part[:, max(0, w - d) :, :, j] = ninf
-                part[max(0, h - d - y0) :, :, j] = ninf
         part[:, :, r, r] = ninf  # no self loop
         flat = part.view(y1 - y0, w, taps)
         top = flat.amax(dim=-1, keepdim=True)
@@ -301,9 +296,8 @@ def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         part = logs[y0:y1]
-        part.sub_(half[y0:y1, :, None, None] + half_windows[y0:y1])
-        low = part <= -69.0  # e^-69 ≈ 1e-30
-        part.clamp_(min=-69.0).exp_().masked_fill_(low, 0.0)
+        part.sub_(half[y0:y1, :, None, None]).sub_(half_windows[y0:y1])
+        part.masked_fill_(part <= -69.0, ninf).exp_()  # e^-69 ≈ 1e-30; e^-inf is 0
     # every pixel keeps all s*s taps (the pixel itself and those outside the image with
     # weight 0, their columns clamped into range): no compaction, the same row length
     dy = torch.arange(-r, r + 1, device=lab.device, dtype=torch.int32)
