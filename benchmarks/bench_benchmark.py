@@ -85,7 +85,8 @@ def main() -> None:
     queries = [q for line in lines for q in line]
     clf = CLIPZeroShotClassifier(model, queries, templates=protocol_templates(settings.templates),
                                  tokenizer=tokenizer)
-    method = build_method(args.method, clf)
+    # with the preset's method options, as the benchmark builds it
+    method = build_method(args.method, clf, **settings.options_for(args.method))
     with torch.no_grad():
         clf.encode_texts(queries)
     rng = np.random.default_rng(0)

@@ -23,10 +23,13 @@ The same model, the same resized and normalised images
 :func:`~captum_clip_surgery.benchmark.inputs.normalize_image`, which is what the release's
 data pipeline hands its segmentor) and the same class file go through
 :class:`~captum_clip_surgery.benchmark.ProtocolSegmenter` under the preset, with the
-release's windows, logit scale, thresholds and PAMR. The script prints, per case, the
-number of pixels whose labels differ (out of all pixels), the largest difference of the
-class probabilities, and where the release's probabilities are NaN (ProxyCLIP's attention
-over a window whose mean patch similarity exceeds ``1 / beta``), at how many pixels::
+release's windows, logit scale, thresholds and PAMR, and the preset's method options
+(``proxyclip``: ``empty_rows="nan"``, the release's attention). The script prints, per
+case, the number of pixels whose labels differ (out of all pixels), the largest difference
+of the class probabilities where both are finite, and where the release's probabilities
+are NaN (ProxyCLIP's attention over a window whose mean patch similarity exceeds
+``1 / beta``), at how many pixels, whether ours are NaN at the same ones, and how many of
+them differ::
 
     python benchmarks/release_slide_check.py \
         --sclip /work/.mirror/wangf3014+SCLIP/repo --naclip /work/.mirror/sinahmr+NACLIP/repo \
@@ -188,12 +191,14 @@ def _ours(model: nn.Module, preset: str, changes: Dict[str, Any],
     from captum_clip_surgery.methods.registry import method_defaults
 
     p = get_preset(preset)
+    # the preset's method options (proxyclip: the release's empty_rows="nan"), ours over them
     s = p.settings("custom").replace(**changes)
+    s = s.with_method_options({s.method: options or {}})
     lines = parse_class_lines("\n".join(class_lines) + "\n", s.synonym_separator)
     queries = [q for line in lines for q in line]
     clf = CLIPZeroShotClassifier(model, queries, templates=protocol_templates(s.templates),
                                  truncate_text=False)
-    method = build_method(s.method, clf, **(options or {}))
+    method = build_method(s.method, clf, **s.options_for(s.method))
     mode = method_defaults(s.method, clf, torch.zeros(1, 3, 16, 16)).get("feature_surgery")
     seg = ProtocolSegmenter(method, lines, s, mode)
     return seg.predict(list(images), list(sizes), return_probs=True)
@@ -214,26 +219,32 @@ def _compare(name: str, ours: Sequence[Any], theirs: Sequence[Any],
              renormalised: bool) -> Tuple[int, int]:
     r"""Prints the case's line; returns the differing pixels and, of those, the ones where
     the release's probabilities are NaN (there its label is 0; the largest probability
-    difference is taken where they are finite)."""
-    differ = total = nan = nan_differ = 0
+    difference is taken where both sides' are finite)."""
+    differ = total = nan = our_nan = one_side = nan_differ = 0
     prob = 0.0
     classes = set()
     for (lab, probs), (their_lab, their_probs) in zip(ours, theirs):
         their_probs = their_probs.float()
         bad = torch.isnan(their_probs).any(0)
+        ours_bad = torch.isnan(probs).any(0)
         differ += int((lab != their_lab).sum())
         nan += int(bad.sum())
+        our_nan += int(ours_bad.sum())
+        one_side += int((bad ^ ours_bad).sum())
         nan_differ += int(((lab != their_lab) & bad).sum())
         total += lab.numel()
         if renormalised:  # NACLIP returns its class probabilities divided by their sum
             probs = probs / probs.sum(0, keepdim=True)
-        if not bool(bad.all()):
-            prob = max(prob, float((probs - their_probs).abs()[:, ~bad].max()))
+        finite = ~(bad | ours_bad)
+        if bool(finite.any()):
+            prob = max(prob, float((probs - their_probs).abs()[:, finite].max()))
         classes |= {int(v) for v in lab.unique()}
     print(f"{name:<58} {differ:>6} of {total} pixels differ; classes predicted "
           f"{len(classes)}; max |prob difference| {prob:.1e}"
-          + (f"; the release's probabilities are NaN at {nan} pixels ({nan_differ} of the "
-             "differing ones)" if nan else ""))
+          + (f"; the release's probabilities are NaN at {nan} pixels, ours "
+             + (f"at the same {our_nan}" if not one_side else
+                f"at {our_nan} ({one_side} NaN on one side only)")
+             + f" ({nan_differ} of the differing ones)" if nan or our_nan else ""))
     return differ, nan_differ
 
 
@@ -406,7 +417,8 @@ def check_proxyclip(git_dir: str, dino_dir: str, model: nn.Module,
                     state: Dict[str, torch.Tensor], work: str) -> Tuple[int, int]:
     r"""ProxyCLIP's segmentor (its ``proxyclip_segmentor.py``, ``open_clip`` fork, prompts
     and ``myutils.py``) with the tiny CLIP and the tiny DINO, against ours under the preset
-    with the same DINO weights as a timm backbone. Returns the differing pixels and, of
+    (its method options: ``empty_rows="nan"``, the release's attention) with the same DINO
+    weights as a timm backbone. Returns the differing pixels and, of
     those, the ones where the release's probabilities are NaN."""
     from unittest import mock
 

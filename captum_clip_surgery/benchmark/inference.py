@@ -20,7 +20,10 @@ For each image (already resized and normalised as the protocol reads it):
    original size.
 5. ``× logit_scale``, softmax over **all queries**, a class's probability is the
    **max over its synonyms**, SCLIP's ``area_thd``, argmax, and pixels whose best class
-   probability is below ``prob_thd`` become class 0.
+   probability is below ``prob_thd`` become class 0. A pixel whose cosines are NaN
+   (ProxyCLIP's ``empty_rows="nan"``, the release's attention, spreads a window's NaN
+   through the resizes) has NaN probabilities and is labelled 0, as the release's
+   ``argmax`` labels it; NaN is never below ``prob_thd``.
 
 That is the order of SCLIP's, NACLIP's, ClearCLIP's and ProxyCLIP's ``predict``; every
 tensor operation is the one they run, in the same order per pixel, so that the labels
@@ -137,7 +140,8 @@ def postprocess(
 
     Returns:
         tuple[Tensor, Tensor]: ``[H, W]`` long labels and ``[C, H, W]`` class probabilities
-        (after the area rule).
+        (after the area rule). A pixel whose probabilities are all NaN (NaN cosines) is
+        labelled 0, as the releases' ``argmax`` labels it.
     """
     probs = (cosines * logit_scale).softmax(0)
     if num_classes != probs.shape[0]:
@@ -157,7 +161,10 @@ def postprocess(
             # when a class that is somewhere the best was dropped
             if bool(((~keep) & (area > 0)).any()):
                 top, labels = probs.max(0)
-    labels[top < prob_thd] = 0
+    labels[top < prob_thd] = 0  # NaN is below nothing, as in the release
+    missing = top.isnan()  # NaN cosines: every probability is NaN (a softmax of a NaN)
+    if bool(missing.any()):  # the release (argmax on the CPU: the first NaN) says 0; so on every device
+        labels[missing & probs.isnan().all(0)] = 0
     return labels, probs
 
 

@@ -17,7 +17,11 @@ published protocol): the release's ViT-B/16 settings scaled to the shipped scene
 
 Any field is overridden per call: :meth:`ProtocolSettings.replace` in Python,
 ``overrides={...}`` of :func:`~captum_clip_surgery.benchmark.segmentation_benchmark`, or
-``--set FIELD=VALUE`` on the command line.
+``--set FIELD=VALUE`` on the command line. A preset's ``method_options`` (constructor
+arguments of its method where the release runs it otherwise than the package's default)
+are merged under the caller's own: :meth:`ProtocolSettings.with_method_options`,
+``method_options={...}`` of ``segmentation_benchmark``, or
+``--method-option METHOD.ARGUMENT=VALUE``.
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ class Preset:
             backbone, then for LPOSS+ over a pixel graph; see
             :func:`~captum_clip_surgery.apps.label_propagation.lposs_scores`); default
             ``None``. None of the four releases refines so; ``--set refine=lposs+`` adds it.
+        method_options (dict[str, dict[str, Any]]): ``{method: constructor keyword
+            arguments}`` the release's own run implies where they differ from the method's
+            defaults (ProxyCLIP: ``{"proxyclip": {"empty_rows": "nan"}}``); the caller's
+            options win per argument (:meth:`ProtocolSettings.with_method_options`).
         datasets (dict[str, DatasetSettings]): per dataset.
     """
 
@@ -118,6 +126,7 @@ class Preset:
     std: Tuple[float, float, float] = (68.501, 66.632, 70.323)
     templates: str = "openai_imagenet"
     refine: Optional[str] = None
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def settings(self, dataset: str) -> ProtocolSettings:
         r"""The flat settings of one dataset under this preset.
@@ -135,6 +144,7 @@ class Preset:
             )
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name not in ("name", "datasets")}
+        shared["method_options"] = {m: dict(o) for m, o in self.method_options.items()}
         per = dataclasses.asdict(self.datasets[dataset])
         return ProtocolSettings(preset=self.name, dataset=dataset, **shared, **per)
 
@@ -142,7 +152,8 @@ class Preset:
 @dataclass(frozen=True)
 class ProtocolSettings:
     r"""Every setting of one (preset, dataset) pair (see :class:`Preset` and
-    :class:`DatasetSettings` for the fields)."""
+    :class:`DatasetSettings` for the fields; ``overridden`` names the fields the caller
+    changed)."""
 
     preset: str
     dataset: str
@@ -167,6 +178,7 @@ class ProtocolSettings:
     area_thd: Optional[float]
     class_file: str
     refine: Optional[str] = None
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     overridden: Tuple[str, ...] = field(default=())
 
     def replace(self, **changes: Any) -> ProtocolSettings:
@@ -188,8 +200,47 @@ class ProtocolSettings:
         done = tuple(dict.fromkeys(self.overridden + tuple(checked)))
         return dataclasses.replace(self, overridden=done, **checked)
 
+    def with_method_options(
+        self, options: Optional[Mapping[str, Mapping[str, Any]]]
+    ) -> ProtocolSettings:
+        r"""A copy whose ``method_options`` are the preset's with ``options`` merged over
+        them, per method and argument (the caller's win); recorded in :attr:`overridden`
+        when ``options`` has any.
+
+        Args:
+            options (dict, optional): ``{method: {argument: value}}``, e.g.
+                ``{"proxyclip": {"empty_rows": "largest"}}``.
+
+        Returns:
+            ProtocolSettings: the new settings.
+
+        Examples::
+
+            >>> s = get_preset("proxyclip").settings("voc21")
+            >>> s.options_for("proxyclip")
+            {'empty_rows': 'nan'}
+            >>> s.with_method_options({"proxyclip": {"beta": 1.0}}).options_for("proxyclip")
+            {'empty_rows': 'nan', 'beta': 1.0}
+        """
+        checked = _check_method_options(options)
+        if not any(checked.values()):
+            return self
+        merged = {m: dict(o) for m, o in self.method_options.items()}
+        for m, o in checked.items():
+            merged.setdefault(m, {}).update(o)
+        done = tuple(dict.fromkeys(self.overridden + ("method_options",)))
+        return dataclasses.replace(self, method_options=merged, overridden=done)
+
+    def options_for(self, method: str) -> Dict[str, Any]:
+        r"""The constructor keyword arguments of ``method`` under these settings (a copy;
+        ``{}`` for a method the settings name none for)."""
+        return dict(self.method_options.get(method, {}))
+
     def describe(self) -> Dict[str, str]:
-        r"""The settings as ``{field: text}`` for the tables (overridden ones marked ``*``)."""
+        r"""The settings as ``{field: text}`` for the tables (overridden ones marked
+        ``*``): every field of :data:`PRESET_FIELDS`, then ``method_options``
+        (``method: argument=value, ...`` per method, ``; `` between methods, a module
+        shown by its class; ``none`` without any)."""
         out = {}
         for name in PRESET_FIELDS:
             value = getattr(self, name)
@@ -199,7 +250,44 @@ class ProtocolSettings:
             text = f"{value:g}" if isinstance(value, float) else (
                 repr(value) if name == "synonym_separator" else str(value))
             out[name] = text + (" *" if name in self.overridden else "")
+        text = "; ".join(
+            f"{m}: " + ", ".join(f"{k}={_option_text(v)}" for k, v in o.items())
+            for m, o in self.method_options.items() if o) or "none"
+        out["method_options"] = text + (" *" if "method_options" in self.overridden else "")
         return out
+
+
+def _option_text(value: Any) -> str:
+    r"""A constructor argument as the settings table shows it (a module by its class)."""
+    import torch.nn as nn
+
+    if isinstance(value, nn.Module):
+        return f"<{type(value).__name__}>"
+    return repr(value)
+
+
+def _check_method_options(options: Any) -> Dict[str, Dict[str, Any]]:
+    r"""``{method: {argument: value}}`` checked (method and argument names are strings)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"method_options: expected a dict {{method: {{argument: value}}}}, got "
+            f"{type(options).__name__}"
+        )
+    out = {}
+    for m, o in options.items():
+        if not isinstance(m, str) or not isinstance(o, Mapping):
+            raise TypeError(
+                f"method_options: expected a dict {{method: {{argument: value}}}}, got "
+                f"{m!r}: {type(o).__name__}"
+            )
+        bad = [k for k in o if not isinstance(k, str) or not k.isidentifier()]
+        if bad:
+            raise TypeError(f"method_options: {m!r}: argument names must be identifiers, "
+                            f"got {bad[0]!r}")
+        out[m] = dict(o)
+    return out
 
 
 #: Settings that ``overrides`` / ``--set`` may change.
@@ -427,6 +515,10 @@ _PROXYCLIP = Preset(
     mean=(122.771, 116.746, 104.094),  # P:34
     std=(68.501, 66.632, 70.323),  # P:35
     templates="openai_imagenet",  # P:90 openai_imagenet_template
+    # P:open_clip/transformer.py:573-574 cuts every proxy-attention argument below 0 to -inf,
+    # so a window whose mean patch similarity exceeds 1/beta is NaN (:578's softmax) and
+    # labelled 0 (P:280 argmax); the package's default keeps each row's maxima
+    method_options={"proxyclip": {"empty_rows": "nan"}},
     datasets={
         "voc20": DatasetSettings(336, 336, 112, 40, 0.0, None, "voc20.txt"),  # cfg_voc20.py:14
         "voc21": DatasetSettings(336, 336, 112, 40, 0.2, None, "voc21.txt"),

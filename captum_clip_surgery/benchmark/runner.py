@@ -538,7 +538,12 @@ def segmentation_benchmark(
         distributed (bool, optional): split the images over the ranks of the default
             process group (default: when one is initialised).
         scenes_size (int): the number of scenes of ``dataset="scenes"`` (before ``limit``).
-        method_options (dict, optional): ``{method: constructor keyword arguments}``.
+        method_options (dict, optional): ``{method: constructor keyword arguments}``,
+            merged over the preset's own (:attr:`~captum_clip_surgery.benchmark.Preset.method_options`:
+            ``proxyclip`` runs ``empty_rows="nan"``, as its release does); yours win per
+            argument, e.g. ``{"proxyclip": {"empty_rows": "largest"}}``. The tables' settings
+            show the options each method ran with; a method named here must be among
+            ``methods``.
         refine_backbone (optional): the graph backbone of the LPOSS refinement
             (``overrides={"refine": "lposs+"}``); default each method's own second
             backbone, else the model's image tower.
@@ -581,6 +586,13 @@ def segmentation_benchmark(
         if overrides:
             settings = settings.replace(**dict(overrides))
         method_list = _method_list(methods, settings)
+        settings = settings.with_method_options(method_options)
+        stray = [m for m in (method_options or {}) if m not in method_list]
+        if stray:
+            raise ValueError(
+                f"method_options: options for {', '.join(map(repr, stray))}, which is not "
+                f"among the methods run ({', '.join(method_list)})"
+            )
         results.append(_run_dataset(
             model, key, layout, base, settings, method_list, tokenizer, classes,
             save_predictions, limit, batch_size, window_batch, num_workers, state_dir,
@@ -621,8 +633,14 @@ def _run_dataset(
     probe = torch.zeros(1, 3, *(patch if isinstance(patch, tuple) else (patch, patch)))
     segmenters: Dict[str, ProtocolSegmenter] = {}
     for m in methods:
-        options = dict(method_options.get(m, {}))
-        obj = build_method(m, clf, **options)
+        options = settings.options_for(m)
+        try:
+            obj = build_method(m, clf, **options)
+        except (TypeError, ValueError) as exc:
+            if not method_options.get(m):  # the preset's own options are valid
+                raise
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"method_options: {m}: {exc}") from None
         if not isinstance(obj, TokenMapAttribution):
             raise ValueError(f"methods: {m!r} is not a token-map method")
         mode = method_defaults(m, clf, probe).get("feature_surgery")
@@ -643,8 +661,11 @@ def _run_dataset(
                 "dataset": key, "root": getattr(base, "root", ""), "classes": lines,
                 "method": m, "options": sorted(
                     (k, model_digest(v) if isinstance(v, nn.Module) else repr(v))
-                    for k, v in method_options.get(m, {}).items()),
-                "settings": {k: repr(getattr(settings, k)) for k in settings.describe()},
+                    for k, v in settings.options_for(m).items()),
+                # the options are the method's own above (the preset's merged with the
+                # caller's), not every method's
+                "settings": {k: repr(getattr(settings, k)) for k in settings.describe()
+                             if k != "method_options"},
                 "model": digest,
                 "refine_backbone": None if refine_backbone is None else (
                     model_digest(refine_backbone) if isinstance(refine_backbone, nn.Module)

@@ -4,6 +4,7 @@ protocol; ``clip-surgery coco-object``: COCO-Object labels from COCO-Stuff164k."
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,7 +19,7 @@ from captum_clip_surgery.cli.common import (
     world_size,
 )
 
-__all__ = ["add_parsers", "parse_setting", "run", "run_coco_object"]
+__all__ = ["add_parsers", "parse_method_option", "parse_setting", "run", "run_coco_object"]
 
 _DATASETS = ("voc20", "voc21", "context59", "context60", "coco_object", "coco_stuff",
              "cityscapes", "ade20k", "scenes", "all", "custom")
@@ -73,6 +74,14 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--seg-map-suffix", default=None, help="the label files' suffix")
     b.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a protocol setting (repeatable): " + ", ".join(PRESET_FIELDS))
+    b.add_argument("--method-option", action="append", default=[],
+                   metavar="METHOD.ARGUMENT=VALUE",
+                   help="a constructor argument of a method run (repeatable), over the "
+                        "preset's own: the proxyclip preset runs proxyclip.empty_rows=nan, as "
+                        "its release does (NaN windows labelled 0); "
+                        "--method-option proxyclip.empty_rows=largest keeps the package's "
+                        "default. VALUE is read as a Python literal (1.5, None, True, "
+                        "'text'), else kept as text")
     b.add_argument("--out", default="benchmark",
                    help="output folder: tables, and state/ (per-image results; an interrupted "
                         "run continues from them); default benchmark")
@@ -137,9 +146,31 @@ def parse_setting(text: str) -> Tuple[str, Any]:
         return key, value  # a string keeps its spaces (a synonym separator may end with one)
 
 
-def _user_error(exc: BaseException) -> UserError:
+def parse_method_option(text: str) -> Tuple[str, str, Any]:
+    r"""``METHOD.ARGUMENT=VALUE`` → ``(method, argument, value)``: the value is a Python
+    literal where it reads as one (``ast.literal_eval``: numbers, ``None``, ``True``,
+    quoted strings, tuples, ...), else the text (stripped)."""
+    key, sep, value = text.partition("=")
+    method, dot, argument = key.strip().partition(".")
+    method, argument = method.strip(), argument.strip()
+    if not sep or not dot or not method or not argument.isidentifier():
+        raise UserError(
+            "--method-option: expected METHOD.ARGUMENT=VALUE (e.g. "
+            f"proxyclip.empty_rows=largest), got {text!r}"
+        )
+    raw = value.strip()
+    try:
+        parsed: Any = ast.literal_eval(raw)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        parsed = raw
+    return method, argument, parsed
+
+
+def _user_error(exc: BaseException, options_flag: str = "--method-option") -> UserError:
     message = first_line(exc)
     head, sep, rest = message.partition(":")
+    if sep and head.strip() == "method_options":  # what the user passed, by its option
+        return UserError(f"{options_flag}:{rest}")
     if sep and head.strip() in _OPTIONS:
         return UserError(f"{_OPTIONS[head.strip()]}:{rest}")
     if sep and " " not in head.strip():  # a setting's own name (from --set)
@@ -166,6 +197,10 @@ def run(args: argparse.Namespace) -> Optional[str]:
     check_positive("--workers", args.workers, 0)
     check_device(args.device)
     overrides: Dict[str, Any] = dict(parse_setting(s) for s in args.set)
+    mine: Dict[str, Dict[str, Any]] = {}
+    for text in args.method_option:
+        method, argument, value = parse_method_option(text)
+        mine.setdefault(method, {})[argument] = value
     if args.dataset not in ("scenes",) and not args.root:
         raise UserError(f"--root: required for --dataset {args.dataset}")
     if args.dataset not in ("scenes",) and not args.model:
@@ -205,6 +240,8 @@ def run(args: argparse.Namespace) -> Optional[str]:
     options, refine_backbone = backbone_options(
         args, [m for m in chosen if m in METHOD_NAMES], device,
         refine=overrides.get("refine") in ("lposs", "lposs+"))
+    for method, given in mine.items():  # --method-option over --backbone's
+        options[method] = {**options.get(method, {}), **given}
     try:
         result = segmentation_benchmark(
             model, dataset, args.root, preset=args.preset, methods=args.methods,
@@ -217,7 +254,7 @@ def run(args: argparse.Namespace) -> Optional[str]:
             refine_backbone=refine_backbone,
         )
     except (ValueError, TypeError, OSError, ImportError, KeyError) as exc:
-        raise _user_error(exc) from None
+        raise _user_error(exc, "--method-option" if mine else "--backbone") from None
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0:
         written: List[str] = result.write(out)

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_clip_surgery._validation import check_int, check_positive_number, padded_size
+from captum_clip_surgery._validation import (
+    check_choice,
+    check_int,
+    check_positive_number,
+    padded_size,
+)
 from captum_clip_surgery.adapters.backbone import VisionBackbone
 from captum_clip_surgery.core.architecture import run_blocks
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
@@ -25,22 +30,35 @@ from captum_clip_surgery.methods.second_backbone import backbone_input, resolve_
 __all__ = ["ProxyCLIPAttribution", "proxy_attention"]
 
 
-def proxy_attention(features: Tensor, beta: float = 1.2, gamma: float = 3.0) -> Tensor:
+#: What :func:`proxy_attention` does with a row whose every argument is below 0.
+EMPTY_ROWS: Tuple[str, ...] = ("largest", "nan")
+
+
+def proxy_attention(
+    features: Tensor, beta: float = 1.2, gamma: float = 3.0, empty_rows: str = "largest"
+) -> Tensor:
     r"""ProxyCLIP's proxy attention from a backbone's patch features.
 
     ``A = softmax_j(γ (S_ij - β · mean(S)))`` with ``S = f̂ f̂ᵀ`` the cosine similarities of
     the L2-normalised features, ``mean(S)`` over the whole ``N × N`` matrix of each image
     (diagonal included), and every argument below 0 set to ``-inf`` before the softmax. A
-    row whose every argument falls below 0 (possible only when ``mean(S) > 1 / β``) keeps
-    its largest entries, where the release's softmax returns NaN. Computed in float32.
+    row whose every argument falls below 0 (every row of an image whose
+    ``mean(S) > 1 / β``, as then ``S_ij <= 1 < β · mean(S)``; the row of a zero feature
+    when ``β · mean(S) > 0``) is treated as ``empty_rows`` says. Computed in float32.
 
     Args:
         features (Tensor): ``[B, N, C]`` patch features.
         beta (float): the multiplier of the mean similarity (default 1.2).
         gamma (float): the temperature (default 3.0).
+        empty_rows (str): a row whose every argument is below 0: ``"largest"`` (default)
+            keeps its largest entries (a softmax over the row's maxima, so every row is a
+            distribution); ``"nan"`` cuts them too, as the release does
+            (``mc-lan/ProxyCLIP@e7b767f``, ``open_clip/transformer.py:573-574`` sets every
+            argument below 0 to ``-inf`` and :578's softmax of an all ``-inf`` row is NaN),
+            so such a row is NaN.
 
     Returns:
-        Tensor: float32 ``[B, N, N]``, rows summing to 1.
+        Tensor: float32 ``[B, N, N]``, rows summing to 1 (NaN rows with ``"nan"``).
 
     Examples::
 
@@ -50,10 +68,13 @@ def proxy_attention(features: Tensor, beta: float = 1.2, gamma: float = 3.0) -> 
                 [0., 1., 0.],
                 [0., 0., 1.]])
     """
+    check_choice("empty_rows", empty_rows, EMPTY_ROWS)
     f = F.normalize(features.float(), dim=-1)
     s = f @ f.transpose(1, 2)
     logits = (s - s.mean(dim=(1, 2), keepdim=True) * beta) * gamma
-    keep = (logits >= 0) | (logits == logits.amax(dim=-1, keepdim=True))
+    keep = logits >= 0
+    if empty_rows == "largest":
+        keep |= logits == logits.amax(dim=-1, keepdim=True)
     return logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
 
 
@@ -91,7 +112,8 @@ class ProxyCLIPAttribution(TokenMapAttribution):
     - ``mean(S)`` per image: the release takes it over the whole batch tensor (it runs one
       crop at a time); here a batch equals per-image calls;
     - float32 similarities and softmax (the release runs in fp16);
-    - a row with every argument below 0 keeps its maxima (NaN in the release);
+    - a row with every argument below 0 keeps its maxima by default (NaN in the release;
+      ``empty_rows="nan"`` gives the release's NaN);
     - the backbone's input is the image CLIP sees (padded to CLIP's patch, resized to a
       multiple of the backbone's where needed); the release pads crops to a multiple of 56.
 
@@ -110,6 +132,14 @@ class ProxyCLIPAttribution(TokenMapAttribution):
         tokenizer (Callable, optional): tokenizer, when a model is given.
         positional_resize (str, optional): CLIP's positional rule at another size; default
             ``"bicubic_offset"``, the release's.
+        empty_rows (str): an attention row whose every argument is below 0 (every row of an
+            image whose mean proxy similarity exceeds ``1 / β``): ``"largest"`` (default)
+            keeps the row's largest entries, so the maps stay finite; ``"nan"`` gives the
+            release's NaN (its ``open_clip/transformer.py:573-574`` sets every argument
+            below 0 to ``-inf``, and the softmax of such a row is NaN): the dense tokens,
+            similarities and maps of those rows are NaN. The ``proxyclip``
+            benchmark preset runs ``"nan"``, as the release does (see
+            :func:`proxy_attention`).
 
     Examples::
 
@@ -136,9 +166,11 @@ class ProxyCLIPAttribution(TokenMapAttribution):
         tokenizer: Tokenizer = None,
         *,
         positional_resize: Optional[str] = None,
+        empty_rows: str = "largest",
     ) -> None:
         beta = check_positive_number("beta", beta, allow_zero=True)
         gamma = check_positive_number("gamma", gamma)
+        self.empty_rows: str = check_choice("empty_rows", empty_rows, EMPTY_ROWS)
         super().__init__(forward_func, texts, templates, tokenizer,
                          positional_resize=positional_resize)
         require_attention_blocks(self.adapter, self.method_name, "the last block's attention")
@@ -166,7 +198,7 @@ class ProxyCLIPAttribution(TokenMapAttribution):
         q, k, v = block.qkv(block.norm1(x))
         pooled = original_last_block_pooled(image, block, x, q, k, v, grid)
         feats, proxy_grid = self.proxy_features(images)
-        probs = proxy_attention(feats, self.beta, self.gamma)
+        probs = proxy_attention(feats, self.beta, self.gamma, self.empty_rows)
         p = image.num_prefix_tokens
         b, heads, _, d = v.shape
         values = v[:, :, p:]

@@ -262,6 +262,29 @@ def test_postprocess_equals_the_release_formula(area_thd):
         torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
 
 
+def test_postprocess_nan_cosines_are_the_releases_label_0():
+    r"""ProxyCLIP's release with an empty attention window: NaN cosines over a region (all
+    queries) give NaN probabilities and label 0 there (its ``(probs * one_hot).max(1)`` and
+    ``argmax``, proxyclip_segmentor.py:271-281), whatever the threshold; elsewhere the
+    labels are the finite formula's."""
+    g = torch.Generator().manual_seed(4)
+    query_class = torch.tensor([0, 1, 1, 2, 3])
+    cos = torch.randn(5, 9, 11, generator=g) / 4
+    cos[:, 2:6, 3:9] = float("nan")
+    for prob_thd in (0.0, 0.4):
+        labels, probs = postprocess(cos, query_class, 4, 40.0, prob_thd)
+        p = (cos * 40.0).softmax(0)
+        one_hot = F.one_hot(query_class).T.view(4, 5, 1, 1).to(p.dtype)
+        release = (p[None] * one_hot).max(1)[0]
+        want = release.argmax(0)
+        want[release.max(0)[0] < prob_thd] = 0
+        assert torch.equal(labels, want)
+        bad = torch.zeros(9, 11, dtype=torch.bool)
+        bad[2:6, 3:9] = True
+        assert (labels[bad] == 0).all() and torch.equal(probs.isnan().all(0), bad)
+        assert not probs[:, ~bad].isnan().any() and (labels[~bad] != 0).any()
+
+
 def test_errors(clf):
     s = get_preset("sclip").settings("custom")
     with pytest.raises(TypeError, match="method: expected a token-map attribution"):

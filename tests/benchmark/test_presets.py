@@ -4,6 +4,7 @@ shipped class-name files read as the releases read them."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from captum_clip_surgery.benchmark import LAYOUTS, PRESET_FIELDS, get_preset, preset_names
 from captum_clip_surgery.benchmark.datasets import (
@@ -68,7 +69,7 @@ def test_overrides_are_checked_and_recorded():
     assert t.overridden == ("prob_thd", "pamr_steps", "pamr_dilations", "padding")
     assert s.prob_thd == 0.1  # the preset is unchanged
     assert t.describe()["prob_thd"] == "0.2 *" and t.describe()["short_side"] == "336"
-    assert set(t.describe()) == set(PRESET_FIELDS)
+    assert list(t.describe()) == list(PRESET_FIELDS) + ["method_options"]
     for bad, match in [({"prob": 1}, "overrides: unknown setting"),
                        ({"prob_thd": 1.5}, r"prob_thd: expected a number in \[0, 1\]"),
                        ({"crop": -1}, "crop: expected an int >= 0"),
@@ -115,3 +116,34 @@ def test_parse_class_lines_keeps_what_the_separator_leaves():
         parse_class_lines("a, , b", ", ")
     with pytest.raises(ValueError, match="classes: the class-name file is empty"):
         parse_class_lines("", ", ")
+
+
+def test_method_options_of_the_presets_and_merging():
+    # only ProxyCLIP's release runs its method otherwise than the package's default
+    for name in ("sclip", "clearclip", "naclip"):
+        s = get_preset(name).settings("voc21")
+        assert s.method_options == {} and s.describe()["method_options"] == "none"
+    s = get_preset("proxyclip").settings("voc21")
+    assert s.options_for("proxyclip") == {"empty_rows": "nan"} and s.options_for("sclip") == {}
+    assert s.describe()["method_options"] == "proxyclip: empty_rows='nan'"
+    # the caller's options win per argument; other methods' are added
+    backbone = torch.nn.Linear(2, 2)
+    t = s.with_method_options({"proxyclip": {"empty_rows": "largest", "backbone": backbone},
+                               "cass": {"beta": 2}})
+    assert t.options_for("proxyclip") == {"empty_rows": "largest", "backbone": backbone}
+    assert t.options_for("cass") == {"beta": 2} and t.overridden == ("method_options",)
+    assert t.describe()["method_options"] == (
+        "proxyclip: empty_rows='largest', backbone=<Linear>; cass: beta=2 *")
+    u = s.with_method_options({"proxyclip": {"beta": 1.0}})
+    assert u.options_for("proxyclip") == {"empty_rows": "nan", "beta": 1.0}
+    # nothing given: the same settings, nothing marked overridden; the preset is unchanged
+    assert s.with_method_options(None) is s and s.with_method_options({"proxyclip": {}}) is s
+    assert get_preset("proxyclip").settings("voc21").options_for("proxyclip") == {
+        "empty_rows": "nan"}
+    t.options_for("proxyclip")["beta"] = 5  # a copy
+    assert "beta" not in t.options_for("proxyclip")
+    for bad, match in [([("proxyclip", {})], "method_options: expected a dict"),
+                       ({"proxyclip": "nan"}, "method_options: expected a dict"),
+                       ({"proxyclip": {"empty rows": "nan"}}, "argument names must be")]:
+        with pytest.raises(TypeError, match=match):
+            s.with_method_options(bad)

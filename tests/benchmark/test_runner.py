@@ -124,6 +124,86 @@ def test_resume_continues_and_equals_a_full_run(model, data, tmp_path, monkeypat
     assert sum(seen) == 3
 
 
+def test_preset_method_options_run_as_the_release_and_yours_win(model, data, tmp_path,
+                                                                monkeypatch):
+    r"""The ``proxyclip`` preset builds ProxyCLIP with ``empty_rows="nan"``: with ``β`` so
+    large that every window's mean similarity exceeds ``1/β``, every cosine is NaN and every
+    pixel is labelled 0 (the release's argmax), scored without error; the caller's
+    ``empty_rows="largest"`` wins and equals the protocol run by hand. The resume state
+    follows the options the method runs with."""
+    root, _ = data
+    built = []
+    original = ProtocolSegmenter.__init__
+    monkeypatch.setattr(ProtocolSegmenter, "__init__", lambda self, method, *a, **k: built.append(
+        method) or original(self, method, *a, **k))
+    state = str(tmp_path / "state")
+    kwargs = dict(preset="proxyclip", classes=CLASSES, overrides=SMALL, state_dir=state,
+                  save_predictions=str(tmp_path / "pred"))
+    huge = {"proxyclip": {"beta": 1e6}}  # mean(S) = |sum of unit features|^2 / N^2 > 1e-6
+    nan_run = segmentation_benchmark(model, LAYOUT, root, method_options=huge, **kwargs)
+    assert (built[-1].empty_rows, built[-1].beta) == ("nan", 1e6)
+    (d,) = nan_run.datasets
+    assert d.score("proxyclip").images == 3
+    assert d.score("proxyclip").confusion[:, 1:].sum() == 0  # every pixel predicted 0
+    assert 0 < d.score("proxyclip").metrics["aAcc"] < 1
+    for path in (tmp_path / "pred" / "proxyclip").iterdir():
+        assert set(np.unique(np.array(Image.open(path)))) <= {0, 255}
+    text = nan_run.to_markdown()
+    assert "| method_options | proxyclip: empty_rows='nan', beta=1000000.0 * |" in text
+    assert d.settings.options_for("proxyclip") == {"empty_rows": "nan", "beta": 1e6}
+
+    mine = {"proxyclip": {"beta": 1e6, "empty_rows": "largest"}}
+    largest = segmentation_benchmark(model, LAYOUT, root, method_options=mine, **kwargs)
+    assert built[-1].empty_rows == "largest"
+    settings = get_preset("proxyclip").settings("custom").replace(**SMALL)
+    files = SegmentationFiles(LAYOUT, root)
+    queries = [q for line in CLASSES for q in line]
+    clf = CLIPZeroShotClassifier(model, queries, templates=protocol_templates("openai_imagenet"),
+                                 truncate_text=False)
+    seg = ProtocolSegmenter(build_method("proxyclip", clf, **mine["proxyclip"]), CLASSES, settings)
+    total = 0
+    for i in range(len(files)):
+        item = files[i]
+        image = normalize_image(rescale_image(item["image"], settings.short_side),
+                                settings.mean, settings.std)
+        labels = seg.predict([image], [item["label"].shape])[0]
+        total = total + confusion_matrix(labels, torch.from_numpy(item["label"]), len(CLASSES))
+    assert torch.equal(largest.datasets[0].score("proxyclip").confusion, total)
+    assert total[:, 1:].sum() > 0  # finite cosines: not every pixel is class 0
+
+    # resume: the same effective options reuse the stored counts, other options do not
+    seen = []
+    monkeypatch.setattr(ProtocolSegmenter, "predict",
+                        lambda self, images, *a, **k: seen.append(len(images)) or [
+                            torch.zeros(size, dtype=torch.long) for size in a[0]])
+    again = segmentation_benchmark(model, LAYOUT, root, **{
+        **kwargs, "method_options": {"proxyclip": {"beta": 1e6, "empty_rows": "nan"}}})
+    assert seen == [] and torch.equal(again.datasets[0].scores[0].confusion,
+                                      d.score("proxyclip").confusion)
+    segmentation_benchmark(model, LAYOUT, root, **{**kwargs, "method_options": mine})
+    assert seen == []
+    segmentation_benchmark(model, LAYOUT, root, **kwargs)  # β = 1.2, another setting
+    assert sum(seen) == 3
+
+
+def test_method_option_errors(model, data):
+    root, _ = data
+    base = dict(preset="proxyclip", classes=CLASSES, overrides=SMALL, limit=1)
+    with pytest.raises(ValueError, match="method_options: proxyclip: empty_rows: expected one "
+                                         "of 'largest', 'nan', got 'zero'"):
+        segmentation_benchmark(model, LAYOUT, root, method_options={
+            "proxyclip": {"empty_rows": "zero"}}, **base)
+    with pytest.raises(TypeError, match="method_options: proxyclip: .*unexpected keyword "
+                                        "argument 'betta'"):
+        segmentation_benchmark(model, LAYOUT, root, method_options={
+            "proxyclip": {"betta": 1.0}}, **base)
+    with pytest.raises(ValueError, match=r"method_options: options for 'sclip', which is not "
+                                         r"among the methods run \(proxyclip\)"):
+        segmentation_benchmark(model, LAYOUT, root, method_options={"sclip": {}}, **base)
+    with pytest.raises(TypeError, match="method_options: expected a dict"):
+        segmentation_benchmark(model, LAYOUT, root, method_options=[("proxyclip", {})], **base)
+
+
 def test_errors(model, data, tmp_path):
     root, _ = data
     with pytest.raises(ValueError, match="methods: 'gradcam' is a 'gradient' method"):

@@ -10,7 +10,7 @@ from PIL import Image
 import captum_clip_surgery.cli.common as common
 from captum_clip_surgery.benchmark import DatasetLayout
 from captum_clip_surgery.cli import main
-from captum_clip_surgery.cli.benchmark import parse_setting
+from captum_clip_surgery.cli.benchmark import parse_method_option, parse_setting
 from tests.helpers import write_segmentation_layout
 from tests.models import tiny_vit
 
@@ -72,6 +72,47 @@ def test_custom_layout_with_a_class_file(tmp_path, capsys, tiny_model):
         assert set(np.unique(saved)) <= {0, 1, 2, 255}
 
 
+def test_method_options_over_the_presets(tmp_path, capsys, tiny_model):
+    r"""The proxyclip preset runs ProxyCLIP with the release's empty_rows='nan': with a β
+    that makes every window's attention empty, every pixel is class 0; --method-option
+    proxyclip.empty_rows=largest wins (finite maps, not all class 0); the table shows the
+    options each run used."""
+    layout = DatasetLayout("custom", "custom", "imgs", "labels", ".png", ".png", None, False,
+                           None, True)
+    write_segmentation_layout(str(tmp_path / "data"), layout, num_labels=3)
+    (tmp_path / "classes.txt").write_text("background; sky\ndog; puppy\ncat")
+    argv = ["benchmark", "--dataset", "custom", "--root", str(tmp_path / "data"), "--model",
+            "tiny", "--classes", str(tmp_path / "classes.txt"), "--img-dir", "imgs",
+            "--ann-dir", "labels", "--img-suffix", ".png", "--background", "--preset",
+            "proxyclip", "--set", "short_side=40", "--set", "crop=32", "--set", "stride=16",
+            "--method-option", "proxyclip.beta=1e6", "--workers", "0", "--no-progress"]
+    predicted = {}
+    for extra in ([], ["--method-option", "proxyclip.empty_rows=largest"]):
+        out = tmp_path / f"out{len(extra)}"
+        code = main(argv + extra + ["--out", str(out), "--save-predictions", str(out / "pred")])
+        assert code == 0, capsys.readouterr().err
+        table = capsys.readouterr().out
+        mode = "'largest'" if extra else "'nan'"
+        assert f"| method_options | proxyclip: empty_rows={mode}, beta=1000000.0 * |" in table
+        predicted[mode] = set()
+        for path in (out / "pred" / "proxyclip").iterdir():
+            predicted[mode] |= set(np.unique(np.array(Image.open(path))).tolist())
+    assert predicted["'nan'"] <= {0, 255}  # every window NaN: the release's label 0
+    assert predicted["'largest'"] - {0, 255}
+
+
+def test_parse_method_option():
+    assert parse_method_option("proxyclip.empty_rows=largest") == ("proxyclip", "empty_rows",
+                                                                    "largest")
+    assert parse_method_option("proxyclip.empty_rows='nan'") == ("proxyclip", "empty_rows", "nan")
+    assert parse_method_option("proxyclip.beta=1.5") == ("proxyclip", "beta", 1.5)
+    assert parse_method_option("cass.backbone=None") == ("cass", "backbone", None)
+    assert parse_method_option("naclip.gaussian_std = 5") == ("naclip", "gaussian_std", 5)
+    assert parse_method_option("a-b.c=(1, 2)") == ("a-b", "c", (1, 2))
+    assert parse_method_option("x.y= two words ") == ("x", "y", "two words")
+    assert parse_method_option("x.y=") == ("x", "y", "")
+
+
 def test_parse_setting():
     assert parse_setting("prob_thd=0.2") == ("prob_thd", 0.2)
     assert parse_setting("crop=0") == ("crop", 0)
@@ -103,6 +144,22 @@ def test_error_paths(tmp_path, capsys, tiny_model):
          "--methods: 'gradcam' is a 'gradient' method"),
         (["benchmark", "--model", "m", "--methods", "nope"], "--methods: unknown method 'nope'"),
         (["benchmark", "--pretrained", "openai"], "--pretrained: give --model too"),
+        (["benchmark", "--method-option", "empty_rows=nan"],
+         "--method-option: expected METHOD.ARGUMENT=VALUE (e.g. proxyclip.empty_rows=largest), "
+         "got 'empty_rows=nan'"),
+        (["benchmark", "--method-option", "proxyclip.empty_rows"],
+         "--method-option: expected METHOD.ARGUMENT=VALUE"),
+        (["benchmark", "--method-option", "proxyclip.empty rows=nan"],
+         "--method-option: expected METHOD.ARGUMENT=VALUE"),
+        (["benchmark", "--model", "m", "--method-option", "proxyclip.beta=1"],
+         "--method-option: options for 'proxyclip', which is not among the methods run (sclip)"),
+        (["benchmark", "--model", "m", "--preset", "proxyclip", "--method-option",
+          "proxyclip.empty_rows=zero"],
+         "--method-option: proxyclip: empty_rows: expected one of 'largest', 'nan', got 'zero'"),
+        (["benchmark", "--model", "m", "--preset", "proxyclip", "--method-option",
+          "proxyclip.betta=1"],
+         "--method-option: proxyclip: ProxyCLIPAttribution.__init__() got an unexpected "
+         "keyword argument 'betta'"),
         (["coco-object", "--root", str(tmp_path / "empty")], "--root: no folder"),
     ]
     for argv, message in cases:

@@ -131,6 +131,70 @@ def test_proxyclip_hand_cases():
     torch.testing.assert_close(u, torch.full((4, 4), 0.25))
 
 
+def _release_attention(features, beta=1.2, gamma=3.0):
+    r"""The release's proxy attention as written (open_clip/transformer.py:568-578 of
+    mc-lan/ProxyCLIP@e7b767f), one image at a time: arguments below 0 become -inf, and the
+    softmax of a row of -inf is NaN."""
+    out = []
+    for f in features.float():
+        f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        s = f @ f.T
+        s = (s - s.mean() * beta) * gamma
+        s[s < 0.0] = float("-inf")
+        out.append(torch.softmax(s, dim=-1))
+    return torch.stack(out)
+
+
+def test_proxy_attention_empty_rows_nan_is_the_release():
+    g = torch.Generator().manual_seed(0)
+    near = torch.ones(1, 6, 4) + 0.05 * torch.randn(1, 6, 4, generator=g)  # all but parallel
+    spread = torch.randn(1, 6, 4, generator=g)
+    spread[0, 2] = 0.0  # a zero feature: its row is all below 0 (β·mean(S) > 0)
+    feats = torch.cat([near, spread])
+    f = torch.nn.functional.normalize(feats, dim=-1)
+    means = (f @ f.transpose(1, 2)).mean(dim=(1, 2))
+    assert means[0] > 1 / 1.2 and 0 < means[1] < 1 / 1.2  # image 0: every row is empty
+    nan = proxy_attention(feats, empty_rows="nan")
+    largest = proxy_attention(feats)  # the default
+    empty = torch.zeros(2, 6, dtype=torch.bool)
+    empty[0] = True
+    empty[1, 2] = True
+    assert torch.equal(nan.isnan().all(-1), empty) and torch.equal(nan.isnan().any(-1), empty)
+    torch.testing.assert_close(nan[~empty], largest[~empty], atol=0, rtol=0)
+    torch.testing.assert_close(nan, _release_attention(feats), equal_nan=True)
+    # the default keeps those rows' maxima: finite distributions everywhere
+    assert torch.isfinite(largest).all()
+    torch.testing.assert_close(largest.sum(-1), torch.ones(2, 6))
+    torch.testing.assert_close(largest[1, 2], torch.full((6,), 1 / 6))  # all entries equal
+    # a row is empty only through mean(S): with a small β nothing is cut to NaN
+    torch.testing.assert_close(proxy_attention(near, beta=0.5, empty_rows="nan"),
+                               _release_attention(near, beta=0.5))
+    assert torch.isfinite(proxy_attention(near, beta=0.5, empty_rows="nan")).all()
+
+
+def test_proxyclip_empty_rows_nan_per_image():
+    r"""Constant proxy features for image 0 (mean similarity 1 > 1/β: every row empty),
+    orthogonal ones for image 1: with ``"nan"`` image 0's dense tokens are NaN (its own
+    embedding, row 0, is not) and image 1's equal the default's."""
+    model = tiny_vit()
+    images = images_for(model, b=2, h=40, w=24)
+
+    def features(b, n):
+        out = torch.eye(n).expand(b, n, n).clone()
+        out[0] = 1.0
+        return out
+
+    with torch.no_grad():
+        nan, grid = _explainer(model, _FixedFeatures(features), empty_rows="nan").token_features(images)
+        largest, _ = _explainer(model, _FixedFeatures(features)).token_features(images)
+        sim = _explainer(model, _FixedFeatures(features), empty_rows="nan").similarity(images)
+    assert nan[0, 1:].isnan().all() and torch.isfinite(nan[0, 0]).all()
+    assert torch.isfinite(nan[1]).all() and torch.isfinite(largest).all()
+    torch.testing.assert_close(nan[1], largest[1], atol=0, rtol=0)
+    torch.testing.assert_close(nan[0, 0], largest[0, 0], atol=0, rtol=0)
+    assert sim[0].isnan().all() and torch.isfinite(sim[1]).all()
+
+
 def test_proxyclip_batch_equals_single_and_maps_line_up():
     model, dino = tiny_vit(), tiny.hf_dinov2(registers=2)
     snaps = ModelSnapshot(model), ModelSnapshot(dino)
@@ -166,6 +230,10 @@ def test_proxyclip_registry_and_errors():
         ProxyCLIPAttribution(clf, gamma=0.0)
     with pytest.raises(TypeError, match="backbone: unsupported model of type"):
         ProxyCLIPAttribution(clf, backbone=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="empty_rows: expected one of 'largest', 'nan', got 'NaN'"):
+        ProxyCLIPAttribution(clf, empty_rows="NaN")
+    with pytest.raises(ValueError, match="empty_rows: expected one of 'largest', 'nan', got None"):
+        proxy_attention(torch.eye(3)[None], empty_rows=None)
     with pytest.raises(ValueError, match=r"backbone_layer: expected an int in \[-7, 6\]"):
         ProxyCLIPAttribution(clf, backbone_layer=7)
     with pytest.raises(TypeError, match="forward_func: ProxyCLIP .* no attention blocks"):
