@@ -16,6 +16,7 @@ from captum_clip_surgery._validation import (
     padded_size,
 )
 from captum_clip_surgery.adapters.backbone import VisionBackbone
+from captum_clip_surgery.adapters.base import merge_heads
 from captum_clip_surgery.core.architecture import run_blocks
 from captum_clip_surgery.core.classifier import CLIPZeroShotClassifier
 from captum_clip_surgery.methods.base import (
@@ -206,8 +207,10 @@ class ProxyCLIPAttribution(TokenMapAttribution):
             values = values.transpose(2, 3).reshape(b * heads, d, grid[0], grid[1])
             values = F.interpolate(values, size=proxy_grid, mode="bilinear", align_corners=False)
             values = values.reshape(b, heads, d, -1).transpose(2, 3)
-        mixed = probs[:, None].to(values.dtype) @ values
-        tokens = block.branch(mixed)
+        # one product for all heads (they share the attention), not one per head over a
+        # copy of the attention broadcast to every head
+        mixed = probs.to(values.dtype) @ merge_heads(values)  # [B, I*J, C]
+        tokens = block.branch(mixed.view(b, -1, heads, d).transpose(1, 2))
         stream = torch.cat([tokens.new_zeros(b, p, tokens.shape[-1]), tokens], dim=1)
         dense = dense_features(image, stream, proxy_grid)
         return torch.cat([pooled[:, None], dense], dim=1), proxy_grid
