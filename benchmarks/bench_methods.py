@@ -76,27 +76,22 @@ elif method in ("backbone", "proxyclip", "cass"):
     from captum_clip_surgery import CASSAttribution, ProxyCLIPAttribution
     from captum_clip_surgery.adapters import get_backbone
     dino = timm.create_model(backbone_name, pretrained=False, num_classes=0).to(device).eval()
-    if method == "backbone":  # its forward alone, on the images re-normalised for it
-        view = get_backbone(dino)
-        adapter = clf.adapter
-        def run():
-            with torch.no_grad():
-                x = view.prepare(images, adapter.image_mean, adapter.image_std)
-                return view.patch_tokens(x)[0]
+    view = get_backbone(dino)
+    def backbone_run():  # its forward alone, on the images re-normalised for it
+        with torch.no_grad():
+            x = view.prepare(images, clf.adapter.image_mean, clf.adapter.image_std)
+            return view.patch_tokens(x)[0]
+    if method == "backbone":
+        run = backbone_run
     else:
+        # ProxyCLIP / CASS; the backbone alone is timed in the same rounds as well: the
+        # method's cost beyond it and the CLIP forward, paired (two ratios from separate
+        # processes are noisier than their difference)
         explainer = {"proxyclip": ProxyCLIPAttribution, "cass": CASSAttribution}[method](
             clf, backbone=dino)
         def run():
             with torch.no_grad():
                 return explainer.attribute(images, target=target)
-        # the backbone's forward alone, timed in the same rounds: the method's cost beyond
-        # it and the CLIP forward, paired (two ratios from separate processes are noisier
-        # than their difference)
-        view = get_backbone(dino)
-        def backbone_run():
-            with torch.no_grad():
-                x = view.prepare(images, clf.adapter.image_mean, clf.adapter.image_std)
-                return view.patch_tokens(x)[0]
 elif method == "gradcam":
     cam = LayerGradCam(clf, clf.gradcam_layer(-1))
     run = lambda: cam.attribute(images, target=target, relu_attributions=True)
