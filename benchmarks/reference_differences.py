@@ -112,39 +112,27 @@ def proxyclip_rows() -> List[Row]:
     rows = []
     model, dino = tiny_vit(), tiny.timm_dino()
     backbone = get_backbone(dino, positional_resize="bicubic_antialias")  # timm's own rule
-    explainer = ProxyCLIPAttribution(_clf(model), backbone=backbone)
-    for size in [(32, 32), (40, 24)]:
-        images = images_for(model, b=2, h=size[0], w=size[1])
-        with torch.no_grad():
-            got, grid = explainer.token_features(images)
-            feats = dino.forward_features(refb.renormalise(images))[:, 1:]
-            expected, kept = refb.proxyclip_tokens(model, images, feats, grid)
-            got_kept = proxy_attention(explainer.proxy_features(images)[0]) > 0
-        agree = got_kept == kept
-        keep = _proxy_rows(agree)
-        rows.append(("ProxyCLIP (DINO-shaped timm ViT)", "tests.reference_backbones.proxyclip_tokens",
-                     _size(size, 32), f"{int((~agree).sum())} of {kept.numel()} kept entries",
-                     float((got - expected).abs().max()),
-                     float((got[keep] - expected[keep]).abs().max()),
-                     float(expected.abs().max())))
-    own = ProxyCLIPAttribution(_clf(model))  # the model's own tower as the proxy
-    for size in [(32, 32), (40, 24)]:
-        images = images_for(model, b=2, h=size[0], w=size[1])
-        with torch.no_grad():
-            got, grid = own.token_features(images)
-            x, _ = ref._vit_embed(model, images, "bicubic_offset")
-            for blk in model.visual.transformer.resblocks:
-                x = ref._plain_block(blk, x)
-            feats = ref._ln(model.visual.ln_post, x)[:, 1:]
-            expected, kept = refb.proxyclip_tokens(model, images, feats, grid)
-            got_kept = proxy_attention(own.proxy_features(images)[0]) > 0
-        agree = got_kept == kept
-        keep = _proxy_rows(agree)
-        rows.append(("ProxyCLIP (CLIP's own tower)", "tests.reference_backbones.proxyclip_tokens",
-                     _size(size, 32), f"{int((~agree).sum())} of {kept.numel()} kept entries",
-                     float((got - expected).abs().max()),
-                     float((got[keep] - expected[keep]).abs().max()),
-                     float(expected.abs().max())))
+    cases = [  # (label, explainer, the reference's proxy features of the images)
+        ("ProxyCLIP (DINO-shaped timm ViT)", ProxyCLIPAttribution(_clf(model), backbone=backbone),
+         lambda images: dino.forward_features(refb.renormalise(images))[:, 1:]),
+        ("ProxyCLIP (CLIP's own tower)", ProxyCLIPAttribution(_clf(model)),  # the model's own tower
+         lambda images: refb.clip_tower_proxy_features(model, images)),
+    ]
+    for label, explainer, reference_features in cases:
+        for size in [(32, 32), (40, 24)]:
+            images = images_for(model, b=2, h=size[0], w=size[1])
+            with torch.no_grad():
+                got, grid = explainer.token_features(images)
+                expected, kept = refb.proxyclip_tokens(model, images, reference_features(images),
+                                                       grid)
+                got_kept = proxy_attention(explainer.proxy_features(images)[0]) > 0
+            agree = got_kept == kept
+            keep = _proxy_rows(agree)
+            rows.append((label, "tests.reference_backbones.proxyclip_tokens",
+                         _size(size, 32), f"{int((~agree).sum())} of {kept.numel()} kept entries",
+                         float((got - expected).abs().max()),
+                         float((got[keep] - expected[keep]).abs().max()),
+                         float(expected.abs().max())))
     return rows
 
 

@@ -75,6 +75,16 @@ def _clip_last_block_inputs(model: open_clip.CLIP, images: Tensor):
 # ------------------------------------------------------------------------------ ProxyCLIP
 
 
+def clip_tower_proxy_features(model: open_clip.CLIP, images: Tensor) -> Tensor:
+    r"""ProxyCLIP's proxy features when the model's own tower is the proxy: ``ln_post`` of
+    the last block's output, patch tokens only, the tower run as released
+    (``"bicubic_offset"`` positional rule)."""
+    x, _ = _vit_embed(model, images, "bicubic_offset")
+    for blk in model.visual.transformer.resblocks:
+        x = _plain_block(blk, x)
+    return _ln(model.visual.ln_post, x)[:, 1:]
+
+
 def proxyclip_tokens(
     model: open_clip.CLIP,
     images: Tensor,

@@ -67,10 +67,7 @@ def test_proxyclip_with_clip_own_tower():
     images = images_for(model, b=2, h=40, w=24)
     with torch.no_grad():
         got, grid = explainer.token_features(images)
-        x, _ = ref._vit_embed(model, images, "bicubic_offset")
-        for blk in model.visual.transformer.resblocks:
-            x = ref._plain_block(blk, x)
-        feats = ref._ln(model.visual.ln_post, x)[:, 1:]
+        feats = refb.clip_tower_proxy_features(model, images)
         expected, kept = refb.proxyclip_tokens(model, images, feats, grid)
     assert grid == (5, 3)
     ours = explainer.proxy_features(images)[0]
