@@ -29,11 +29,10 @@ from torch import Tensor, nn
 from captum_clip_surgery.adapters.backbone_registry import get_backbone, supported_backbones
 from captum_clip_surgery.adapters.loading import (
     HF_PREFIX,
-    _check_config_size,
     _check_loaded_keys,
     _first_line,
     _hf_cached_file,
-    _hf_weight_files,
+    _transformers_checked,
 )
 
 __all__ = ["load_backbone"]
@@ -114,23 +113,7 @@ def _timm_backbone(name: str, checkpoint: Optional[str]) -> nn.Module:
 
 
 def _transformers_backbone(path_or_id: str) -> nn.Module:
-    try:
-        import transformers
-    except ImportError:
-        raise ValueError(
-            f"backbone: {path_or_id!r} is a Hugging Face transformers model; install the [hf] "
-            "extra (pip install 'captum-clip-surgery[hf]')"
-        ) from None
-    local = os.path.isdir(path_or_id)
-    try:
-        config = transformers.AutoConfig.from_pretrained(path_or_id, local_files_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"backbone: could not read the config of {path_or_id!r} from local files: "
-            f"{_first_line(exc)}"
-        ) from None
-    _check_config_size(config.to_dict(), _hf_weight_files(path_or_id, local), repr(path_or_id),
-                       "backbone")
+    transformers = _transformers_checked(path_or_id, "backbone")
     try:
         model, info = transformers.AutoModel.from_pretrained(
             path_or_id, local_files_only=True, output_loading_info=True, use_safetensors=True

@@ -274,25 +274,33 @@ def _one_line(exc: BaseException, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _transformers_model(
-    path_or_id: str, device: str, allow_partial: bool = False
-) -> Tuple[nn.Module, Any]:
+def _transformers_checked(path_or_id: str, argument: str = "model") -> Any:
+    r"""The ``transformers`` module, once a local transformers model's config is read and
+    its size checked against its weight files (:func:`_check_config_size`); every
+    refusal is a ``ValueError`` starting with ``argument``."""
     try:
         import transformers
     except ImportError:
         raise ValueError(
-            f"model: {path_or_id!r} is a Hugging Face transformers model; install the [hf] "
-            "extra (pip install 'captum-clip-surgery[hf]')"
+            f"{argument}: {path_or_id!r} is a Hugging Face transformers model; install the "
+            "[hf] extra (pip install 'captum-clip-surgery[hf]')"
         ) from None
-    local = os.path.isdir(path_or_id)
     try:
         config = transformers.AutoConfig.from_pretrained(path_or_id, local_files_only=True)
     except Exception as exc:  # missing or broken config.json, unknown model type
         raise ValueError(
-            f"model: could not read the config of the transformers model {path_or_id!r} from "
-            f"local files: {_first_line(exc)}"
+            f"{argument}: could not read the config of the transformers model {path_or_id!r} "
+            f"from local files: {_first_line(exc)}"
         ) from None
-    _check_config_size(config.to_dict(), _hf_weight_files(path_or_id, local), repr(path_or_id))
+    files = _hf_weight_files(path_or_id, os.path.isdir(path_or_id))
+    _check_config_size(config.to_dict(), files, repr(path_or_id), argument)
+    return transformers
+
+
+def _transformers_model(
+    path_or_id: str, device: str, allow_partial: bool = False
+) -> Tuple[nn.Module, Any]:
+    transformers = _transformers_checked(path_or_id)
     try:
         model, info = transformers.AutoModel.from_pretrained(
             path_or_id, local_files_only=True, output_loading_info=True
