@@ -107,11 +107,12 @@ def conjugate_gradient(
     """
     x = torch.zeros_like(rhs)
     r = rhs.clone()
-    norm = rhs.norm(dim=0)
+    work = torch.empty_like(rhs)  # one buffer for the products (no allocation per step)
+    rho = _column_dots(r, r, work)
+    norm = rho.sqrt()
     active = norm > 0
     limit = tol * norm
     p = r
-    rho = (r * r).sum(dim=0)
     rho_old = rho
     for step in range(iterations):
         if not bool(active.any()):
@@ -121,15 +122,30 @@ def conjugate_gradient(
         else:  # p <- r + (rho / rho_old) p, in place
             torch.addcmul(r, p, rho / torch.where(rho_old != 0, rho_old, 1), out=p)
         q = matvec(p)
-        curvature = (p * q).sum(dim=0)
+        curvature = _column_dots(p, q, work)
         # a stopped column takes a zero step: x + 0 p = x
         alpha = torch.where(active, rho / torch.where(curvature != 0, curvature, 1), 0)
         x.addcmul_(p, alpha)
         r.addcmul_(q, alpha, value=-1)
         rho_old = rho
-        rho = (r * r).sum(dim=0)
+        rho = _column_dots(r, r, work)
         active = active & (rho.sqrt() > limit)
     return x
+
+
+def _column_dots(a: Tensor, b: Tensor, work: Tensor) -> Tensor:
+    r"""``(a * b).sum(dim=0)`` for ``[N, K]`` tensors, the product written into ``work`` (a
+    fresh large tensor per step costs page faults on the CPU) and summed as ``[N / m, m · K]``
+    rows first: a sum over the first dimension of a narrow tensor (``K`` of about 20) runs
+    several times slower on the CPU than one over a wide one."""
+    product = torch.mul(a, b, out=work)
+    if product.ndim != 2 or not product.is_contiguous():
+        return product.sum(dim=0)
+    n, k = product.shape
+    fold = 16
+    while fold > 1 and n % fold:
+        fold //= 2
+    return product.view(n // fold, fold * k).sum(dim=0).view(fold, k).sum(dim=0)
 
 
 def _normalized_matvec(weights: Tensor, alpha: float) -> Callable[[Tensor], Tensor]:
@@ -297,7 +313,9 @@ def _pixel_graph(lab: Tensor, radius: int, tau: float) -> Tensor:
         y1 = min(h, y0 + rows)
         part = logs[y0:y1]
         part.sub_(half[y0:y1, :, None, None]).sub_(half_windows[y0:y1])
-        part.masked_fill_(part <= -69.0, ninf).exp_()  # e^-69 ≈ 1e-30; e^-inf is 0
+        # exp of -inf or of an argument below -87 takes a slow path on the CPU (the latter
+        # yields a subnormal): clamp first, then zero what is below 1e-30 (≈ e^-69)
+        F.threshold_(part.clamp_(min=-87.0).exp_(), 1e-30, 0.0)
     # every pixel keeps all s*s taps (the pixel itself and those outside the image with
     # weight 0, their columns clamped into range): no compaction, the same row length
     dy = torch.arange(-r, r + 1, device=lab.device, dtype=torch.int32)
