@@ -51,15 +51,16 @@ def test_lposs_matches_dense_reference(k, gamma, sigma, power):
     assert got.dtype == torch.float32 and got.shape == (n, 4)
 
 
-def test_conjugate_gradient_solves_and_stops_like_cupy():
+@pytest.mark.parametrize("n", [30, 37, 48])  # the column sums fold by 2, 1 and 16 rows
+def test_conjugate_gradient_solves_and_stops_like_cupy(n):
     g = _gen(1)
-    m = torch.randn(30, 30, dtype=torch.float64, generator=g)
-    a = m @ m.t() + 30 * torch.eye(30, dtype=torch.float64)
-    b = torch.randn(30, 3, dtype=torch.float64, generator=g)
+    m = torch.randn(n, n, dtype=torch.float64, generator=g)
+    a = m @ m.t() + n * torch.eye(n, dtype=torch.float64)
+    b = torch.randn(n, 3, dtype=torch.float64, generator=g)
     b[:, 2] = 0  # a zero column stays zero
-    solved = conjugate_gradient(lambda x: a @ x, b, iterations=60, tol=1e-12)
+    solved = conjugate_gradient(lambda x: a @ x, b, iterations=4 * n, tol=1e-12)
     torch.testing.assert_close(solved[:, :2], torch.linalg.solve(a, b[:, :2]))
-    assert torch.equal(solved[:, 2], torch.zeros(30, dtype=torch.float64))
+    assert torch.equal(solved[:, 2], torch.zeros(n, dtype=torch.float64))
     truncated = conjugate_gradient(lambda x: a @ x, b, iterations=3, tol=1e-6)
     torch.testing.assert_close(truncated, refb.conjugate_gradient(a, b, 3, 1e-6))
     # a column that has converged stops (CuPy's per-call loop): the identity converges at once
