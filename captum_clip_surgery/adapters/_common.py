@@ -293,6 +293,15 @@ class CLIPAttentionPoolHead(AttentionPoolHead):
         return self.pool_module.c_proj(x)
 
 
+def is_scale_or_identity(module: Optional[nn.Module]) -> bool:
+    r"""Whether ``module`` is absent, ``nn.Identity`` or a layer scale (``x * gamma``:
+    open_clip's and timm's ``LayerScale``), i.e. linear."""
+    if module is None or isinstance(module, nn.Identity):
+        return True
+    return type(module).__name__ == "LayerScale" and type(module).__module__.split(".")[0] in (
+        "open_clip", "timm") and [n for n, _ in module.named_parameters()] == ["gamma"]
+
+
 class MultiheadBlockView(BlockView):
     r"""The transformer block of open_clip (``ResidualAttentionBlock``) and OpenAI ``clip``
     (``clip.model.ResidualAttentionBlock``): ``ln_1``, an ``nn.MultiheadAttention`` with a
@@ -343,6 +352,10 @@ class MultiheadBlockView(BlockView):
 
     def ls1(self, x: Tensor) -> Tensor:
         return x if self._ls1 is None else self._ls1(x)
+
+    @property
+    def branch_is_affine(self) -> bool:
+        return is_scale_or_identity(self._ls1)
 
     def norm2(self, x: Tensor) -> Tensor:
         return self.block.ln_2(x)

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 from torch import Tensor, nn
 
+from captum_clip_surgery.adapters._common import is_scale_or_identity
 from captum_clip_surgery.adapters.base import BlockView, attention, merge_heads
 
 __all__ = ["HybridEmbed", "PatchEmbed", "RelPosBlock", "TimmAttention", "TimmBlock",
@@ -90,6 +91,11 @@ class _TimmBlockView(BlockView):
 
     def ls1(self, x: Tensor) -> Tensor:
         return self.block.ls1(x)
+
+    @property
+    def branch_is_affine(self) -> bool:
+        return is_scale_or_identity(getattr(self.attn, "norm", None)) and is_scale_or_identity(
+            self.block.ls1)
 
     def norm2(self, x: Tensor) -> Tensor:
         return self.block.norm2(x)

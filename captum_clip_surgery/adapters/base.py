@@ -320,6 +320,15 @@ class BlockView(abc.ABC):
     def ls1(self, x: Tensor) -> Tensor:
         r"""Layer scale after attention (identity when the model has none)."""
 
+    @property
+    def branch_is_affine(self) -> bool:
+        r"""Whether :meth:`branch` is affine in its input: an output projection (per-head
+        scales included) and a layer scale, with no inner or post-attention norm. An affine
+        branch commutes with any mixing of tokens whose weights sum to 1, so a method may
+        apply it before such a mixing, on fewer tokens. ``False`` unless the adapter knows
+        the block's modules."""
+        return False
+
     @abc.abstractmethod
     def norm2(self, x: Tensor) -> Tensor:
         r"""The pre-MLP norm."""

@@ -130,6 +130,10 @@ class _HFBlockView(BlockView):
     def ls1(self, x: Tensor) -> Tensor:
         return x
 
+    @property
+    def branch_is_affine(self) -> bool:
+        return isinstance(self.attn.out_proj, nn.Linear)
+
     def norm2(self, x: Tensor) -> Tensor:
         return self.layer.layer_norm2(x)
 

@@ -30,7 +30,11 @@ from open_clip.transformer import (
 )
 from torch import Tensor, nn
 
-from captum_clip_surgery.adapters._common import CLIPAttentionPoolHead, MultiheadBlockView
+from captum_clip_surgery.adapters._common import (
+    CLIPAttentionPoolHead,
+    MultiheadBlockView,
+    is_scale_or_identity,
+)
 from captum_clip_surgery.adapters.base import (
     AttentionPoolHead,
     AveragePoolHead,
@@ -91,6 +95,12 @@ class _CustomBlockView(BlockView):
 
     def ls1(self, x: Tensor) -> Tensor:
         return self.block.ls_1(x)
+
+    @property
+    def branch_is_affine(self) -> bool:
+        return (isinstance(self.attn.ln_inner, nn.Identity)
+                and isinstance(self.block.ln_attn, nn.Identity)
+                and is_scale_or_identity(self.block.ls_1))
 
     def norm2(self, x: Tensor) -> Tensor:
         return self.block.ln_2(x)

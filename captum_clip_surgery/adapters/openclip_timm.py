@@ -181,6 +181,10 @@ class _EvaBlockView(BlockView):
         gamma = getattr(self.block, "gamma_1", None)
         return x if gamma is None else gamma * x
 
+    @property
+    def branch_is_affine(self) -> bool:  # gamma_1 is a plain scale
+        return not self.post_norm and isinstance(self.attn.norm, nn.Identity)
+
     def norm2(self, x: Tensor) -> Tensor:
         return x if self.post_norm else self.block.norm2(x)
 

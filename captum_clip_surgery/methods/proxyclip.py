@@ -79,6 +79,31 @@ def proxy_attention(
     return logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
 
 
+def _bilinear_resize(tokens: Tensor, grid: Tuple[int, int], size: Tuple[int, int]) -> Tensor:
+    r"""``[B, h*w, C]`` grid tokens resized bilinearly (``align_corners=False``) to ``size``."""
+    b, _, c = tokens.shape
+    maps = tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return maps.reshape(b, c, -1).transpose(1, 2)
+
+
+def _resize_values_first(tokens: int, proxy_tokens: int, width: int) -> bool:
+    r"""Whether ``A (R V)`` takes fewer multiplications than ``(A R) V`` for ``A``
+    ``[M, M]``, ``R`` ``[M, n]`` and ``V`` ``[n, C]`` (``M`` proxy tokens, ``n`` tokens of
+    width ``C``; the resize ``R V`` itself is cheap)."""
+    return tokens * (proxy_tokens + width) >= proxy_tokens * width
+
+
+def _bilinear_resize_matrix(
+    grid: Tuple[int, int], size: Tuple[int, int], device: torch.device
+) -> Tensor:
+    r"""``R`` ``[I*J, h*w]`` (float32) with ``R @ X`` the bilinear resize of ``[h*w, C]``
+    tokens on ``grid`` to ``size`` (:func:`_bilinear_resize`): the resize of the identity."""
+    n = grid[0] * grid[1]
+    eye = torch.eye(n, device=device, dtype=torch.float32)[None]
+    return _bilinear_resize(eye, grid, size)[0]  # token i of basis vector j is R[i, j]
+
+
 class ProxyCLIPAttribution(TokenMapAttribution):
     r"""ProxyCLIP maps: a second backbone's patch affinities replace CLIP's last attention.
 
@@ -201,16 +226,23 @@ class ProxyCLIPAttribution(TokenMapAttribution):
         feats, proxy_grid = self.proxy_features(images)
         probs = proxy_attention(feats, self.beta, self.gamma, self.empty_rows)
         p = image.num_prefix_tokens
-        b, heads, _, d = v.shape
-        values = v[:, :, p:]
+        b, heads, n, d = v.shape
+        n -= p
+        # The tokens are T = branch(A · R · V): R the bilinear resize from CLIP's grid to the
+        # backbone's (rows summing to 1, as A's do), one product for all heads (they share
+        # A). An affine branch runs first, on CLIP's fewer tokens (it commutes with A · R),
+        # and A · R is formed first when that is the cheaper order.
+        affine = block.branch_is_affine
+        values = block.branch(v[:, :, p:]) if affine else merge_heads(v[:, :, p:])
+        mixing = probs
         if proxy_grid != grid:
-            values = values.transpose(2, 3).reshape(b * heads, d, grid[0], grid[1])
-            values = F.interpolate(values, size=proxy_grid, mode="bilinear", align_corners=False)
-            values = values.reshape(b, heads, d, -1).transpose(2, 3)
-        # one product for all heads (they share the attention), not one per head over a
-        # copy of the attention broadcast to every head
-        mixed = probs.to(values.dtype) @ merge_heads(values)  # [B, I*J, C]
-        tokens = block.branch(mixed.view(b, -1, heads, d).transpose(1, 2))
+            if _resize_values_first(n, probs.shape[-1], values.shape[-1]):
+                values = _bilinear_resize(values, grid, proxy_grid)
+            else:
+                mixing = probs @ _bilinear_resize_matrix(grid, proxy_grid, probs.device)
+        tokens = mixing.to(values.dtype) @ values  # [B, I*J, C]
+        if not affine:
+            tokens = block.branch(tokens.view(b, -1, heads, d).transpose(1, 2))
         stream = torch.cat([tokens.new_zeros(b, p, tokens.shape[-1]), tokens], dim=1)
         dense = dense_features(image, stream, proxy_grid)
         return torch.cat([pooled[:, None], dense], dim=1), proxy_grid

@@ -24,6 +24,9 @@ def _hosts() -> Any:
 FAMILIES: Dict[str, Callable[[], torch.nn.Module]] = {
     "open_clip": tiny_vit,
     "open_clip_custom": lambda: tiny_vit("custom"),
+    "open_clip_custom_norms": lambda: tiny_vit("custom", scale_attn_inner=True, scale_attn=True,
+                                               scale_heads=True, ls_init_value=0.5),
+    "open_clip_layer_scale": lambda: tiny_vit(ls_init_value=0.5),
     "openai": lambda: _hosts().to_openai(_hosts().openclip_vit()),
     "hf_clip": lambda: _hosts().to_hf(_hosts().openclip_vit()),
     "hf_siglip": lambda: _hosts().siglip(),
@@ -90,3 +93,19 @@ def test_a_view_that_does_not_list_its_parameters_says_so():
 
     with pytest.raises(NotImplementedError, match="Bare does not list its parameters"):
         Bare().named_parameters()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_branch_is_affine_says_what_the_branch_is(family):
+    r"""``branch_is_affine`` is true exactly where ``branch`` commutes with a mix of inputs
+    whose weights sum to 1 (no inner or post-attention norm)."""
+    adapter = get_adapter(FAMILIES[family]())
+    g = torch.Generator().manual_seed(1)
+    for view in adapter.image.blocks:
+        x, y = (torch.randn(2, view.num_heads, 5, view.head_dim, generator=g).to(adapter.dtype)
+                for _ in range(2))
+        with torch.no_grad():
+            mixed = view.branch(0.3 * x + 0.7 * y)
+            separate = 0.3 * view.branch(x) + 0.7 * view.branch(y)
+        affine = torch.allclose(mixed, separate, atol=1e-5, rtol=1e-4)
+        assert view.branch_is_affine == affine, (family, view.branch_is_affine)

@@ -15,6 +15,7 @@ from captum_clip_surgery import (
     build_method,
 )
 from captum_clip_surgery.adapters import CLIPTowerBackbone, VisionBackbone, get_backbone
+from captum_clip_surgery.methods import proxyclip as proxyclip_module
 from captum_clip_surgery.methods.proxyclip import proxy_attention
 from tests import reference as ref
 from tests import reference_backbones as refb
@@ -190,6 +191,36 @@ def test_proxyclip_empty_rows_nan_per_image():
     torch.testing.assert_close(nan[1], largest[1], atol=0, rtol=0)
     torch.testing.assert_close(nan[0, 0], largest[0, 0], atol=0, rtol=0)
     assert sim[0].isnan().all() and torch.isfinite(sim[1]).all()
+
+
+@pytest.mark.parametrize("model_fn", [tiny_vit, lambda: tiny_vit("custom", scale_attn=True)],
+                         ids=["affine-branch", "normed-branch"])
+def test_proxyclip_orders_of_the_product_agree(monkeypatch, model_fn):
+    r"""``branch(A R V)`` is the same whichever order it is evaluated in: the branch before
+    the mixing where it is affine, after it where it is not; ``(A R) V`` or ``A (R V)``."""
+    model, dino = model_fn(), tiny.timm_dino()
+    block = CLIPZeroShotClassifier(model, TEXTS).adapter.image.blocks[-1]
+    images = images_for(model, b=2, h=40, w=24)
+    outputs = {}
+    affine_here = block.branch_is_affine
+    for affine in (True, False) if affine_here else (False,):
+        for first in (True, False):
+            monkeypatch.setattr(type(block), "branch_is_affine",
+                                property(lambda self, a=affine: a))
+            monkeypatch.setattr(proxyclip_module, "_resize_values_first",
+                                lambda *args, f=first: f)
+            with torch.no_grad():
+                outputs[affine, first] = _explainer(model, dino).token_features(images)[0]
+    assert len(outputs) == (4 if affine_here else 2)
+    base = outputs[False, True]  # the release's order: resize V, mix, then the branch
+    for got in outputs.values():
+        torch.testing.assert_close(got, base, atol=1e-5, rtol=1e-5)
+    # the resize matrix is the bilinear resize
+    tokens = torch.randn(1, 15, 7, generator=torch.Generator().manual_seed(0))
+    resized = proxyclip_module._bilinear_resize(tokens, (5, 3), (10, 6))
+    matrix = proxyclip_module._bilinear_resize_matrix((5, 3), (10, 6), tokens.device)
+    torch.testing.assert_close(matrix @ tokens[0], resized[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(matrix.sum(1), torch.ones(60))  # rows sum to 1
 
 
 def test_proxyclip_batch_equals_single_and_maps_line_up():
