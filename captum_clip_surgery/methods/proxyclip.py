@@ -26,7 +26,11 @@ from captum_clip_surgery.methods.base import (
     original_last_block_pooled,
     require_attention_blocks,
 )
-from captum_clip_surgery.methods.second_backbone import backbone_input, resolve_backbone
+from captum_clip_surgery.methods.second_backbone import (
+    backbone_input,
+    resize_grid_tokens,
+    resolve_backbone,
+)
 
 __all__ = ["ProxyCLIPAttribution", "proxy_attention"]
 
@@ -79,14 +83,6 @@ def proxy_attention(
     return logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)
 
 
-def _bilinear_resize(tokens: Tensor, grid: Tuple[int, int], size: Tuple[int, int]) -> Tensor:
-    r"""``[B, h*w, C]`` grid tokens resized bilinearly (``align_corners=False``) to ``size``."""
-    b, _, c = tokens.shape
-    maps = tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
-    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    return maps.reshape(b, c, -1).transpose(1, 2)
-
-
 def _resize_values_first(tokens: int, proxy_tokens: int, width: int) -> bool:
     r"""Whether ``A (R V)`` takes fewer multiplications than ``(A R) V`` for ``A``
     ``[M, M]``, ``R`` ``[M, n]`` and ``V`` ``[n, C]`` (``M`` proxy tokens, ``n`` tokens of
@@ -101,7 +97,7 @@ def _bilinear_resize_matrix(
     tokens on ``grid`` to ``size`` (:func:`_bilinear_resize`): the resize of the identity."""
     n = grid[0] * grid[1]
     eye = torch.eye(n, device=device, dtype=torch.float32)[None]
-    return _bilinear_resize(eye, grid, size)[0]  # token i of basis vector j is R[i, j]
+    return resize_grid_tokens(eye, grid, size)[0]  # token i of basis vector j is R[i, j]
 
 
 class ProxyCLIPAttribution(TokenMapAttribution):
@@ -237,7 +233,7 @@ class ProxyCLIPAttribution(TokenMapAttribution):
         mixing = probs
         if proxy_grid != grid:
             if _resize_values_first(n, probs.shape[-1], values.shape[-1]):
-                values = _bilinear_resize(values, grid, proxy_grid)
+                values = resize_grid_tokens(values, grid, proxy_grid)
             else:
                 mixing = probs @ _bilinear_resize_matrix(grid, proxy_grid, probs.device)
         tokens = mixing.to(values.dtype) @ values  # [B, I*J, C]

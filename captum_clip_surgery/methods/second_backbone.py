@@ -10,15 +10,16 @@ normalisation undone, the backbone's applied, the size aligned to its patch).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Tuple
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from captum_clip_surgery.adapters.backbone import CLIPTowerBackbone, VisionBackbone
 from captum_clip_surgery.adapters.backbone_registry import get_backbone
 from captum_clip_surgery.adapters.base import CLIPAdapter
 
-__all__ = ["backbone_input", "resolve_backbone"]
+__all__ = ["backbone_input", "resize_grid_tokens", "resolve_backbone"]
 
 
 def resolve_backbone(backbone: Any, adapter: CLIPAdapter) -> VisionBackbone:
@@ -41,3 +42,12 @@ def backbone_input(backbone: VisionBackbone, adapter: CLIPAdapter, images: Tenso
     the CLIP model's statistics, normalised with the backbone's, resized to the nearest
     multiple of its patch where needed (:meth:`VisionBackbone.prepare`)."""
     return backbone.prepare(images, adapter.image_mean, adapter.image_std)
+
+
+def resize_grid_tokens(tokens: Tensor, grid: Tuple[int, int], size: Tuple[int, int]) -> Tensor:
+    r"""``[B, h*w, C]`` grid tokens (rows first) resized bilinearly (``align_corners=False``)
+    to the grid ``size``: ``[B, I*J, C]``."""
+    b, _, c = tokens.shape
+    maps = tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return maps.reshape(b, c, -1).transpose(1, 2)

@@ -17,6 +17,7 @@ from captum_clip_surgery import (
 from captum_clip_surgery.adapters import CLIPTowerBackbone, VisionBackbone, get_backbone
 from captum_clip_surgery.methods import proxyclip as proxyclip_module
 from captum_clip_surgery.methods.proxyclip import proxy_attention
+from captum_clip_surgery.methods.second_backbone import resize_grid_tokens
 from tests import reference as ref
 from tests import reference_backbones as refb
 from tests.adapters import backbones as tiny
@@ -217,7 +218,7 @@ def test_proxyclip_orders_of_the_product_agree(monkeypatch, model_fn):
         torch.testing.assert_close(got, base, atol=1e-5, rtol=1e-5)
     # the resize matrix is the bilinear resize
     tokens = torch.randn(1, 15, 7, generator=torch.Generator().manual_seed(0))
-    resized = proxyclip_module._bilinear_resize(tokens, (5, 3), (10, 6))
+    resized = resize_grid_tokens(tokens, (5, 3), (10, 6))
     matrix = proxyclip_module._bilinear_resize_matrix((5, 3), (10, 6), tokens.device)
     torch.testing.assert_close(matrix @ tokens[0], resized[0], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(matrix.sum(1), torch.ones(60))  # rows sum to 1
