@@ -1,6 +1,6 @@
 r"""The largest difference of each 2024–25 method to its plain reference, on the tests' cases.
 
-The tests compare SC-CLIP, ResCLIP, ProxyCLIP, CASS, LPOSS and LPOSS+ with independent plain
+The tests compare SC-CLIP, ResCLIP, ProxyCLIP, CASS, CorrCLIP, LPOSS and LPOSS+ with independent plain
 implementations written from the releases (``tests/reference.py``,
 ``tests/reference_backbones.py``, and the plain LPOSS pipeline of
 ``tests/apps/test_label_propagation.py``), each at a native and a non-native non-square
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from captum_clip_surgery import (
     CASSAttribution,
     CLIPZeroShotClassifier,
+    CorrCLIPAttribution,
     NACLIPAttribution,
     ProxyCLIPAttribution,
     ResCLIPAttribution,
@@ -35,6 +36,7 @@ from captum_clip_surgery import (
     lposs_scores,
 )
 from captum_clip_surgery.adapters import get_backbone
+from captum_clip_surgery.methods.corrclip import corrclip_attention, merge_regions
 from captum_clip_surgery.methods.proxyclip import proxy_attention
 from captum_clip_surgery.methods.resclip import RESCLIP_SETTINGS
 from tests import reference as ref
@@ -136,6 +138,40 @@ def proxyclip_rows() -> List[Row]:
     return rows
 
 
+def corrclip_rows() -> List[Row]:
+    from tests.methods.test_corrclip import block_regions, dino_q_plus_k
+
+    rows = []
+    model, dino = tiny_vit(), tiny.timm_dino()
+    backbone = get_backbone(dino, positional_resize="bicubic_antialias")  # timm's own rule
+    for eps in (0.035, 0.2):
+        explainer = CorrCLIPAttribution(_clf(model), backbone=backbone,
+                                        mask_generator=block_regions, eps=eps)
+        for size in [(32, 32), (40, 24)]:
+            images = images_for(model, b=2, h=size[0], w=size[1])
+            with torch.no_grad():
+                got, grid = explainer.token_features(images)
+                expected, merged, kept = refb.corrclip_tokens(
+                    model, images, dino_q_plus_k(dino, images), grid, block_regions(images),
+                    explainer.spatial_layers, eps=eps)
+                feats = explainer.backbone_features(images)[0]
+                labels = torch.nn.functional.interpolate(
+                    block_regions(images)[:, None].float(), size=grid, mode="nearest")
+                labels = labels[:, 0].long().flatten(1)
+                ours = torch.stack([merge_regions(labels[i], feats[i], eps) for i in range(2)])
+                got_kept = torch.stack([corrclip_attention(feats[i], ours[i]) > 0
+                                        for i in range(2)])
+            regions = int((ours != merged).any(-1).sum())
+            entries = int((got_kept != kept).sum())
+            same = ((ours == merged).all(-1) & (got_kept == kept).flatten(1).all(-1))
+            rows.append((f"CorrCLIP (DINO-shaped timm ViT, eps {eps})",
+                         "tests.reference_backbones.corrclip_tokens", _size(size, 32),
+                         f"{regions} of 2 merged label maps, {entries} of {kept.numel()} kept "
+                         "entries", float((got - expected).abs().max()),
+                         _per_image(got, expected, same), float(expected.abs().max())))
+    return rows
+
+
 def cass_rows() -> List[Row]:
     rows = []
     model, dino = tiny_vit(), tiny.timm_dino(embed_dim=48)
@@ -198,7 +234,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     parts: List[Callable[[], List[Row]]] = [
-        scclip_rows, resclip_rows, proxyclip_rows, cass_rows, lposs_rows]
+        scclip_rows, resclip_rows, proxyclip_rows, cass_rows, corrclip_rows, lposs_rows]
     print("| method | plain reference | size | decisions that differ | max abs diff "
           "| max abs diff where decisions agree | max abs of the reference |")
     print("|---|---|---|---|---:|---:|---:|")

@@ -69,6 +69,8 @@ _LAZY: Dict[str, str] = {
     "ProxyCLIPAttribution": "methods.proxyclip",
     "CASSAttribution": "methods.cass",
     "CASS_SETTINGS": "methods.cass",
+    "CorrCLIPAttribution": "methods.corrclip",
+    "sam_mask_generator": "apps.region_masks",
     "CLIPAttentionRelevance": "methods.chefer",
     "DEFAULT_METHODS": "methods.registry",
     "DENSE_METHODS": "methods.registry",

@@ -1,5 +1,5 @@
 r"""Plain re-implementations of the methods with a second backbone (METHODS-2025 §1, §4, §5)
-for the tests, written from the spec and the authors' code: ProxyCLIP, CASS, LPOSS / LPOSS+.
+for the tests, written from the spec and the authors' code: ProxyCLIP, CASS, CorrCLIP, LPOSS / LPOSS+.
 
 They read the open_clip model's parameters directly (helpers of :mod:`tests.reference`), write
 attention per head with einsum, use dense matrices, ``torch.linalg.eigvalsh`` / ``svd`` on
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.reference import _head, _ln, _out, _plain_block, _qkv, _vit_embed
+from tests.reference import _head, _ln, _ls, _mix, _mlp, _out, _plain_block, _qkv, _vit_embed
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -117,6 +117,129 @@ def proxyclip_tokens(
         kept.append(keep)
     tokens = _head(model, torch.stack(outs))
     return torch.cat([pooled, tokens], dim=1), torch.stack(kept)
+
+
+# ------------------------------------------------------------------------------ CorrCLIP
+
+
+def _components(near: Tensor) -> Tensor:
+    r"""Connected components of a boolean adjacency (union-find), numbered in the order
+    of their lowest member: DBSCAN with ``min_samples=1``."""
+    n = near.shape[0]
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(n):
+            if near[i, j]:
+                a, b = root(i), root(j)
+                parent[max(a, b)] = min(a, b)
+    roots = [root(i) for i in range(n)]
+    order = {r: c for c, r in enumerate(sorted(set(roots)))}
+    return torch.tensor([order[r] for r in roots])
+
+
+def _masked_block(block: torch.nn.Module, x: Tensor, allowed: Tensor) -> Tensor:
+    r"""open_clip's block on ``[1, N, C]`` with a boolean mask ``allowed`` ``[N, N]`` (the
+    release passes ``~allowed`` as ``attn_mask``)."""
+    q, k, v = _qkv(block, _ln(block.ln_1, x))
+    logits = torch.einsum("bnhd,bmhd->bhnm", q, k) * q.shape[-1] ** -0.5
+    a = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    x = x + _ls(block.ls_1, _out(block, _mix(a, v)))
+    return x + _ls(block.ls_2, _mlp(block, _ln(block.ln_2, x)))
+
+
+def corrclip_tokens(
+    model: open_clip.CLIP,
+    images: Tensor,
+    features: Tensor,
+    feature_grid: Tuple[int, int],
+    labels: Tensor,
+    spatial: int,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+    tau: float = 4.0,
+    eps: float = 0.2,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""CorrCLIP (``CorrCLIPv1/open_clip/transformer.py:506-634`` of the release), one
+    image at a time: tokens ``[B, 1 + I*J, D]`` (row 0 the model's own embedding), the
+    merged labels ``[B, I*J]`` and the kept attention entries ``[B, I*J, I*J]``.
+
+    ``features`` are the backbone's ``q + k`` ``[B, I*J, C]`` (normalised here); ``labels``
+    the region labels at the images' size ``[B, H, W]``; ``spatial`` the number of block
+    outputs the spatial branch averages."""
+    blocks = list(model.visual.transformer.resblocks)
+    depth = len(blocks)
+    outs, merged_all, kept_all = [], [], []
+    for i in range(images.shape[0]):
+        x, (h, w) = _vit_embed(model, images[i : i + 1], "bicubic_offset")
+        f = features[i] / features[i].norm(dim=-1, keepdim=True)
+        sim = f @ f.t()
+        masks = F.interpolate(labels[i][None, None].float(), size=feature_grid,
+                              mode="nearest").int()[0, 0]
+        # mask merging
+        values = torch.unique(masks)
+        if values.shape[0] > 2:
+            regions = [masks == value for value in values]
+            flat = f.reshape(*feature_grid, -1)
+            means = torch.stack([flat[region].mean(dim=0) for region in regions])
+            means = F.normalize(means, dim=1)[1:]
+            rsim = means @ means.t()
+            cluster = _components((rsim.max() - rsim) <= eps)
+            merged = masks.clone()
+            for idx, c in enumerate(cluster.tolist(), start=1):
+                merged[regions[idx]] = c + 10000
+            masks = merged
+        # scope
+        regions = [(masks == value).reshape(-1) for value in torch.unique(masks)]
+        keep = torch.zeros_like(sim, dtype=torch.bool)
+        for region in regions[1:]:
+            keep |= torch.outer(region, region)
+        first = regions[0]
+        keep |= (first[None, :] | first[:, None]) & (sim > sim.mean())
+        attn = (sim * tau).masked_fill(~keep, float("-inf")).softmax(dim=-1)
+        # the semantic tokens and the attention mask of the joint sequence
+        cells = F.interpolate(masks[None, None].float(), size=(h, w), mode="nearest").int()[0, 0]
+        cell_regions = torch.stack([cells == value for value in torch.unique(cells)])
+        r = cell_regions.shape[0]
+        n = x.shape[1]
+        allowed = torch.zeros(r + n, r + n, dtype=torch.bool)
+        allowed[r:, r:] = True
+        allowed[:r, r] = True
+        allowed[:r, r + 1 :] = cell_regions.reshape(r, -1)
+        seq = torch.cat([x[:, :1].expand(1, r, -1), x], dim=1)
+        feats_spatial = []
+        for idx, blk in enumerate(blocks[:-1]):
+            seq = _masked_block(blk, seq, allowed)
+            if depth - 2 - spatial <= idx <= depth - 3:
+                feats_spatial.append(seq[:, r:])
+        last = blocks[-1]
+        x = seq[:, r:]
+        branches = []
+        for stream in (x, torch.stack(feats_spatial).mean(0)):
+            c = stream.shape[-1]
+            weight = last.attn.in_proj_weight[2 * c :]
+            bias = last.attn.in_proj_bias[2 * c :]
+            v = (_ln(last.ln_1, stream) @ weight.t() + bias)[0, 1:]  # [h*w, C]
+            v = v.t().reshape(1, c, h, w)
+            v = F.interpolate(v, size=feature_grid, mode="bilinear", align_corners=False)
+            v = v.reshape(c, -1).t()
+            branches.append(_out(last, attn @ v))
+        mct = _masked_block(last, seq, allowed)[0, :r]
+        expand = F.interpolate(cell_regions[:, None].float(), size=feature_grid,
+                               mode="nearest").reshape(r, -1)
+        branches.append(expand.t() @ mct)
+        post = [_ln(model.visual.ln_post, t) for t in branches]
+        tokens = (post[0] + alpha * post[1] + beta * post[2]) @ model.visual.proj
+        pooled = _head(model, _plain_block(last, x)[:, :1])
+        outs.append(torch.cat([pooled, tokens[None]], dim=1))
+        merged_all.append(masks.reshape(-1).long())
+        kept_all.append(keep)
+    return torch.cat(outs), torch.stack(merged_all), torch.stack(kept_all)
 
 
 # ------------------------------------------------------------------------------ CASS

@@ -14,7 +14,7 @@ As for :func:`~captum_clip_surgery.adapters.loading.load_clip`, nothing is downl
 nothing is loaded partly: a checkpoint that lacks tensors of the model, or holds others,
 is an error naming them. The model returned is understood by
 :func:`~captum_clip_surgery.adapters.backbone_registry.get_backbone` (checked here), so it
-can be passed as ``backbone=`` to ProxyCLIP and CASS, or as ``refine_backbone=`` to LPOSS.
+can be passed as ``backbone=`` to ProxyCLIP, CASS and CorrCLIP, or as ``refine_backbone=`` to LPOSS.
 """
 
 from __future__ import annotations

@@ -167,11 +167,11 @@ def world_size() -> int:
 
 
 def add_backbone_options(parser: Any) -> None:
-    r"""``--backbone`` and ``--backbone-checkpoint``: the second backbone of ProxyCLIP and
-    CASS (:func:`~captum_clip_surgery.adapters.backbone_loading.load_backbone`)."""
+    r"""``--backbone`` and ``--backbone-checkpoint``: the second backbone of ProxyCLIP, CASS
+    and CorrCLIP (:func:`~captum_clip_surgery.adapters.backbone_loading.load_backbone`)."""
     parser.add_argument(
         "--backbone", default=None, metavar="NAME|FOLDER",
-        help="second backbone of the methods that take one (proxyclip, cass): a timm name "
+        help="second backbone of the methods that take one (proxyclip, cass, corrclip): a timm name "
         "(e.g. vit_base_patch8_224.dino, weights from the local Hugging Face cache or "
         "--backbone-checkpoint), an hf-hub: id or a save_pretrained folder; default: the "
         "model's own image tower",
@@ -207,7 +207,7 @@ def backbone_options(
             takers.append(m)
     if not takers and not refine:
         raise UserError(f"--backbone: none of the methods ({', '.join(methods)}) takes a second "
-                        "backbone; proxyclip and cass do"
+                        "backbone; proxyclip, cass and corrclip do"
                         + (", and so does --set refine=lposs / lposs+" if "benchmark" ==
                            getattr(args, "command", None) else ""))
     from captum_clip_surgery.adapters.backbone_loading import load_backbone

@@ -5,7 +5,7 @@ r"""Explanation methods: one module per method, their base classes and the regis
   (:func:`register_method`, :func:`build_method`, :func:`supported_methods`, ...);
 - one module per method: ``clip_surgery``, ``raw``, ``maskclip``, ``gem``, ``sclip``,
   ``clearclip``, ``naclip``, ``legrad``, ``gradeclip``, ``chefer``, ``scclip``,
-  ``resclip``, ``proxyclip``, ``cass``, and ``captum_methods`` (Captum's own methods as the
+  ``resclip``, ``proxyclip``, ``cass``, ``corrclip``, and ``captum_methods`` (Captum's own methods as the
   registry builds them).
 
 Names are imported on first use, so that reading the registry (the command line's
@@ -40,6 +40,7 @@ _LAZY: Dict[str, str] = {
     "ProxyCLIPAttribution": "proxyclip",
     "CASSAttribution": "cass",
     "CASS_SETTINGS": "cass",
+    "CorrCLIPAttribution": "corrclip",
     "CLIPAttentionRelevance": "chefer",
     "DEFAULT_METHODS": "registry",
     "DENSE_METHODS": "registry",

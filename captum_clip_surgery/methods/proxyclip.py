@@ -13,7 +13,6 @@ from captum_clip_surgery._validation import (
     check_choice,
     check_int,
     check_positive_number,
-    padded_size,
 )
 from captum_clip_surgery.adapters.backbone import VisionBackbone
 from captum_clip_surgery.adapters.base import merge_heads
@@ -27,6 +26,7 @@ from captum_clip_surgery.methods.base import (
     require_attention_blocks,
 )
 from captum_clip_surgery.methods.second_backbone import (
+    backbone_extent,
     backbone_input,
     resize_grid_tokens,
     resolve_backbone,
@@ -247,5 +247,4 @@ class ProxyCLIPAttribution(TokenMapAttribution):
         self, grid: Tuple[int, int], input_size: Tuple[int, int]
     ) -> Tuple[float, float]:
         r"""The backbone's grid spans the input padded to CLIP's patch."""
-        hp, wp = padded_size(self.adapter, input_size)
-        return (int(input_size[0]) / hp, int(input_size[1]) / wp)
+        return backbone_extent(self.adapter, input_size)

@@ -486,6 +486,7 @@ _builtin("scclip", _M + "scclip:SCCLIPAttribution", "SC-CLIP", ("training_free",
 _builtin("resclip", _M + "resclip:ResCLIPAttribution", "ResCLIP", ("training_free",))
 _builtin("proxyclip", _M + "proxyclip:ProxyCLIPAttribution", "ProxyCLIP", ("training_free",))
 _builtin("cass", _M + "cass:CASSAttribution", "CASS", ("training_free",))
+_builtin("corrclip", _M + "corrclip:CorrCLIPAttribution", "CorrCLIP", ("training_free",))
 
 
 def _captum_defaults(function: str, classifier: Any, images: Any) -> Dict[str, Any]:
@@ -501,7 +502,7 @@ METHOD_NAMES: Tuple[str, ...] = tuple(_records)
 DEFAULT_METHODS: Tuple[str, ...] = tuple(r.name for r in _records.values() if "default" in r.tags)
 
 #: The training-free family beside CLIP Surgery: GEM, SCLIP, ClearCLIP, NACLIP, LeGrad,
-#: Grad-ECLIP, SC-CLIP, ResCLIP, ProxyCLIP and CASS.
+#: Grad-ECLIP, SC-CLIP, ResCLIP, ProxyCLIP, CASS and CorrCLIP.
 TRAINING_FREE_METHODS: Tuple[str, ...] = tuple(
     r.name for r in _records.values() if "training_free" in r.tags
 )

@@ -1,4 +1,4 @@
-r"""The second backbone of ProxyCLIP, CASS and LPOSS, as a method holds it.
+r"""The second backbone of ProxyCLIP, CASS, CorrCLIP and LPOSS, as a method holds it.
 
 A method takes ``backbone=`` as a model of any family with a view
 (:func:`~captum_clip_surgery.adapters.backbone_registry.get_backbone`: timm or Hugging Face
@@ -15,11 +15,12 @@ from typing import Any, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_clip_surgery._validation import padded_size
 from captum_clip_surgery.adapters.backbone import CLIPTowerBackbone, VisionBackbone
 from captum_clip_surgery.adapters.backbone_registry import get_backbone
 from captum_clip_surgery.adapters.base import CLIPAdapter
 
-__all__ = ["backbone_input", "resize_grid_tokens", "resolve_backbone"]
+__all__ = ["backbone_extent", "backbone_input", "resize_grid_tokens", "resolve_backbone"]
 
 
 def resolve_backbone(backbone: Any, adapter: CLIPAdapter) -> VisionBackbone:
@@ -51,3 +52,11 @@ def resize_grid_tokens(tokens: Tensor, grid: Tuple[int, int], size: Tuple[int, i
     maps = tokens.transpose(1, 2).reshape(b, c, grid[0], grid[1])
     maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     return maps.reshape(b, c, -1).transpose(1, 2)
+
+
+def backbone_extent(adapter: CLIPAdapter, input_size: Tuple[int, int]) -> Tuple[float, float]:
+    r"""The fraction of a backbone's grid the input covers: the backbone sees the input
+    padded to CLIP's patch (the ``token_extent`` of the methods whose maps lie on the
+    backbone's grid)."""
+    hp, wp = padded_size(adapter, input_size)
+    return (int(input_size[0]) / hp, int(input_size[1]) / wp)

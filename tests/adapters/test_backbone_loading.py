@@ -159,7 +159,7 @@ def test_cli_backbone_errors(tmp_path, capsys):
     base = ["explain", "--images", str(tmp_path / "in"), "--text", "a", "--out",
             str(tmp_path / "out")]
     assert error(base + ["--backbone", NAME]).endswith(
-        "--backbone: none of the methods (surgery) takes a second backbone; proxyclip and cass do")
+        "--backbone: none of the methods (surgery) takes a second backbone; proxyclip, cass and corrclip do")
     assert "--backbone-checkpoint: give --backbone too" in error(
         base + ["--backbone-checkpoint", "x.safetensors"])
     assert "--backbone: 'no_such_net' is neither" in error(

@@ -243,7 +243,7 @@ def test_the_2024_25_methods_evaluate_in_the_api_and_the_cli(scenes, tmp_path, c
     from captum_clip_surgery.cli import main
 
     data, clf, transform = scenes
-    methods = ["scclip", "resclip", "proxyclip", "cass"]
+    methods = ["scclip", "resclip", "proxyclip", "cass", "corrclip"]
     kwargs = dict(batch_size=2, limit=3, deletion_steps=2, tolerance=0, progress=False)
     new = evaluate(methods, data, clf, transform, **kwargs)
     old = evaluate(methods, data, clf, transform, per_pair=True, **kwargs)

@@ -254,14 +254,14 @@ def test_sanity_checks_errors():
 
 
 def test_sanity_checks_of_methods_that_read_the_tower_twice_randomise_only_the_copy():
-    # SC-CLIP, ResCLIP, ProxyCLIP and CASS (the last two with the explained model's own
+    # SC-CLIP, ResCLIP, ProxyCLIP, CASS and CorrCLIP (the last three with the model's own
     # tower as their second backbone) read the image tower more than once: every read is
     # of the randomised copy, and the user's model is unchanged
     model = tiny_vit(layers=2)
     snap = ModelSnapshot(model)
     clf = _classifier(model)
     x = images_for(model, 1)
-    methods = ["scclip", "resclip", "proxyclip", "cass"]
+    methods = ["scclip", "resclip", "proxyclip", "cass", "corrclip"]
     result = sanity_checks(clf, x, [1], methods=methods, modes=["cascading"])
     snap.assert_unchanged()
     every = randomized_copy(clf, [0, 1], seed=0)

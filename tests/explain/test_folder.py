@@ -127,11 +127,11 @@ def test_other_methods_and_a_subset_of_texts(clf, image_dir, transform):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["scclip", "resclip", "proxyclip", "cass"])
+@pytest.mark.parametrize("method", ["scclip", "resclip", "proxyclip", "cass", "corrclip"])
 def test_the_2024_25_methods_explain_folders_from_the_api_and_the_cli(method, clf, image_dir,
                                                                        transform, tmp_path,
                                                                        capsys):
-    r"""SC-CLIP, ResCLIP, ProxyCLIP and CASS (issue 20) in the streaming API and in
+    r"""SC-CLIP, ResCLIP, ProxyCLIP, CASS and CorrCLIP (issue 20) in the streaming API and in
     ``clip-surgery explain --images DIR --method NAME``: the maps are the method's own
     token maps resized to each image, at a square and a non-square size."""
     if method == "cass":

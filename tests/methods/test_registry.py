@@ -35,7 +35,7 @@ from tests.models import tiny_resnet, tiny_vit
 BUILTIN = (
     "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig", "surgery_empty",
     "surgery_none", "inputxgradient", "smoothgrad", "occlusion", "gem", "sclip", "clearclip",
-    "naclip", "legrad", "gradeclip", "scclip", "resclip", "proxyclip", "cass",
+    "naclip", "legrad", "gradeclip", "scclip", "resclip", "proxyclip", "cass", "corrclip",
 )
 
 
@@ -44,9 +44,9 @@ def test_builtin_names_groups_and_titles():
     assert method_names()[: len(BUILTIN)] == BUILTIN  # methods registered later come after
     assert DEFAULT_METHODS == ("surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig")
     assert TRAINING_FREE_METHODS == ("gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip",
-                                     "scclip", "resclip", "proxyclip", "cass")
+                                     "scclip", "resclip", "proxyclip", "cass", "corrclip")
     assert DENSE_METHODS == ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "naclip",
-                             "scclip", "resclip", "proxyclip", "cass")
+                             "scclip", "resclip", "proxyclip", "cass", "corrclip")
     assert method_names("evaluate") == ("surgery", "raw", "maskclip", "gradcam", "chefer", "ig")
     assert method_title("surgery") == "CLIP Surgery" and method_title("gradeclip") == "Grad-ECLIP"
     assert method_title("scclip") == "SC-CLIP" and method_title("resclip") == "ResCLIP"
