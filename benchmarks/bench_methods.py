@@ -15,9 +15,10 @@ SC-CLIP ≤ 1.3×, ResCLIP ≤ 1.3× (its default: NACLIP + RCS + SFR, whose fir
 all 20 texts and runs PAMR at the input's pixels). Second-backbone
 methods (issue 20; ``--backbone``, a timm architecture with random weights, default the
 releases' DINO ViT-B/8): ``backbone`` times its forward alone, ProxyCLIP ≤ 1 + that ratio + 0.1,
-CASS ≤ 2.0 with the backbone included (CASS needs scipy); for these two the script also
-prints their time less the backbone's and the CLIP forward's, all three timed in the same
-rounds of one process (ProxyCLIP's target is that this is ≤ 0.1 CLIP forward). The time
+CASS ≤ 2.0 with the backbone included (CASS needs scipy), and CorrCLIP (no target; regions:
+four quadrants and an unsegmented corner); for these three the script also prints their time
+less the backbone's and the CLIP forward's, all three timed in the same rounds of one process
+(ProxyCLIP's target is that this is ≤ 0.1 CLIP forward). The time
 ratio is paired: each timed call follows a plain forward in the same process, and the
 median of the per-pair ratios is reported (robust to load changes on shared machines;
 IG, timed once, uses the forward's own median).
@@ -35,7 +36,7 @@ import sys
 
 METHODS = ["forward", "surgery", "raw", "maskclip", "gradcam", "chefer", "saliency", "ig",
            "gem", "sclip", "clearclip", "naclip", "legrad", "gradeclip", "scclip", "resclip",
-           "backbone", "proxyclip", "cass"]
+           "backbone", "proxyclip", "cass", "corrclip"]
 
 _CHILD = r"""
 import json, statistics, sys, time
@@ -70,10 +71,10 @@ elif method in ("surgery", "raw", "maskclip", "gem", "sclip", "clearclip", "nacl
     def run():
         with torch.no_grad():
             return explainer.attribute(images, target=target)
-elif method in ("backbone", "proxyclip", "cass"):
+elif method in ("backbone", "proxyclip", "cass", "corrclip"):
     # the second backbone (random init, the release's architecture; nothing is downloaded)
     import timm
-    from captum_clip_surgery import CASSAttribution, ProxyCLIPAttribution
+    from captum_clip_surgery import CASSAttribution, CorrCLIPAttribution, ProxyCLIPAttribution
     from captum_clip_surgery.adapters import get_backbone
     dino = timm.create_model(backbone_name, pretrained=False, num_classes=0).to(device).eval()
     view = get_backbone(dino)
@@ -87,8 +88,18 @@ elif method in ("backbone", "proxyclip", "cass"):
         # ProxyCLIP / CASS; the backbone alone is timed in the same rounds as well: the
         # method's cost beyond it and the CLIP forward, paired (two ratios from separate
         # processes are noisier than their difference)
-        explainer = {"proxyclip": ProxyCLIPAttribution, "cass": CASSAttribution}[method](
-            clf, backbone=dino)
+        if method == "corrclip":  # regions: four quadrants and an unsegmented corner
+            def regions(rgb):
+                b, _, h, w = rgb.shape
+                ys = torch.arange(h)[:, None] >= h // 2
+                xs = torch.arange(w)[None, :] >= w // 2
+                labels = (1 + ys.long() * 2 + xs.long()).expand(b, h, w).clone()
+                labels[:, : h // 8, : w // 8] = 0
+                return labels
+            explainer = CorrCLIPAttribution(clf, backbone=dino, mask_generator=regions)
+        else:
+            explainer = {"proxyclip": ProxyCLIPAttribution, "cass": CASSAttribution}[method](
+                clf, backbone=dino)
         def run():
             with torch.no_grad():
                 return explainer.attribute(images, target=target)
@@ -132,12 +143,12 @@ for _ in range(0 if method == "ig" else repeats):
     # the plain forward timed right before each call: the ratio of the pair survives load
     # changes on a shared machine
     sync(); t0 = time.perf_counter(); plain(); sync(); base = time.perf_counter() - t0
-    if method in ("proxyclip", "cass"):
+    if method in ("proxyclip", "cass", "corrclip"):
         sync(); t0 = time.perf_counter(); backbone_run(); sync()
         alone = time.perf_counter() - t0
     sync(); t0 = time.perf_counter(); out = run(); sync(); times.append(time.perf_counter() - t0)
     ratios.append(times[-1] / base)
-    if method in ("proxyclip", "cass"):
+    if method in ("proxyclip", "cass", "corrclip"):
         excess.append((times[-1] - alone - base) / base)
 print(json.dumps({"seconds": statistics.median(times), "peak_bytes": peak, "shape": list(out.shape),
                   "paired_ratio": statistics.median(ratios) if ratios else None,
@@ -189,7 +200,7 @@ def main() -> None:
         b = results["backbone"]["paired_ratio"]
         print(f"second backbone {args.backbone}: forward ratio {b:.2f}; targets: ProxyCLIP <= "
               f"{1.0 + b + 0.1:.2f} (1 + backbone + 0.1), CASS <= 2.00 (backbone included)")
-    for name in ("proxyclip", "cass"):
+    for name in ("proxyclip", "cass", "corrclip"):
         if results.get(name, {}).get("paired_excess") is not None:
             print(f"{name}: time - backbone alone - CLIP forward, in CLIP forwards, the three "
                   f"timed in the same rounds of one process: {results[name]['paired_excess']:.2f}"
