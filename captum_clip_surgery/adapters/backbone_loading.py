@@ -38,12 +38,12 @@ from captum_clip_surgery.adapters.loading import (
 __all__ = ["load_backbone"]
 
 
-def _read_state_dict(path: str) -> Dict[str, Tensor]:
+def _read_state_dict(path: str, argument: str = "backbone_checkpoint") -> Dict[str, Tensor]:
     r"""The tensors of a weights file: safetensors, or a PyTorch file read with
     ``weights_only=True`` (never executing code); a ``state_dict`` / ``model`` entry of a
-    training checkpoint is unwrapped."""
+    training checkpoint is unwrapped. Errors name ``argument``."""
     if not os.path.isfile(path):
-        raise ValueError(f"backbone_checkpoint: no such file: {path!r}")
+        raise ValueError(f"{argument}: no such file: {path!r}")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -52,14 +52,14 @@ def _read_state_dict(path: str) -> Dict[str, Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable, truncated, or a pickle needing code
         raise ValueError(
-            f"backbone_checkpoint: could not read {path!r} as safetensors or a weights-only "
+            f"{argument}: could not read {path!r} as safetensors or a weights-only "
             f"PyTorch file: {_first_line(exc)}"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"backbone_checkpoint: {path!r} holds no tensor dictionary")
+        raise ValueError(f"{argument}: {path!r} holds no tensor dictionary")
     return state
 
 

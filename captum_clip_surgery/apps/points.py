@@ -2,6 +2,7 @@ r"""Text to point prompts for Segment Anything (``docs/method.md`` §8), and the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -321,6 +322,23 @@ def _require_segment_anything() -> Any:
     return segment_anything
 
 
+def _sam_model(checkpoint: Any, model_type: str) -> Tuple[Any, Any]:
+    r"""``(segment_anything, SAM)`` with the checkpoint's weights, read without running code
+    (safetensors or ``torch.load(weights_only=True)``) before the model is built."""
+    from captum_clip_surgery.adapters.backbone_loading import _read_state_dict
+
+    sa = _require_segment_anything()
+    registry = sa.sam_model_registry
+    if model_type not in registry:
+        raise ValueError(
+            f"model_type: expected one of {sorted(registry)}, got {model_type!r}"
+        )
+    state = _read_state_dict(os.fspath(checkpoint), "checkpoint")
+    sam = registry[model_type]()  # built empty: segment-anything's own load unpickles
+    sam.load_state_dict(state)
+    return sa, sam
+
+
 def build_sam_predictor(
     checkpoint: str, model_type: str = "vit_b", device: Union[str, torch.device, None] = None
 ) -> Any:
@@ -329,9 +347,9 @@ def build_sam_predictor(
     Checkpoints (Meta, Apache-2.0): ``sam_vit_b_01ec64.pth`` (``"vit_b"``, 375 MB),
     ``sam_vit_l_0b3195.pth`` (``"vit_l"``), ``sam_vit_h_4b8939.pth`` (``"vit_h"``,
     the one the CLIP Surgery demo uses), from
-    ``https://dl.fbaipublicfiles.com/segment_anything/``. Note that
-    ``segment_anything`` reads them with ``torch.load`` (pickle): load only
-    files you trust.
+    ``https://dl.fbaipublicfiles.com/segment_anything/``. They are read as
+    safetensors or with ``torch.load(weights_only=True)``, never running code from the
+    file.
 
     Args:
         checkpoint (str): path of the ``.pth`` file.
@@ -349,13 +367,7 @@ def build_sam_predictor(
 
         >>> predictor = build_sam_predictor("sam_vit_b_01ec64.pth", "vit_b", device="cuda")
     """
-    sa = _require_segment_anything()
-    registry = sa.sam_model_registry
-    if model_type not in registry:
-        raise ValueError(
-            f"model_type: expected one of {sorted(registry)}, got {model_type!r}"
-        )
-    sam = registry[model_type](checkpoint=checkpoint)
+    sa, sam = _sam_model(checkpoint, model_type)
     if device is not None:
         sam.to(device=device)
     return sa.SamPredictor(sam.eval())

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_clip_surgery.apps.points import _require_segment_anything
+from captum_clip_surgery.apps.points import _sam_model
 
 __all__ = ["sam_mask_generator"]
 
@@ -36,7 +36,8 @@ def sam_mask_generator(
             dicts`` with ``"segmentation"`` (``[H, W]`` bool) and ``"area"``:
             ``segment_anything.SamAutomaticMaskGenerator`` or SAM2's.
         checkpoint (str or PathLike, optional): instead of ``generator``, a
-            segment-anything checkpoint, loaded with ``torch.load(weights_only=True)``
+            segment-anything checkpoint, read as safetensors or with
+            ``torch.load(weights_only=True)``
             into ``sam_model_registry[model_type]`` (needs ``pip install
             captum-clip-surgery[sam]``).
         model_type (str): the checkpoint's architecture (``"vit_h"``, ``"vit_l"``,
@@ -82,15 +83,7 @@ def sam_mask_generator(
 def _sam_from_checkpoint(checkpoint: Union[str, os.PathLike], model_type: str,
                          points_per_side: int, pred_iou_thresh: float,
                          stability_score_thresh: float, device: Union[str, torch.device]) -> Any:
-    sa = _require_segment_anything()
-    if model_type not in sa.sam_model_registry:
-        raise ValueError(f"model_type: expected one of {sorted(sa.sam_model_registry)}, got "
-                         f"{model_type!r}")
-    if not os.path.isfile(checkpoint):
-        raise ValueError(f"checkpoint: expected a SAM checkpoint file, got {str(checkpoint)!r} "
-                         "(no such file)")
-    sam = sa.sam_model_registry[model_type]()  # built empty, then the weights without pickle
-    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    sa, sam = _sam_model(checkpoint, model_type)
     return sa.SamAutomaticMaskGenerator(sam.to(device).eval(), points_per_side=points_per_side,
                                         pred_iou_thresh=pred_iou_thresh,
                                         stability_score_thresh=stability_score_thresh)

@@ -181,8 +181,8 @@ def test_benchmark_cli_takes_the_backbone(weights, tmp_path, capsys):
     assert "proxyclip" in own.lower() and own.split("wrote")[0] != dino.split("wrote")[0]
     assert main(["benchmark", "--dataset", "scenes", "--scenes", "1", "--methods", "surgery",
                  "--backbone", NAME, "--out", str(tmp_path / "x")]) == 2
-    assert "--backbone: none of the methods (surgery) takes a second backbone; proxyclip and " \
-        "cass do, and so does --set refine=lposs / lposs+" in capsys.readouterr().err
+    assert "--backbone: none of the methods (surgery) takes a second backbone; proxyclip, " \
+        "cass and corrclip do, and so does --set refine=lposs / lposs+" in capsys.readouterr().err
     # the LPOSS refinement's graph backbone
     assert main(["benchmark", "--dataset", "scenes", "--scenes", "1", "--methods", "surgery",
                  "--set", "refine=lposs", "--backbone", NAME, "--backbone-checkpoint", str(file),

@@ -378,3 +378,37 @@ def test_build_sam_predictor_needs_segment_anything(monkeypatch):
 def test_build_sam_predictor_checks_the_model_type():
     with pytest.raises(ValueError, match="model_type: expected one of"):
         build_sam_predictor("sam_vit_b_01ec64.pth", model_type="vit_xxl")
+
+
+class _Marker:
+    r"""An object whose unpickling would run code (a weights-only load refuses it)."""
+
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_sam_checkpoints_are_read_without_running_code(tmp_path, capsys):
+    pytest.importorskip("segment_anything")
+    path = tmp_path / "sam.pth"
+    torch.save({"image_encoder.weight": torch.zeros(1), "x": _Marker()}, path)
+    with pytest.raises(ValueError, match="checkpoint: could not read .* weights-only"):
+        build_sam_predictor(str(path))
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_sam_model_loads_the_checkpoint_weights(monkeypatch, tmp_path):
+    sa = pytest.importorskip("segment_anything")
+    from captum_clip_surgery.apps.points import _sam_model
+
+    def tiny(seed=None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+
+    monkeypatch.setitem(sa.sam_model_registry, "vit_b", tiny)
+    saved = tiny(seed=3)
+    path = tmp_path / "sam.pth"
+    torch.save(saved.state_dict(), path)
+    _, loaded = _sam_model(path, "vit_b")
+    for (name, a), (_, b) in zip(saved.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name

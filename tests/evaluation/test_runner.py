@@ -236,7 +236,7 @@ def test_one_forward_per_image_equals_the_per_pair_path(scenes, monkeypatch):
 
 @pytest.mark.slow
 def test_the_2024_25_methods_evaluate_in_the_api_and_the_cli(scenes, tmp_path, capsys):
-    r"""SC-CLIP, ResCLIP, ProxyCLIP and CASS (issue 20) are scored like the other token-map
+    r"""SC-CLIP, ResCLIP, ProxyCLIP, CASS and CorrCLIP (issue 20) are scored like the other token-map
     methods: one forward per image equals one batch row per (image, class) pair, and
     ``clip-surgery evaluate --methods`` prints the Python API's numbers."""
     pytest.importorskip("scipy")
