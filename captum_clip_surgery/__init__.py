@@ -71,6 +71,7 @@ _LAZY: Dict[str, str] = {
     "CASS_SETTINGS": "methods.cass",
     "CorrCLIPAttribution": "methods.corrclip",
     "sam_mask_generator": "apps.region_masks",
+    "region_majority_vote": "apps.region_masks",
     "CLIPAttentionRelevance": "methods.chefer",
     "DEFAULT_METHODS": "methods.registry",
     "DENSE_METHODS": "methods.registry",

@@ -1,4 +1,5 @@
-r"""Region masks for CorrCLIP from segment-anything's automatic mask generator."""
+r"""Region masks for CorrCLIP: from segment-anything's automatic mask generator, and the
+release's majority vote of a label map inside them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from captum_clip_surgery.apps.points import _sam_model
 
-__all__ = ["sam_mask_generator"]
+__all__ = ["region_majority_vote", "sam_mask_generator"]
 
 
 def sam_mask_generator(
@@ -78,6 +79,59 @@ def sam_mask_generator(
         return torch.stack(out).to(rgb.device)
 
     return generate
+
+
+def region_majority_vote(labels: Tensor, regions: Tensor) -> Tensor:
+    r"""CorrCLIP's map correction: inside every region but the lowest-labelled one (the
+    unsegmented area), each pixel takes the region's most frequent label, by
+    ``torch.mode`` as released (``CorrCLIPv1/corrclip_segmentor.py``, ``postprocess_result``).
+
+    Args:
+        labels (Tensor): ``[B, H, W]`` (or ``[H, W]``) integer label maps, e.g. of
+            :func:`~captum_clip_surgery.segment`.
+        regions (Tensor): integer region labels of the same images (``[B, H', W']`` or
+            ``[H', W']``, resized by nearest neighbour to the labels' size), e.g. of a
+            :func:`sam_mask_generator`.
+
+    Returns:
+        Tensor: the corrected labels, the shape and dtype of ``labels``.
+
+    Examples::
+
+        >>> labels = torch.tensor([[1, 1, 2], [3, 1, 2]])
+        >>> regions = torch.tensor([[5, 5, 5], [5, 5, 0]])  # 0: the unsegmented area
+        >>> region_majority_vote(labels, regions)
+        tensor([[1, 1, 1],
+                [1, 1, 2]])
+    """
+    for name, value in (("labels", labels), ("regions", regions)):
+        if not isinstance(value, Tensor) or value.is_floating_point() or value.dtype == torch.bool \
+                or value.ndim not in (2, 3):
+            raise ValueError(f"{name}: expected an integer tensor [B, H, W] or [H, W], got "
+                             f"{_describe(value)}")
+    single = labels.ndim == 2
+    lab = labels[None] if single else labels
+    reg = regions[None] if regions.ndim == 2 else regions
+    if reg.shape[0] != lab.shape[0]:
+        raise ValueError(f"regions: expected {lab.shape[0]} maps (one per label map), got "
+                         f"{reg.shape[0]}")
+    if reg.shape[-2:] != lab.shape[-2:]:
+        reg = torch.nn.functional.interpolate(reg[:, None].double(), size=lab.shape[-2:],
+                                              mode="nearest")[:, 0].long()
+    reg = reg.to(lab.device)
+    out = lab.clone()
+    for image, region in zip(out, reg):
+        votes = image.clone()
+        for value in torch.unique(region)[1:]:
+            inside = region == value
+            image[inside] = torch.mode(votes[inside])[0]
+    return out[0] if single else out
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return type(value).__name__
 
 
 def _sam_from_checkpoint(checkpoint: Union[str, os.PathLike], model_type: str,

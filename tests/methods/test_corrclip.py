@@ -6,8 +6,6 @@ backbone are never changed; the SAM wrapper paints the release's labels."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -16,7 +14,6 @@ from captum_clip_surgery import (
     CLIPZeroShotClassifier,
     CorrCLIPAttribution,
     build_method,
-    sam_mask_generator,
 )
 from captum_clip_surgery.adapters import get_backbone
 from captum_clip_surgery.methods.corrclip import (
@@ -200,51 +197,3 @@ def test_corrclip_registry_and_errors():
         bad.similarity(images_for(model, b=1))
     assert CorrCLIPAttribution.unsupported_reason(
         CLIPZeroShotClassifier(tiny_resnet(), TEXTS).adapter) is not None
-
-
-class _FakeSam:
-    r"""segment-anything's ``generate`` output for a 4x5 image: three masks."""
-
-    def __init__(self):
-        self.seen = []
-
-    def generate(self, array):
-        self.seen.append(array)
-        big = torch.zeros(4, 5, dtype=torch.bool)
-        big[:, :3] = True
-        small = torch.zeros(4, 5, dtype=torch.bool)
-        small[0, :2] = True
-        other = torch.zeros(4, 5, dtype=torch.bool)
-        other[3, 4] = True
-        return [{"segmentation": big.numpy(), "area": 12},
-                {"segmentation": small.numpy(), "area": 2},
-                {"segmentation": other.numpy(), "area": 1}]
-
-
-def test_sam_mask_generator_paints_the_release_labels():
-    fake = _FakeSam()
-    masks = sam_mask_generator(fake)
-    rgb = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
-    labels = masks(rgb)
-    # smallest first: other -> 1, small -> 2, big -> 3, painted over small
-    expected = torch.zeros(4, 5, dtype=torch.long)
-    expected[:, :3] = 3
-    expected[3, 4] = 1
-    assert labels.shape == (2, 4, 5) and labels.dtype == torch.int64
-    assert torch.equal(labels[0], expected) and torch.equal(labels[1], expected)
-    assert fake.seen[0].dtype.name == "uint8" and fake.seen[0].shape == (4, 5, 3)
-    assert (fake.seen[0] == (rgb[0].permute(1, 2, 0) * 255).round().numpy()).all()
-    with pytest.raises(ValueError, match="exactly one"):
-        sam_mask_generator()
-    with pytest.raises(TypeError, match="generate"):
-        sam_mask_generator(object())
-
-
-def test_sam_checkpoint_errors(monkeypatch, tmp_path):
-    with pytest.raises(ValueError, match="model_type: expected one of"):
-        sam_mask_generator(checkpoint=tmp_path / "sam.pth", model_type="vit_xxl")
-    with pytest.raises(ValueError, match="no such file"):
-        sam_mask_generator(checkpoint=tmp_path / "sam.pth", model_type="vit_b")
-    monkeypatch.setitem(sys.modules, "segment_anything", None)
-    with pytest.raises(ImportError, match=r"pip install captum-clip-surgery\[sam\]"):
-        sam_mask_generator(checkpoint=tmp_path / "sam.pth")
