@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from captum_clip_surgery.apps.points import _sam_model
+from captum_clip_surgery.methods.corrclip import resize_labels
 
 __all__ = ["region_majority_vote", "sam_mask_generator"]
 
@@ -115,10 +116,7 @@ def region_majority_vote(labels: Tensor, regions: Tensor) -> Tensor:
     if reg.shape[0] != lab.shape[0]:
         raise ValueError(f"regions: expected {lab.shape[0]} maps (one per label map), got "
                          f"{reg.shape[0]}")
-    if reg.shape[-2:] != lab.shape[-2:]:
-        reg = torch.nn.functional.interpolate(reg[:, None].double(), size=lab.shape[-2:],
-                                              mode="nearest")[:, 0].long()
-    reg = reg.to(lab.device)
+    reg = resize_labels(reg.to(lab.device), tuple(lab.shape[-2:]))
     out = lab.clone()
     for image, region in zip(out, reg):
         votes = image.clone()

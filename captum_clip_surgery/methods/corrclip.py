@@ -160,10 +160,11 @@ def corrclip_attention(features: Tensor, labels: Tensor, tau: float = 4.0) -> Te
     return (similarity * tau).masked_fill(~keep, float("-inf")).softmax(dim=-1)
 
 
-def _nearest(labels: Tensor, size: Tuple[int, int]) -> Tensor:
-    r"""``[B, H, W]`` integer labels resized by nearest neighbour (``F.interpolate``'s)."""
+def resize_labels(labels: Tensor, size: Tuple[int, int]) -> Tensor:
+    r"""``[B, H, W]`` integer labels resized by nearest neighbour (``F.interpolate``'s, as
+    the release resizes its masks), int64."""
     if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
+        return labels.long()
     return F.interpolate(labels[:, None].double(), size=size, mode="nearest")[:, 0].to(
         torch.int64)
 
@@ -314,7 +315,7 @@ class CorrCLIPAttribution(TokenMapAttribution):
                 f"mask_generator: expected integer labels [{b}, H, W], got a "
                 f"{labels.dtype} tensor of shape {list(labels.shape)}"
             )
-        return _nearest(labels.to(images.device, torch.int64), (h, w))
+        return resize_labels(labels.to(images.device, torch.int64), (h, w))
 
     # ------------------------------------------------------------------ tokens
 
@@ -325,7 +326,7 @@ class CorrCLIPAttribution(TokenMapAttribution):
         blocks: List[BlockView] = list(image.blocks)
         depth, p = len(blocks), image.num_prefix_tokens
         feats, proxy_grid = self.backbone_features(images)
-        labels = _nearest(self.region_labels(images), proxy_grid).flatten(1)  # [B, I*J]
+        labels = resize_labels(self.region_labels(images), proxy_grid).flatten(1)  # [B, I*J]
         labels = torch.stack([merge_regions(labels[i], feats[i], self.eps)
                               for i in range(len(labels))])
         probs = torch.stack([corrclip_attention(feats[i], labels[i], self.tau)
@@ -333,7 +334,7 @@ class CorrCLIPAttribution(TokenMapAttribution):
 
         x, grid = image.embed(images)
         # the semantic branch: one token per region of CLIP's grid, from the class token
-        cells = _nearest(labels.view(-1, *proxy_grid), grid).flatten(1)  # [B, h*w]
+        cells = resize_labels(labels.view(-1, *proxy_grid), grid).flatten(1)  # [B, h*w]
         regions = [torch.unique(row) for row in cells]
         semantic = [x[i, :1].expand(len(r), -1) for i, r in enumerate(regions)]
         allowed = []
@@ -358,7 +359,7 @@ class CorrCLIPAttribution(TokenMapAttribution):
 
         main = self._mixed(block, v, probs, grid, proxy_grid)
         # every token of the backbone's grid takes the token of its CLIP-grid region
-        owner = _nearest(cells.view(-1, *grid), proxy_grid).flatten(1)
+        owner = resize_labels(cells.view(-1, *grid), proxy_grid).flatten(1)
         sem = torch.stack([tokens[torch.searchsorted(values, row)]
                            for tokens, values, row in zip(semantic, regions, owner)])
         head = image.head
