@@ -294,9 +294,10 @@ def _out(block: torch.nn.Module, o: Tensor) -> Tensor:
     return o @ block.attn.out_proj.weight.t() + block.attn.out_proj.bias
 
 
-def _plain_block(block: torch.nn.Module, x: Tensor) -> Tensor:
+def _plain_block(block: torch.nn.Module, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    r"""open_clip's block, with an optional additive attention bias (``-inf``: masked)."""
     q, k, v = _qkv(block, _ln(block.ln_1, x))
-    x = x + _ls(block.ls_1, _out(block, _mix(_probs(q, k, q.shape[-1] ** -0.5), v)))
+    x = x + _ls(block.ls_1, _out(block, _mix(_probs(q, k, q.shape[-1] ** -0.5, bias), v)))
     return x + _ls(block.ls_2, _mlp(block, _ln(block.ln_2, x)))
 
 

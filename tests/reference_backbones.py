@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.reference import _head, _ln, _ls, _mix, _mlp, _out, _plain_block, _qkv, _vit_embed
+from tests.reference import _head, _ln, _out, _plain_block, _qkv, _vit_embed
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -143,16 +143,6 @@ def _components(near: Tensor) -> Tensor:
     return torch.tensor([order[r] for r in roots])
 
 
-def _masked_block(block: torch.nn.Module, x: Tensor, allowed: Tensor) -> Tensor:
-    r"""open_clip's block on ``[1, N, C]`` with a boolean mask ``allowed`` ``[N, N]`` (the
-    release passes ``~allowed`` as ``attn_mask``)."""
-    q, k, v = _qkv(block, _ln(block.ln_1, x))
-    logits = torch.einsum("bnhd,bmhd->bhnm", q, k) * q.shape[-1] ** -0.5
-    a = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-    x = x + _ls(block.ls_1, _out(block, _mix(a, v)))
-    return x + _ls(block.ls_2, _mlp(block, _ln(block.ln_2, x)))
-
-
 def corrclip_tokens(
     model: open_clip.CLIP,
     images: Tensor,
@@ -211,10 +201,12 @@ def corrclip_tokens(
         allowed[r:, r:] = True
         allowed[:r, r] = True
         allowed[:r, r + 1 :] = cell_regions.reshape(r, -1)
+        # the release passes ~allowed as attn_mask: masked entries add -inf
+        masked = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
         seq = torch.cat([x[:, :1].expand(1, r, -1), x], dim=1)
         feats_spatial = []
         for idx, blk in enumerate(blocks[:-1]):
-            seq = _masked_block(blk, seq, allowed)
+            seq = _plain_block(blk, seq, masked)
             if depth - 2 - spatial <= idx <= depth - 3:
                 feats_spatial.append(seq[:, r:])
         last = blocks[-1]
@@ -229,7 +221,7 @@ def corrclip_tokens(
             v = F.interpolate(v, size=feature_grid, mode="bilinear", align_corners=False)
             v = v.reshape(c, -1).t()
             branches.append(_out(last, attn @ v))
-        mct = _masked_block(last, seq, allowed)[0, :r]
+        mct = _plain_block(last, seq, masked)[0, :r]
         expand = F.interpolate(cell_regions[:, None].float(), size=feature_grid,
                                mode="nearest").reshape(r, -1)
         branches.append(expand.t() @ mct)
